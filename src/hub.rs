@@ -1,0 +1,151 @@
+//! Hugging Face hub access: the standard cache, downloads with progress, and offline mode.
+//!
+//! We use hf-hub 0.4 (blocking `ureq` client) rather than 1.x: 1.x pulls tokio, reqwest and the
+//! xet stack (~136 crates, the slowest unit of a cold build) for features a desktop tool that
+//! fetches a few files does not need. Downloads land in a temporary file that is renamed into the
+//! cache only when complete, so an interrupted download never leaves a file we would later trust.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use hf_hub::{Cache, Repo, api::Progress};
+
+use crate::model::{ModelFiles, WEIGHT_FILES};
+
+/// The hub cache folder: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`
+/// (the same rules as the Python `huggingface_hub`).
+pub fn cache_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("HF_HUB_CACHE").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("HF_HOME").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p).join("hub");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("huggingface").join("hub")
+}
+
+/// `HF_HUB_OFFLINE` set to 1/true/yes/on.
+pub fn offline_from_env() -> bool {
+    std::env::var("HF_HUB_OFFLINE")
+        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+        .unwrap_or(false)
+}
+
+/// What a download reports as it goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DownloadEvent {
+    Started { file: String, total_bytes: u64 },
+    Progress { file: String, bytes: u64 },
+    Finished { file: String },
+}
+
+/// Adapts a callback to hf-hub's progress trait.
+struct CallbackProgress<'a> {
+    file: String,
+    done: u64,
+    callback: &'a mut dyn FnMut(DownloadEvent),
+}
+
+impl Progress for CallbackProgress<'_> {
+    fn init(&mut self, size: usize, filename: &str) {
+        self.file = filename.to_string();
+        (self.callback)(DownloadEvent::Started { file: self.file.clone(), total_bytes: size as u64 });
+    }
+    fn update(&mut self, size: usize) {
+        self.done += size as u64;
+        (self.callback)(DownloadEvent::Progress { file: self.file.clone(), bytes: self.done });
+    }
+    fn finish(&mut self) {
+        (self.callback)(DownloadEvent::Finished { file: self.file.clone() });
+    }
+}
+
+/// The hub as this process sees it: a cache folder, and whether the network may be used.
+#[derive(Clone, Debug)]
+pub struct Hub {
+    pub cache_dir: PathBuf,
+    pub offline: bool,
+}
+
+impl Hub {
+    /// From the environment; `force_offline` adds the `--offline` flag.
+    pub fn from_env(force_offline: bool) -> Hub {
+        Hub { cache_dir: cache_dir(), offline: force_offline || offline_from_env() }
+    }
+
+    fn cache(&self) -> Cache {
+        Cache::new(self.cache_dir.clone())
+    }
+
+    /// The cached copy of `repo/filename`, if any.
+    pub fn cached(&self, repo: &str, filename: &str) -> Option<PathBuf> {
+        self.cache().repo(Repo::model(repo.to_string())).get(filename)
+    }
+
+    /// `repo/filename` from the cache, downloading it when missing (unless offline).
+    pub fn fetch(&self, repo: &str, filename: &str, progress: &mut dyn FnMut(DownloadEvent)) -> Result<PathBuf> {
+        if let Some(p) = self.cached(repo, filename) {
+            return Ok(p);
+        }
+        if self.offline {
+            bail!(
+                "`{filename}` of `{repo}` is not in the Hugging Face cache ({}) and offline mode is on; \
+                 run `vit-workbench download {repo}` once with network access (without --offline / HF_HUB_OFFLINE), \
+                 or pass a local folder to --model",
+                self.cache_dir.display()
+            );
+        }
+        let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(self.cache()).with_progress(false);
+        if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+            builder = builder.with_endpoint(endpoint);
+        }
+        let api = builder.build().context("cannot set up the Hugging Face client")?;
+        let cb = CallbackProgress { file: filename.to_string(), done: 0, callback: progress };
+        api.model(repo.to_string())
+            .download_with_progress(filename, cb)
+            .with_context(|| format!("cannot download `{filename}` of `{repo}` from the Hugging Face hub"))
+    }
+
+    /// Whether a model's config and one weight file are cached.
+    pub fn is_cached(&self, repo: &str, weights: Option<&str>) -> bool {
+        self.cached(repo, "config.json").is_some()
+            && match weights {
+                Some(w) => self.cached(repo, w).is_some(),
+                None => WEIGHT_FILES.iter().any(|w| self.cached(repo, w).is_some()),
+            }
+    }
+
+    /// config.json, preprocessor_config.json (when the repo has one) and the weights of a repo.
+    /// `weights`: the weight file name when known; otherwise safetensors is tried, then `.bin`.
+    pub fn fetch_model(
+        &self,
+        repo: &str,
+        weights: Option<&str>,
+        progress: &mut dyn FnMut(DownloadEvent),
+    ) -> Result<ModelFiles> {
+        let config = self.fetch(repo, "config.json", progress)?;
+        // Optional: timm repos have none. A failure here only means the default recipe is used.
+        let _ = self.fetch(repo, "preprocessor_config.json", progress);
+        let weights = match weights {
+            Some(w) => self.fetch(repo, w, progress)?,
+            None => {
+                let mut errors = Vec::new();
+                let mut found = None;
+                for w in WEIGHT_FILES {
+                    match self.fetch(repo, w, progress) {
+                        Ok(p) => {
+                            found = Some(p);
+                            break;
+                        }
+                        Err(e) => errors.push(format!("{e:#}")),
+                    }
+                }
+                found.with_context(|| errors.join("; "))?
+            }
+        };
+        // hf-hub links every file of a revision into one snapshot folder, so the preprocessor
+        // config sits beside config.json, where the config loader looks for it.
+        Ok(ModelFiles { config, weights })
+    }
+}

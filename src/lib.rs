@@ -1,0 +1,18 @@
+//! vit-workbench: classify images with Vision Transformers (ViT, DeiT) and measure what their
+//! fp32, int8 and mobile variants cost and lose.
+//!
+//! Layers, bottom up (each only uses the ones above it in this list):
+//! - [`preprocess`]: image files -> model input, pixel-exact with the PIL pipelines models were
+//!   evaluated with.
+//! - [`model`]: configs and checkpoints of every supported layout -> one canonical weight set and
+//!   one forward pass, with attention capture.
+//! - [`hub`], [`zoo`]: where weights come from (Hugging Face cache, downloads, offline mode) and
+//!   the named models with their recipes.
+//! - [`cli`]: the command-line front end.
+
+pub mod cli;
+pub mod hub;
+pub mod labels;
+pub mod model;
+pub mod preprocess;
+pub mod zoo;

@@ -1,0 +1,253 @@
+//! Checkpoint files -> one canonical weight set.
+//!
+//! Three naming schemes reach us for the same network: timm (`blocks.N.attn.qkv`, fused), and
+//! transformers before and after its v5 renaming (`encoder.layer.N.attention.attention.query` vs
+//! `layers.N.attention.q_proj`), under a `vit.` or `deit.` prefix. Each is mapped onto
+//! [`VitWeights`], with q/k/v fused into one projection, every shape checked against the config
+//! and every tensor of the file accounted for: a tensor we would silently ignore is as much a
+//! sign of the wrong model as a missing one.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device, Tensor};
+
+use super::config::{HeadMode, Layout, VitConfig};
+use super::vit::{Block, LayerNorm, Linear, VitWeights};
+
+/// Reads every tensor of a `.safetensors` or PyTorch `.bin` (zip/pickle) file as f32 on the CPU.
+///
+/// The pickle reader is candle's: it interprets the opcodes needed to rebuild a state dict and
+/// never imports or calls Python code, so a malicious `.bin` cannot execute anything.
+pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let raw: Vec<(String, Tensor)> = match ext {
+        "safetensors" => {
+            let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            candle_core::safetensors::load_buffer(&data, &Device::Cpu)
+                .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file: {e}", path.display()))?
+                .into_iter()
+                .collect()
+        }
+        "bin" | "pt" | "pth" => {
+            if !path.exists() {
+                bail!("{} does not exist", path.display());
+            }
+            candle_core::pickle::read_all(path)
+                .map_err(|e| anyhow::anyhow!("{}: not a readable PyTorch state dict: {e}", path.display()))?
+        }
+        _ => bail!("{}: unknown checkpoint format (expected .safetensors or .bin)", path.display()),
+    };
+    if raw.is_empty() {
+        bail!("{}: holds no tensors (not a plain state dict of a ViT/DeiT)", path.display());
+    }
+    raw.into_iter()
+        .map(|(name, t)| {
+            let t = match t.dtype() {
+                DType::F32 => t,
+                DType::F16 | DType::BF16 | DType::F64 => t.to_dtype(DType::F32)?,
+                other => bail!("{}: tensor `{name}` has dtype {other:?}; expected floating point", path.display()),
+            };
+            Ok((name, t))
+        })
+        .collect()
+}
+
+/// Takes tensors out by name, checking shapes, and reports what was left over.
+struct Store {
+    file: PathBuf,
+    tensors: HashMap<String, Tensor>,
+}
+
+impl Store {
+    fn has(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self
+            .tensors
+            .remove(name)
+            .with_context(|| format!("{}: missing tensor `{name}` (expected shape {shape:?})", self.file.display()))?;
+        if t.dims() != shape {
+            bail!("{}: tensor `{name}` has shape {:?}, expected {shape:?}", self.file.display(), t.dims());
+        }
+        Ok(t)
+    }
+    fn take_opt(&mut self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
+        if self.has(name) { self.take(name, shape).map(Some) } else { Ok(None) }
+    }
+    fn linear(&mut self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+        let w = self.take(&format!("{prefix}.weight"), &[out, inp])?;
+        let b = if bias {
+            Some(self.take(&format!("{prefix}.bias"), &[out])?)
+        } else {
+            self.take_opt(&format!("{prefix}.bias"), &[out])?
+        };
+        Linear::new(w, b)
+    }
+    fn layer_norm(&mut self, prefix: &str, dim: usize, eps: f64) -> Result<LayerNorm> {
+        Ok(LayerNorm {
+            weight: self.take(&format!("{prefix}.weight"), &[dim])?,
+            bias: self.take(&format!("{prefix}.bias"), &[dim])?,
+            eps,
+        })
+    }
+    /// q, k, v projections fused into one `[3D, D]` projection, as timm stores them.
+    fn fused_qkv(&mut self, q_prefix: &str, k_prefix: &str, v_prefix: &str, d: usize, bias: bool) -> Result<Linear> {
+        let q = self.linear(q_prefix, d, d, bias)?;
+        let k = self.linear(k_prefix, d, d, bias)?;
+        let v = self.linear(v_prefix, d, d, bias)?;
+        let w = Tensor::cat(&[&q.weight, &k.weight, &v.weight], 0)?;
+        let b = match (q.bias, k.bias, v.bias) {
+            (Some(a), Some(b), Some(c)) => Some(Tensor::cat(&[&a, &b, &c], 0)?),
+            (None, None, None) => None,
+            _ => {
+                bail!("{}: `{q_prefix}`, `{k_prefix}` and `{v_prefix}` disagree on having a bias", self.file.display())
+            }
+        };
+        Linear::new(w, b)
+    }
+    fn finish(self) -> Result<()> {
+        // transformers may save the (unused for classification) pooler.
+        let mut left: Vec<&String> = self.tensors.keys().filter(|k| !k.contains("pooler.")).collect();
+        if !left.is_empty() {
+            left.sort();
+            let shown: Vec<String> = left.iter().take(5).map(|s| format!("`{s}`")).collect();
+            bail!(
+                "{}: {} unexpected tensor(s) the config does not account for: {}{}",
+                self.file.display(),
+                left.len(),
+                shown.join(", "),
+                if left.len() > 5 { ", ..." } else { "" }
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Maps a checkpoint's tensors onto the canonical weights for `config`.
+pub fn load_weights(path: &Path, config: &VitConfig, device: &Device) -> Result<VitWeights> {
+    let tensors = read_tensors(path)?;
+    let mut store = Store { file: path.to_path_buf(), tensors };
+    let weights = match config.layout {
+        Layout::Timm => map_timm(&mut store, config)?,
+        Layout::Hf => map_hf(&mut store, config)?,
+    };
+    store.finish()?;
+    weights.check_finite(path);
+    weights.to_device(device)
+}
+
+fn map_timm(s: &mut Store, c: &VitConfig) -> Result<VitWeights> {
+    let (d, m, p) = (c.hidden, c.mlp, c.patch);
+    let mut blocks = Vec::with_capacity(c.depth);
+    for i in 0..c.depth {
+        let b = format!("blocks.{i}");
+        blocks.push(Block {
+            norm1: s.layer_norm(&format!("{b}.norm1"), d, c.layer_norm_eps)?,
+            qkv: s.linear(&format!("{b}.attn.qkv"), 3 * d, d, c.qkv_bias)?,
+            proj: s.linear(&format!("{b}.attn.proj"), d, d, true)?,
+            norm2: s.layer_norm(&format!("{b}.norm2"), d, c.layer_norm_eps)?,
+            fc1: s.linear(&format!("{b}.mlp.fc1"), m, d, true)?,
+            fc2: s.linear(&format!("{b}.mlp.fc2"), d, m, true)?,
+        });
+    }
+    let n = c.num_classes();
+    let mut heads = vec![(s.linear("head", n, d, true)?, 0)];
+    if c.head_mode == HeadMode::MeanClsDist {
+        heads.push((s.linear("head_dist", n, d, true)?, 1));
+    }
+    Ok(VitWeights {
+        patch: s.linear_from_conv("patch_embed.proj", d, p)?,
+        cls_token: s.take("cls_token", &[1, 1, d])?,
+        dist_token: if c.dist_token { Some(s.take("dist_token", &[1, 1, d])?) } else { None },
+        pos_embed: s.take("pos_embed", &[1, c.num_tokens(), d])?,
+        blocks,
+        norm: s.layer_norm("norm", d, c.layer_norm_eps)?,
+        heads,
+    })
+}
+
+fn map_hf(s: &mut Store, c: &VitConfig) -> Result<VitWeights> {
+    let (d, m, p) = (c.hidden, c.mlp, c.patch);
+    let prefix = if s.has("deit.embeddings.cls_token") {
+        "deit."
+    } else if s.has("vit.embeddings.cls_token") {
+        "vit."
+    } else if s.has("embeddings.cls_token") {
+        ""
+    } else {
+        bail!(
+            "{}: no `vit.embeddings.cls_token` or `deit.embeddings.cls_token`: not a transformers ViT/DeiT checkpoint",
+            s.file.display()
+        );
+    };
+    // transformers v5 renamed the encoder tensors; both spellings are in the wild.
+    let v5 = s.has(&format!("{prefix}layers.0.layernorm_before.weight"));
+    let mut blocks = Vec::with_capacity(c.depth);
+    for i in 0..c.depth {
+        let block = if v5 {
+            let b = format!("{prefix}layers.{i}");
+            Block {
+                norm1: s.layer_norm(&format!("{b}.layernorm_before"), d, c.layer_norm_eps)?,
+                qkv: s.fused_qkv(
+                    &format!("{b}.attention.q_proj"),
+                    &format!("{b}.attention.k_proj"),
+                    &format!("{b}.attention.v_proj"),
+                    d,
+                    c.qkv_bias,
+                )?,
+                proj: s.linear(&format!("{b}.attention.o_proj"), d, d, true)?,
+                norm2: s.layer_norm(&format!("{b}.layernorm_after"), d, c.layer_norm_eps)?,
+                fc1: s.linear(&format!("{b}.mlp.fc1"), m, d, true)?,
+                fc2: s.linear(&format!("{b}.mlp.fc2"), d, m, true)?,
+            }
+        } else {
+            let b = format!("{prefix}encoder.layer.{i}");
+            Block {
+                norm1: s.layer_norm(&format!("{b}.layernorm_before"), d, c.layer_norm_eps)?,
+                qkv: s.fused_qkv(
+                    &format!("{b}.attention.attention.query"),
+                    &format!("{b}.attention.attention.key"),
+                    &format!("{b}.attention.attention.value"),
+                    d,
+                    c.qkv_bias,
+                )?,
+                proj: s.linear(&format!("{b}.attention.output.dense"), d, d, true)?,
+                norm2: s.layer_norm(&format!("{b}.layernorm_after"), d, c.layer_norm_eps)?,
+                fc1: s.linear(&format!("{b}.intermediate.dense"), m, d, true)?,
+                fc2: s.linear(&format!("{b}.output.dense"), d, m, true)?,
+            }
+        };
+        blocks.push(block);
+    }
+    let n = c.num_classes();
+    let heads = match (c.dist_token, c.head_mode) {
+        (_, HeadMode::MeanClsDist) => {
+            vec![(s.linear("cls_classifier", n, d, true)?, 0), (s.linear("distillation_classifier", n, d, true)?, 1)]
+        }
+        (_, HeadMode::Cls) => vec![(s.linear("classifier", n, d, true)?, 0)],
+    };
+    let e = format!("{prefix}embeddings");
+    Ok(VitWeights {
+        patch: s.linear_from_conv(&format!("{e}.patch_embeddings.projection"), d, p)?,
+        cls_token: s.take(&format!("{e}.cls_token"), &[1, 1, d])?,
+        dist_token: if c.dist_token { Some(s.take(&format!("{e}.distillation_token"), &[1, 1, d])?) } else { None },
+        pos_embed: s.take(&format!("{e}.position_embeddings"), &[1, c.num_tokens(), d])?,
+        blocks,
+        norm: s.layer_norm(&format!("{prefix}layernorm"), d, c.layer_norm_eps)?,
+        heads,
+    })
+}
+
+impl Store {
+    /// The patch-embedding convolution (kernel = stride = patch) as a linear layer on flattened
+    /// `(channel, row, column)` patches: the same arithmetic, and one more layer the kernels and
+    /// quantizers can treat like any other.
+    fn linear_from_conv(&mut self, prefix: &str, d: usize, p: usize) -> Result<Linear> {
+        let w = self.take(&format!("{prefix}.weight"), &[d, 3, p, p])?;
+        let b = self.take(&format!("{prefix}.bias"), &[d])?;
+        Linear::new(w.reshape((d, 3 * p * p))?, Some(b))
+    }
+}

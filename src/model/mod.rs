@@ -1,0 +1,152 @@
+//! The ViT/DeiT network: configs of both dialects, checkpoints of every layout, one forward.
+//!
+//! Loading is `config.json` -> [`config::VitConfig`] (sizes checked before anything is read),
+//! then checkpoint -> [`vit::VitWeights`] (every tensor named, shaped and accounted for), then
+//! [`Model`] pairs them with the preprocessing recipe and a device.
+
+pub mod checkpoint;
+pub mod config;
+pub mod vit;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use candle_core::{Device, Tensor};
+use image::RgbImage;
+use serde::Serialize;
+
+pub use config::{HeadMode, Layout, VitConfig};
+pub use vit::{Capture, ForwardOutput, VitWeights};
+
+use crate::preprocess::Recipe;
+
+/// The files a checkpoint consists of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelFiles {
+    pub config: PathBuf,
+    pub weights: PathBuf,
+}
+
+/// Weight file names we look for, in order of preference.
+pub const WEIGHT_FILES: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
+
+impl ModelFiles {
+    /// A local folder holding `config.json` and `model.safetensors` or `pytorch_model.bin`.
+    pub fn from_dir(dir: &Path) -> Result<ModelFiles> {
+        let config = dir.join("config.json");
+        if !config.is_file() {
+            bail!("{}: no config.json in this folder", dir.display());
+        }
+        let weights =
+            WEIGHT_FILES.iter().map(|f| dir.join(f)).find(|p| p.is_file()).with_context(|| {
+                format!("{}: no model.safetensors or pytorch_model.bin in this folder", dir.display())
+            })?;
+        Ok(ModelFiles { config, weights })
+    }
+}
+
+/// One label with its probability.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Prediction {
+    pub index: usize,
+    pub label: String,
+    pub probability: f32,
+}
+
+/// A loaded model, ready to classify.
+#[derive(Debug)]
+pub struct Model {
+    /// What the user named: a hub id or a path.
+    pub id: String,
+    pub config: VitConfig,
+    pub recipe: Recipe,
+    pub weights: VitWeights,
+    pub device: Device,
+    pub files: ModelFiles,
+}
+
+impl Model {
+    /// Loads a checkpoint. `recipe` overrides the preprocessing the config implies (zoo entries
+    /// whose published preprocessor config is wrong, e.g. DeiT's).
+    pub fn load(id: &str, files: &ModelFiles, recipe: Option<Recipe>, device: &Device) -> Result<Model> {
+        let parsed = config::load_config(&files.config)?;
+        let weights = checkpoint::load_weights(&files.weights, &parsed.config, device)?;
+        Ok(Model {
+            id: id.to_string(),
+            recipe: recipe.unwrap_or(parsed.recipe),
+            config: parsed.config,
+            weights,
+            device: device.clone(),
+            files: files.clone(),
+        })
+    }
+
+    pub fn forward(&self, pixels: &Tensor, capture: Capture) -> Result<ForwardOutput> {
+        let (_, c, h, w) = pixels.dims4()?;
+        let s = self.config.image_size;
+        if c != 3 || h != s || w != s {
+            bail!("input is {c}x{h}x{w}, the model expects 3x{s}x{s}");
+        }
+        vit::forward(&self.weights, self.config.heads, self.config.patch, pixels, capture)
+    }
+
+    /// Image -> normalised `[1, 3, S, S]` input on the model's device.
+    pub fn preprocess(&self, img: &RgbImage) -> Result<Tensor> {
+        let (w, h) = self.recipe.output_size();
+        let s = self.config.image_size as u32;
+        if (w, h) != (s, s) {
+            bail!("the preprocessing produces {w}x{h} images but the model expects {s}x{s}");
+        }
+        self.recipe.to_tensor(img, &self.device)
+    }
+
+    /// Stacks several preprocessed images into one batch.
+    pub fn preprocess_batch(&self, imgs: &[RgbImage]) -> Result<Tensor> {
+        let ts = imgs.iter().map(|i| self.preprocess(i)).collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&ts, 0)?)
+    }
+
+    /// Top-k predictions for each image in a batch of logits `[B, classes]`.
+    pub fn top_k(&self, logits: &Tensor, k: usize) -> Result<Vec<Vec<Prediction>>> {
+        let probs = vit::softmax(logits)?.to_vec2::<f32>()?;
+        Ok(probs.iter().map(|p| top_k(p, &self.config.labels, k)).collect())
+    }
+
+    /// Classifies one image.
+    pub fn classify(&self, img: &RgbImage, k: usize) -> Result<Vec<Prediction>> {
+        let out = self.forward(&self.preprocess(img)?, Capture::NONE)?;
+        Ok(self.top_k(&out.logits, k)?.remove(0))
+    }
+}
+
+/// The `k` most probable classes, most probable first (ties by lower index).
+pub fn top_k(probs: &[f32], labels: &[String], k: usize) -> Vec<Prediction> {
+    let mut idx: Vec<usize> = (0..probs.len()).collect();
+    idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    idx.into_iter()
+        .take(k)
+        .map(|i| Prediction {
+            index: i,
+            label: labels.get(i).cloned().unwrap_or_else(|| format!("class {i}")),
+            probability: probs[i],
+        })
+        .collect()
+}
+
+/// `cpu` or `cuda` (`cuda:N`) -> a candle device, with a clear error when CUDA is not built in.
+pub fn device_from_name(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        n if n == "cuda" || n.starts_with("cuda:") => {
+            let ordinal: usize =
+                n.strip_prefix("cuda:").map(str::parse).transpose().context("bad CUDA device number")?.unwrap_or(0);
+            if !candle_core::utils::cuda_is_available() {
+                bail!(
+                    "CUDA is not available: this binary was built without the `cuda` feature (cargo build --release --features cuda)"
+                );
+            }
+            Device::new_cuda(ordinal).with_context(|| format!("cannot open CUDA device {ordinal}"))
+        }
+        other => bail!("unknown device `{other}` (expected cpu or cuda)"),
+    }
+}

@@ -1,0 +1,220 @@
+//! The command line as a user meets it: output formats and one-line errors for bad input.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HUB_CACHE", std::env::temp_dir().join("vitwb-empty-cache"))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_one_line_error(stderr: &str, needles: &[&str]) {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    for n in needles {
+        assert!(lines[0].contains(n), "error line lacks `{n}`: {stderr}");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn classify_json_has_the_documented_shape() {
+    let Some(shared) = shared() else { return };
+    let model = timm_tiny(&shared);
+    let img = shared.join("images/coffee.png");
+    let (code, out, err) =
+        run(&["classify", img.to_str().unwrap(), "--model", model.to_str().unwrap(), "--top", "3", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let list = v.as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    let r = &list[0];
+    assert_eq!(r["image"], img.to_str().unwrap());
+    assert_eq!(r["model"], model.to_str().unwrap());
+    assert_eq!(r["variant"], "fp32");
+    let top = r["top"].as_array().unwrap();
+    assert_eq!(top.len(), 3);
+    assert_eq!(top[0]["label"], "espresso");
+    assert_eq!(top[0]["index"], 967);
+    let p: Vec<f64> = top.iter().map(|t| t["probability"].as_f64().unwrap()).collect();
+    assert!(p.windows(2).all(|w| w[0] >= w[1]) && p[0] <= 1.0 && p[2] > 0.0);
+}
+
+#[test]
+fn classify_text_lists_top_k_for_each_image() {
+    let Some(shared) = shared() else { return };
+    let model = hf_tiny(&shared);
+    let a = shared.join("images/chelsea.png");
+    let b = shared.join("images/coffee.png");
+    let (code, out, err) =
+        run(&["classify", a.to_str().unwrap(), b.to_str().unwrap(), "--model", model.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Egyptian cat") && out.contains("espresso"), "{out}");
+    assert_eq!(out.lines().filter(|l| l.trim_start().starts_with("1.")).count(), 2);
+    assert_eq!(out.lines().filter(|l| l.trim_start().starts_with("5.")).count(), 2);
+}
+
+#[test]
+fn missing_image_is_a_one_line_error() {
+    let model = fixture("timm_vit");
+    let (code, _, err) = run(&["classify", "/nonexistent/cat.png", "--model", model.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert_one_line_error(&err, &["/nonexistent/cat.png"]);
+}
+
+#[test]
+fn corrupt_image_is_a_one_line_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("broken.png");
+    let mut bytes = std::fs::read(fixture("preprocess/hf_vit__chelsea.png")).unwrap();
+    bytes.truncate(200);
+    std::fs::write(&bad, bytes).unwrap();
+    let text = dir.path().join("notes.jpg");
+    std::fs::write(&text, "this is not an image").unwrap();
+    let model = fixture("timm_vit");
+    for f in [&bad, &text] {
+        let (code, _, err) = run(&["classify", f.to_str().unwrap(), "--model", model.to_str().unwrap()]);
+        assert_ne!(code, 0);
+        assert_one_line_error(&err, &[f.to_str().unwrap()]);
+    }
+}
+
+fn copy_fixture(name: &str, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(fixture(name)).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+    }
+}
+
+#[test]
+fn wrong_tensor_shape_names_the_tensor_and_both_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("model");
+    copy_fixture("hf_vit", &m);
+    // Claim 3 layers' worth of MLP width the checkpoint does not have.
+    let cfg = std::fs::read_to_string(m.join("config.json"))
+        .unwrap()
+        .replace("\"intermediate_size\": 64", "\"intermediate_size\": 48");
+    std::fs::write(m.join("config.json"), cfg).unwrap();
+    let img = fixture("preprocess/hf_vit__chelsea.png");
+    let (code, _, err) = run(&["classify", img.to_str().unwrap(), "--model", m.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert_one_line_error(
+        &err,
+        &["model.safetensors", "vit.encoder.layer.0.intermediate.dense.weight", "[64, 32]", "[48, 32]"],
+    );
+}
+
+#[test]
+fn unknown_architecture_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("model");
+    copy_fixture("hf_vit", &m);
+    let cfg = std::fs::read_to_string(m.join("config.json"))
+        .unwrap()
+        .replace("ViTForImageClassification", "SwinForImageClassification");
+    std::fs::write(m.join("config.json"), cfg).unwrap();
+    let img = fixture("preprocess/hf_vit__chelsea.png");
+    let (code, _, err) = run(&["classify", img.to_str().unwrap(), "--model", m.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert_one_line_error(&err, &["config.json", "SwinForImageClassification"]);
+}
+
+#[test]
+fn corrupt_checkpoint_and_config_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = fixture("preprocess/hf_vit__chelsea.png");
+    // Truncated weights.
+    let m = dir.path().join("truncated");
+    copy_fixture("timm_vit", &m);
+    let w = std::fs::read(m.join("model.safetensors")).unwrap();
+    std::fs::write(m.join("model.safetensors"), &w[..w.len() / 2]).unwrap();
+    let (code, _, err) = run(&["classify", img.to_str().unwrap(), "--model", m.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert_one_line_error(&err, &["model.safetensors"]);
+    // config.json that is not JSON.
+    let m = dir.path().join("badjson");
+    copy_fixture("timm_vit", &m);
+    std::fs::write(m.join("config.json"), "{ not json").unwrap();
+    let (code, _, err) = run(&["classify", img.to_str().unwrap(), "--model", m.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert_one_line_error(&err, &["config.json", "not valid JSON"]);
+}
+
+#[test]
+fn offline_cache_miss_says_what_is_missing_and_how_to_get_it() {
+    let img = fixture("preprocess/hf_vit__chelsea.png");
+    let (code, _, err) =
+        run(&["classify", img.to_str().unwrap(), "--model", "google/vit-base-patch16-224", "--offline"]);
+    assert_ne!(code, 0);
+    assert_one_line_error(&err, &["config.json", "google/vit-base-patch16-224", "offline", "vit-workbench download"]);
+}
+
+#[test]
+fn models_lists_the_zoo_with_cache_state() {
+    let (code, out, err) = run(&["models"]);
+    assert_eq!(code, 0, "{err}");
+    for id in [
+        "google/vit-base-patch16-224",
+        "facebook/deit-tiny-patch16-224",
+        "facebook/deit-base-distilled-patch16-224",
+        "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k",
+    ] {
+        let line = out.lines().find(|l| l.starts_with(id)).unwrap_or_else(|| panic!("{id} missing: {out}"));
+        assert!(line.contains(" no "), "{line}");
+    }
+    assert!(out.contains("shorter side 256 bicubic, centre crop 224x224, ImageNet mean/std"), "{out}");
+    assert!(out.contains("vitwb-empty-cache"));
+}
+
+#[test]
+fn models_marks_cached_entries() {
+    // A fake hub cache laid out as huggingface_hub does, holding the shared ViT-Ti as the timm repo.
+    let Some(shared) = shared() else { return };
+    let cache = tempfile::tempdir().unwrap();
+    let snap = cache.path().join("models--timm--vit_tiny_patch16_224.augreg_in21k_ft_in1k");
+    std::fs::create_dir_all(snap.join("refs")).unwrap();
+    std::fs::write(snap.join("refs/main"), "abc123").unwrap();
+    let files = snap.join("snapshots/abc123");
+    std::fs::create_dir_all(&files).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::os::unix::fs::symlink(timm_tiny(&shared).join(f), files.join(f)).unwrap();
+    }
+    let out = Command::new(bin()).args(["models"]).env("HF_HUB_CACHE", cache.path()).output().unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    let line = out.lines().find(|l| l.starts_with("timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k")).unwrap();
+    assert!(line.contains(" yes "), "{line}");
+    // And classify loads it by hub id, offline, from that cache.
+    let img = shared.join("images/chelsea.png");
+    let out = Command::new(bin())
+        .args([
+            "classify",
+            img.to_str().unwrap(),
+            "--model",
+            "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k",
+            "--offline",
+            "--top",
+            "1",
+        ])
+        .env("HF_HUB_CACHE", cache.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("Egyptian cat"), "{stdout}");
+}

@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""Builds the parity fixtures under tests/fixtures/ (committed; small).
+
+Needs: torch, transformers, timm, pillow, safetensors, numpy (PyPI). Run from the repo root:
+
+    python3 tools/make_fixtures.py [--shared ../shared]
+
+What it writes, per tiny random-weight model (32-dim, 2 layers, 2 heads, 32x32 input, patch 8,
+10 classes) in each layout the engine loads:
+  tests/fixtures/<name>/config.json, model.safetensors or pytorch_model.bin   (the checkpoint)
+  tests/fixtures/<name>/reference.safetensors: pixel_values [2,3,32,32], logits [2,10],
+                                              attn.<layer> [2,heads,T,T] (softmax probabilities)
+and, for the preprocessing recipes on real photos (PIL is the reference resampler):
+  tests/fixtures/preprocess/<recipe>__<photo>.png  the 8-bit image after resize + crop, before
+                                                  normalisation (normalisation is exact arithmetic)
+  tests/fixtures/real_reference.json                top-5 of the real ViT-Ti in both layouts
+"""
+import argparse
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+FIX = os.path.join(ROOT, "tests", "fixtures")
+
+DIM, DEPTH, HEADS, MLP, IMG, PATCH, CLASSES = 32, 2, 2, 64, 32, 8, 10
+LABELS = {str(i): f"fixture class {i}" for i in range(CLASSES)}
+
+
+def randomize(model, seed):
+    """Replace the library's tiny init (std 0.02) by weights large enough that attention is far from
+    uniform and every parameter matters, so a wrong mapping shows up in the logits."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1 and ("norm" in name.lower() and name.endswith("weight")):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+            elif p.dim() == 1:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            else:
+                fan_in = p[0].numel() if p.dim() > 1 else 1
+                p.copy_(torch.randn(p.shape, generator=g) * (1.5 / math.sqrt(fan_in)))
+    return model.eval()
+
+
+def inputs(seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn((2, 3, IMG, IMG), generator=g)
+
+
+def write_reference(out_dir, pixels, logits, attns):
+    tensors = {"pixel_values": pixels.contiguous(), "logits": logits.contiguous()}
+    for i, a in enumerate(attns):
+        tensors[f"attn.{i}"] = a.contiguous()
+    save_file(tensors, os.path.join(out_dir, "reference.safetensors"))
+
+
+def fresh_dir(name):
+    d = os.path.join(FIX, name)
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    return d
+
+
+def hf_models():
+    from transformers import (DeiTConfig, DeiTForImageClassification,
+                              DeiTForImageClassificationWithTeacher, ViTConfig,
+                              ViTForImageClassification)
+    common = dict(hidden_size=DIM, num_hidden_layers=DEPTH, num_attention_heads=HEADS,
+                  intermediate_size=MLP, image_size=IMG, patch_size=PATCH, num_labels=CLASSES,
+                  id2label=LABELS, label2id={v: int(k) for k, v in LABELS.items()},
+                  attn_implementation="eager")
+    specs = [
+        # (fixture, class, config, safetensors?, layer_norm_eps)
+        ("hf_vit", ViTForImageClassification, ViTConfig, True, 1e-12),
+        # facebook/deit-*-patch16-224 are ViTForImageClassification shipped as pytorch_model.bin
+        ("hf_vit_bin", ViTForImageClassification, ViTConfig, False, 1e-12),
+        ("hf_deit", DeiTForImageClassification, DeiTConfig, False, 1e-12),
+        ("hf_deit_distilled", DeiTForImageClassificationWithTeacher, DeiTConfig, True, 1e-12),
+    ]
+    for seed, (name, cls, cfg_cls, safetensors, eps) in enumerate(specs, start=1):
+        torch.manual_seed(seed)
+        model = randomize(cls(cfg_cls(layer_norm_eps=eps, **common)), seed)
+        d = fresh_dir(name)
+        model.save_pretrained(d, safe_serialization=safetensors)
+        if not safetensors and not os.path.exists(os.path.join(d, "pytorch_model.bin")):
+            # transformers 5 always writes safetensors; write the legacy pickle by hand.
+            for f in os.listdir(d):
+                if f.endswith(".safetensors"):
+                    os.remove(os.path.join(d, f))
+            torch.save(model.state_dict(), os.path.join(d, "pytorch_model.bin"))
+        x = inputs(100 + seed)
+        with torch.no_grad():
+            out = model(pixel_values=x, output_attentions=True)
+        write_reference(d, x, out.logits, out.attentions)
+        print(name, "logits", tuple(out.logits.shape))
+
+
+def timm_models():
+    import timm
+    from timm.models.deit import VisionTransformerDistilled
+    from timm.models.vision_transformer import VisionTransformer
+    timm.layers.set_fused_attn(False)
+    args = dict(img_size=IMG, patch_size=PATCH, embed_dim=DIM, depth=DEPTH, num_heads=HEADS,
+                mlp_ratio=MLP / DIM, num_classes=CLASSES)
+    specs = [
+        ("timm_vit", VisionTransformer, "vit_fixture_patch8_32"),
+        ("timm_deit_distilled", VisionTransformerDistilled, "deit_fixture_distilled_patch8_32"),
+    ]
+    for seed, (name, cls, arch) in enumerate(specs, start=10):
+        torch.manual_seed(seed)
+        model = randomize(cls(**args), seed)
+        d = fresh_dir(name)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                  os.path.join(d, "model.safetensors"))
+        config = {
+            "architecture": arch,
+            "num_classes": CLASSES,
+            "num_features": DIM,
+            "global_pool": "token",
+            "model_args": {k: v for k, v in args.items() if k != "num_classes"},
+            "pretrained_cfg": {
+                "input_size": [3, IMG, IMG], "interpolation": "bicubic", "crop_pct": 0.875,
+                "crop_mode": "center", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                "num_classes": CLASSES, "first_conv": "patch_embed.proj", "classifier": "head",
+                "label_names": [LABELS[str(i)] for i in range(CLASSES)],
+            },
+        }
+        with open(os.path.join(d, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+        captured = []
+        hooks = [b.attn.attn_drop.register_forward_hook(lambda m, i, o: captured.append(o))
+                 for b in model.blocks]
+        x = inputs(100 + seed)
+        with torch.no_grad():
+            logits = model(x)
+        for h in hooks:
+            h.remove()
+        write_reference(d, x, logits, captured)
+        print(name, "logits", tuple(logits.shape))
+
+
+# The preprocessing recipes, written the way the reference libraries run them on a PIL image.
+def torchvision_round(v):
+    return int(round(v))  # Python's round: half to even, as torchvision's CenterCrop uses
+
+
+def resize_shorter(img, size, resample):
+    w, h = img.size
+    if w <= h:
+        new_w, new_h = size, int(size * h / w)
+    else:
+        new_w, new_h = int(size * w / h), size
+    return img.resize((new_w, new_h), resample)
+
+
+def center_crop(img, size):
+    w, h = img.size
+    top = torchvision_round((h - size) / 2.0)
+    left = torchvision_round((w - size) / 2.0)
+    return img.crop((left, top, left + size, top + size))
+
+
+RECIPES = {
+    # google/vit-base-patch16-224 and the shared HF ViT-Ti: ViTImageProcessor (PIL, bilinear)
+    "hf_vit": lambda im: im.resize((224, 224), Image.BILINEAR),
+    # timm vit_tiny_patch16_224.augreg_in21k_ft_in1k: bicubic, crop_pct 0.9 -> Resize(248) + crop
+    "timm_crop90_bicubic": lambda im: center_crop(resize_shorter(im, math.floor(224 / 0.9), Image.BICUBIC), 224),
+    # DeiT: shorter side 256 bicubic, centre crop 224
+    "deit": lambda im: center_crop(resize_shorter(im, 256, Image.BICUBIC), 224),
+}
+
+
+def preprocess_refs(shared):
+    out = os.path.join(FIX, "preprocess")
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    for photo in ["chelsea.png", "rocket.jpg"]:
+        im = Image.open(os.path.join(shared, "images", photo)).convert("RGB")
+        for recipe, fn in RECIPES.items():
+            res = fn(im)
+            assert res.size == (224, 224)
+            res.save(os.path.join(out, f"{recipe}__{os.path.splitext(photo)[0]}.png"))
+    print("preprocess references written")
+
+
+def real_references(shared):
+    """Top-5 of the real ViT-Ti in both layouts with each layout's own (PIL) preprocessing."""
+    import timm
+    from safetensors.torch import load_file
+    from transformers import ViTForImageClassification
+    models = os.path.join(shared, "models")
+    labels = open(os.path.join(models, "imagenet1k_labels.txt")).read().splitlines()
+    tm = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    tm.load_state_dict(load_file(os.path.join(models, "vit_tiny_patch16_224.augreg_in21k_ft_in1k", "model.safetensors")))
+    tm.eval()
+    hf = ViTForImageClassification.from_pretrained(os.path.join(models, "vit-tiny-patch16-224")).eval()
+
+    def tensor(im, mean, std):
+        a = np.asarray(im, dtype=np.float32) / 255.0
+        a = (a - np.array(mean, dtype=np.float32)) / np.array(std, dtype=np.float32)
+        return torch.from_numpy(a.transpose(2, 0, 1).copy())[None]
+
+    result = {}
+    for photo in sorted(os.listdir(os.path.join(shared, "images"))):
+        if not photo.lower().endswith((".png", ".jpg", ".jpeg")):
+            continue
+        im = Image.open(os.path.join(shared, "images", photo)).convert("RGB")
+        entry = {}
+        for layout, model, recipe in [("timm", tm, "timm_crop90_bicubic"), ("hf", hf, "hf_vit")]:
+            x = tensor(RECIPES[recipe](im), [0.5] * 3, [0.5] * 3)
+            with torch.no_grad():
+                logits = model(x) if layout == "timm" else model(pixel_values=x).logits
+            p = logits.softmax(-1)[0]
+            top = p.topk(5)
+            entry[layout] = [{"index": int(i), "label": labels[int(i)], "probability": float(v)}
+                             for v, i in zip(top.values, top.indices)]
+        result[photo] = entry
+        print(photo, entry["timm"][0]["label"], round(entry["timm"][0]["probability"], 3),
+              entry["hf"][0]["label"], round(entry["hf"][0]["probability"], 3))
+    with open(os.path.join(FIX, "real_reference.json"), "w") as f:
+        json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shared", default=os.path.join(ROOT, "..", "shared"))
+    a = ap.parse_args()
+    torch.set_grad_enabled(False)
+    hf_models()
+    timm_models()
+    preprocess_refs(a.shared)
+    real_references(a.shared)
