@@ -10,9 +10,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::hub::{DownloadEvent, Hub};
-use crate::model::{Model, Prediction, device_from_name};
+use candle_core::Device;
+
+use crate::model::{Prediction, device_from_name};
 use crate::preprocess::load_image;
-use crate::zoo::{DEFAULT_MODEL, ModelSource, ZOO};
+use crate::quant::metrics::compare_variants;
+use crate::quant::{Variant, export, parse_variants};
+use crate::zoo::{DEFAULT_MODEL, ModelSource, ZOO, load_model};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -45,6 +49,31 @@ pub enum Command {
         /// cpu or cuda.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// fp32, int8 or mobile.
+        #[arg(long, default_value = "fp32")]
+        variant: Variant,
+    },
+    /// Write a variant of a model as one self-contained file (safetensors + metadata).
+    Export {
+        #[arg(long, short, default_value = DEFAULT_MODEL)]
+        model: String,
+        #[arg(long, default_value = "int8")]
+        variant: Variant,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// What each variant loses against fp32 on the same images: agreement, KL, per-layer error.
+    Compare {
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        #[arg(long, short, default_value = DEFAULT_MODEL)]
+        model: String,
+        /// Comma-separated; fp32 is always the reference.
+        #[arg(long, default_value = "fp32,int8,mobile")]
+        variants: String,
+        /// Print one JSON document instead of tables.
+        #[arg(long)]
+        json: bool,
     },
     /// List the model zoo and what is already cached.
     Models,
@@ -85,9 +114,16 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("{model}: {} and {}", files.config.display(), files.weights.display());
             Ok(())
         }
-        Some(Command::Classify { images, model, top, json, device }) => {
-            classify(&hub, &images, &model, top, json, &device)
+        Some(Command::Classify { images, model, top, json, device, variant }) => {
+            classify(&hub, &images, &model, top, json, &device, variant)
         }
+        Some(Command::Export { model, variant, out }) => {
+            let m = load_model(&model, variant, &hub, &Device::Cpu, &mut download_bar())?;
+            let bytes = export::export(&m, &out)?;
+            println!("{} ({variant}): wrote {} ({})", m.id, out.display(), human_bytes(bytes));
+            Ok(())
+        }
+        Some(Command::Compare { images, model, variants, json }) => compare(&hub, &images, &model, &variants, json),
     }
 }
 
@@ -143,18 +179,24 @@ struct ImageResult<'a> {
     top: Vec<Prediction>,
 }
 
-fn classify(hub: &Hub, images: &[PathBuf], model_spec: &str, k: usize, json: bool, device: &str) -> Result<()> {
+fn classify(
+    hub: &Hub,
+    images: &[PathBuf],
+    model_spec: &str,
+    k: usize,
+    json: bool,
+    device: &str,
+    variant: Variant,
+) -> Result<()> {
     let device = device_from_name(device)?;
-    let source = ModelSource::parse(model_spec)?;
-    let (files, recipe) = source.resolve(hub, &mut download_bar())?;
-    let model = Model::load(model_spec, &files, recipe, &device)
-        .with_context(|| format!("cannot load model `{model_spec}`"))?;
+    let model = load_model(model_spec, variant, hub, &device, &mut download_bar())?;
+    let variant_name = model.variant.name();
     let k = k.clamp(1, model.config.num_classes());
     let mut results = Vec::new();
     for path in images {
         let img = load_image(path)?;
         let top = model.classify(&img, k).with_context(|| format!("cannot classify {}", path.display()))?;
-        results.push(ImageResult { image: path.display().to_string(), model: model_spec, variant: "fp32", top });
+        results.push(ImageResult { image: path.display().to_string(), model: model_spec, variant: variant_name, top });
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&results)?);
@@ -165,6 +207,96 @@ fn classify(hub: &Hub, images: &[PathBuf], model_spec: &str, k: usize, json: boo
                 println!("  {:>2}. {:<40} {:>7.3}%  [{}]", i + 1, p.label, p.probability * 100.0, p.index);
             }
         }
+    }
+    Ok(())
+}
+
+/// `1234567` -> `1.23 MB`.
+pub fn human_bytes(b: u64) -> String {
+    match b {
+        b if b >= 1_000_000_000 => format!("{:.2} GB", b as f64 / 1e9),
+        b if b >= 1_000_000 => format!("{:.2} MB", b as f64 / 1e6),
+        b if b >= 1_000 => format!("{:.1} kB", b as f64 / 1e3),
+        b => format!("{b} B"),
+    }
+}
+
+fn compare(hub: &Hub, images: &[PathBuf], model_spec: &str, variants: &str, json: bool) -> Result<()> {
+    let variants = parse_variants(variants)?;
+    let reference = load_model(model_spec, Variant::Fp32, hub, &Device::Cpu, &mut download_bar())?;
+    let others = variants.iter().map(|v| reference.to_variant(*v, Default::default())).collect::<Result<Vec<_>>>()?;
+    let imgs = images.iter().map(|p| load_image(p)).collect::<Result<Vec<_>>>()?;
+    let report = compare_variants(&reference, &others.iter().collect::<Vec<_>>(), &imgs)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let fp32_size = report.iter().find(|r| r.variant == Variant::Fp32).map(|r| r.file_bytes);
+    println!(
+        "{} on {} image(s), cpu, {} threads; reference: fp32",
+        reference.id,
+        imgs.len(),
+        rayon::current_num_threads()
+    );
+    println!(
+        "{:<7} {:>10} {:>7} {:>12} {:>7} {:>7} {:>10} {:>10} {:>10}",
+        "variant", "file", "vs fp32", "weights mem", "top-1", "top-5", "KL mean", "max|dlog|", "min cos"
+    );
+    for r in &report {
+        let s = &r.summary;
+        let rel = fp32_size.map(|f| format!("{:.1}%", 100.0 * r.file_bytes as f64 / f as f64)).unwrap_or_default();
+        println!(
+            "{:<7} {:>10} {:>7} {:>12} {:>6.0}% {:>6.0}% {:>10.2e} {:>10.4} {:>10.6}",
+            r.variant.name(),
+            human_bytes(r.file_bytes),
+            rel,
+            human_bytes(r.weight_bytes as u64),
+            100.0 * s.top1_agreement,
+            100.0 * s.top5_overlap,
+            s.mean_kl_div,
+            s.max_abs_dlogit,
+            s.min_cosine
+        );
+    }
+    let quantized: Vec<_> = report.iter().filter(|r| r.variant != Variant::Fp32).collect();
+    if !quantized.is_empty() {
+        println!("\nper-layer relative error of each block's output vs fp32 (mean over images):");
+        print!("{:<6}", "block");
+        for r in &quantized {
+            print!(" {:>10}", r.variant.name());
+        }
+        println!();
+        for layer in 0..reference.config.depth {
+            print!("{layer:<6}");
+            for r in &quantized {
+                print!(" {:>10.5}", r.per_layer_error[layer]);
+            }
+            println!();
+        }
+        for r in &quantized {
+            let jumps: Vec<f64> = r
+                .per_layer_error
+                .iter()
+                .scan(0.0, |prev, e| {
+                    let d = e - *prev;
+                    *prev = *e;
+                    Some(d)
+                })
+                .collect();
+            if let Some((i, d)) = jumps.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)) {
+                println!("{}: the largest error increase is at block {i} (+{d:.5})", r.variant.name());
+            }
+        }
+    }
+    println!("\nper image (top-1 of each variant):");
+    let model_outs: Vec<_> = std::iter::once(&reference).chain(others.iter()).collect();
+    for (p, img) in images.iter().zip(&imgs) {
+        let mut line = format!("{}:", p.display());
+        for (i, m) in model_outs.iter().enumerate().skip(1) {
+            let top = m.classify(img, 1)?;
+            line.push_str(&format!("  {} {} {:.3}", variants[i - 1].name(), top[0].label, top[0].probability));
+        }
+        println!("{line}");
     }
     Ok(())
 }

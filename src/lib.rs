@@ -11,8 +11,11 @@
 //! - [`cli`]: the command-line front end.
 
 pub mod cli;
+pub mod fsutil;
 pub mod hub;
+pub mod kernels;
 pub mod labels;
 pub mod model;
 pub mod preprocess;
+pub mod quant;
 pub mod zoo;

@@ -6,11 +6,13 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+use candle_core::Device;
 
 use crate::hub::{DownloadEvent, Hub};
-use crate::model::ModelFiles;
+use crate::model::{Model, ModelFiles};
 use crate::preprocess::Recipe;
+use crate::quant::{QuantOptions, Variant};
 
 #[derive(Clone, Debug)]
 pub struct ZooEntry {
@@ -132,6 +134,8 @@ pub enum ModelSource {
     Dir(PathBuf),
     /// A hub repo id.
     Hub(String),
+    /// A file exported by `vit-workbench export` (any variant).
+    Exported(PathBuf),
 }
 
 impl ModelSource {
@@ -142,12 +146,15 @@ impl ModelSource {
             return Ok(ModelSource::Dir(path.to_path_buf()));
         }
         if path.is_file() {
+            if crate::quant::export::is_exported(path) {
+                return Ok(ModelSource::Exported(path.to_path_buf()));
+            }
             // A weight or config file inside a model folder means that folder.
             if let Some(parent) = path.parent().filter(|p| p.join("config.json").is_file()) {
                 let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
                 return Ok(ModelSource::Dir(parent.to_path_buf()));
             }
-            bail!("{spec}: a file, but not inside a model folder with a config.json");
+            bail!("{spec}: neither a vit-workbench export nor a file inside a model folder with a config.json");
         }
         let looks_like_id =
             spec.split('/').count() == 2 && !spec.starts_with('.') && !spec.contains('\\') && !spec.ends_with('/');
@@ -162,6 +169,7 @@ impl ModelSource {
     pub fn resolve(&self, hub: &Hub, progress: &mut dyn FnMut(DownloadEvent)) -> Result<(ModelFiles, Option<Recipe>)> {
         match self {
             ModelSource::Dir(d) => Ok((ModelFiles::from_dir(d)?, None)),
+            ModelSource::Exported(f) => Ok((ModelFiles { config: f.clone(), weights: f.clone() }, None)),
             ModelSource::Hub(id) => {
                 let entry = find(id);
                 let files = hub.fetch_model(id, entry.map(|e| e.weights), progress)?;
@@ -169,4 +177,24 @@ impl ModelSource {
             }
         }
     }
+}
+
+/// Loads whatever `spec` names (hub id, folder or exported file) as the requested variant.
+/// Variants other than the file's own are quantized from fp32 weights.
+pub fn load_model(
+    spec: &str,
+    variant: Variant,
+    hub: &Hub,
+    device: &Device,
+    progress: &mut dyn FnMut(DownloadEvent),
+) -> Result<Model> {
+    let source = ModelSource::parse(spec)?;
+    let model = match &source {
+        ModelSource::Exported(f) => crate::quant::export::load(f, device)?,
+        _ => {
+            let (files, recipe) = source.resolve(hub, progress)?;
+            Model::load(spec, &files, recipe, device).with_context(|| format!("cannot load model `{spec}`"))?
+        }
+    };
+    model.to_variant(variant, QuantOptions::default())
 }

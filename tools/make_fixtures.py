@@ -54,8 +54,17 @@ def inputs(seed):
     return torch.randn((2, 3, IMG, IMG), generator=g)
 
 
-def write_reference(out_dir, pixels, logits, attns):
-    tensors = {"pixel_values": pixels.contiguous(), "logits": logits.contiguous()}
+def torch_int8(model):
+    """torch's dynamic int8 quantization of every nn.Linear, with per-channel weights (the
+    closest torch scheme to ours; torch quantizes activations per tensor, we per row)."""
+    import copy
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    return quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+
+
+def write_reference(out_dir, pixels, logits, attns, logits_int8):
+    tensors = {"pixel_values": pixels.contiguous(), "logits": logits.contiguous(),
+               "logits_int8_torch": logits_int8.contiguous()}
     for i, a in enumerate(attns):
         tensors[f"attn.{i}"] = a.contiguous()
     save_file(tensors, os.path.join(out_dir, "reference.safetensors"))
@@ -98,7 +107,8 @@ def hf_models():
         x = inputs(100 + seed)
         with torch.no_grad():
             out = model(pixel_values=x, output_attentions=True)
-        write_reference(d, x, out.logits, out.attentions)
+            q_logits = torch_int8(model)(pixel_values=x).logits
+        write_reference(d, x, out.logits, out.attentions, q_logits)
         print(name, "logits", tuple(out.logits.shape))
 
 
@@ -142,7 +152,9 @@ def timm_models():
             logits = model(x)
         for h in hooks:
             h.remove()
-        write_reference(d, x, logits, captured)
+        with torch.no_grad():
+            q_logits = torch_int8(model)(x)
+        write_reference(d, x, logits, captured, q_logits)
         print(name, "logits", tuple(logits.shape))
 
 
@@ -228,6 +240,28 @@ def real_references(shared):
         json.dump(result, f, indent=1)
 
 
+def quant_linear():
+    """One Linear layer quantized by torch, for the layer-level rounding-bound test."""
+    d = fresh_dir("quant_linear")
+    g = torch.Generator().manual_seed(7)
+    lin = torch.nn.Linear(100, 40)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn((40, 100), generator=g) * torch.linspace(0.05, 2.0, 40)[:, None])
+        lin.bias.copy_(torch.randn(40, generator=g))
+    # Rows of very different magnitude: per-row and per-tensor activation scales differ.
+    x = torch.randn((7, 100), generator=g) * torch.tensor([0.01, 0.1, 1.0, 3.0, 10.0, 0.5, 30.0])[:, None]
+    q = torch_int8(torch.nn.Sequential(lin))
+    with torch.no_grad():
+        y_int8 = q(x)
+        y = lin(x)
+    wq = q[0].weight()
+    save_file({"x": x.contiguous(), "weight": lin.weight.detach().contiguous(), "bias": lin.bias.detach().contiguous(),
+               "y_fp32": y.contiguous(), "y_int8_torch": y_int8.contiguous(),
+               "torch_weight_scales": wq.q_per_channel_scales().float().contiguous()},
+              os.path.join(d, "reference.safetensors"))
+    print("quant_linear written, torch int8 max error", float((y_int8 - y).abs().max()))
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--shared", default=os.path.join(ROOT, "..", "shared"))
@@ -235,5 +269,6 @@ if __name__ == "__main__":
     torch.set_grad_enabled(False)
     hf_models()
     timm_models()
+    quant_linear()
     preprocess_refs(a.shared)
     real_references(a.shared)

@@ -84,7 +84,7 @@ impl Store {
         } else {
             self.take_opt(&format!("{prefix}.bias"), &[out])?
         };
-        Linear::new(w, b)
+        Linear::f32(w, b)
     }
     fn layer_norm(&mut self, prefix: &str, dim: usize, eps: f64) -> Result<LayerNorm> {
         Ok(LayerNorm {
@@ -98,15 +98,23 @@ impl Store {
         let q = self.linear(q_prefix, d, d, bias)?;
         let k = self.linear(k_prefix, d, d, bias)?;
         let v = self.linear(v_prefix, d, d, bias)?;
-        let w = Tensor::cat(&[&q.weight, &k.weight, &v.weight], 0)?;
-        let b = match (q.bias, k.bias, v.bias) {
+        let (
+            Linear::F32 { weight: qw, bias: qb, .. },
+            Linear::F32 { weight: kw, bias: kb, .. },
+            Linear::F32 { weight: vw, bias: vb, .. },
+        ) = (q, k, v)
+        else {
+            unreachable!("checkpoint layers are fp32")
+        };
+        let w = Tensor::cat(&[&qw, &kw, &vw], 0)?;
+        let b = match (qb, kb, vb) {
             (Some(a), Some(b), Some(c)) => Some(Tensor::cat(&[&a, &b, &c], 0)?),
             (None, None, None) => None,
             _ => {
                 bail!("{}: `{q_prefix}`, `{k_prefix}` and `{v_prefix}` disagree on having a bias", self.file.display())
             }
         };
-        Linear::new(w, b)
+        Linear::f32(w, b)
     }
     fn finish(self) -> Result<()> {
         // transformers may save the (unused for classification) pooler.
@@ -166,6 +174,7 @@ fn map_timm(s: &mut Store, c: &VitConfig) -> Result<VitWeights> {
         blocks,
         norm: s.layer_norm("norm", d, c.layer_norm_eps)?,
         heads,
+        attention_scale_folded: false,
     })
 }
 
@@ -238,6 +247,7 @@ fn map_hf(s: &mut Store, c: &VitConfig) -> Result<VitWeights> {
         blocks,
         norm: s.layer_norm(&format!("{prefix}layernorm"), d, c.layer_norm_eps)?,
         heads,
+        attention_scale_folded: false,
     })
 }
 
@@ -248,6 +258,6 @@ impl Store {
     fn linear_from_conv(&mut self, prefix: &str, d: usize, p: usize) -> Result<Linear> {
         let w = self.take(&format!("{prefix}.weight"), &[d, 3, p, p])?;
         let b = self.take(&format!("{prefix}.bias"), &[d])?;
-        Linear::new(w.reshape((d, 3 * p * p))?, Some(b))
+        Linear::f32(w.reshape((d, 3 * p * p))?, Some(b))
     }
 }

@@ -90,7 +90,8 @@ impl VitConfig {
             + heads * (d + 1) * self.num_classes()
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Refuses sizes no real ViT has, before anything is allocated for them.
+    pub fn validate(&self) -> Result<()> {
         let check = |what: &str, v: usize, max: usize| -> Result<()> {
             if v == 0 || v > max {
                 bail!("{what} = {v} is outside the supported range 1..={max}");

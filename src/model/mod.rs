@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod linear;
 pub mod vit;
 
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ pub use config::{HeadMode, Layout, VitConfig};
 pub use vit::{Capture, ForwardOutput, VitWeights};
 
 use crate::preprocess::Recipe;
+use crate::quant::{QuantOptions, Variant};
 
 /// The files a checkpoint consists of.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,7 +56,7 @@ pub struct Prediction {
 }
 
 /// A loaded model, ready to classify.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Model {
     /// What the user named: a hub id or a path.
     pub id: String,
@@ -63,6 +65,7 @@ pub struct Model {
     pub weights: VitWeights,
     pub device: Device,
     pub files: ModelFiles,
+    pub variant: Variant,
 }
 
 impl Model {
@@ -78,7 +81,29 @@ impl Model {
             weights,
             device: device.clone(),
             files: files.clone(),
+            variant: Variant::Fp32,
         })
+    }
+
+    /// This model as another variant (quantized from its fp32 weights).
+    pub fn to_variant(&self, variant: Variant, opts: QuantOptions) -> Result<Model> {
+        if variant == self.variant {
+            return Ok(self.clone());
+        }
+        if self.variant != Variant::Fp32 {
+            bail!(
+                "{} holds {} weights; the {variant} variant must be made from the fp32 model (the original checkpoint or an fp32 export)",
+                self.id,
+                self.variant
+            );
+        }
+        let weights = crate::quant::quantize(&self.weights, variant, self.config.heads, opts, &self.device)?;
+        Ok(Model { weights, variant, ..self.clone() })
+    }
+
+    /// Bytes of weights in memory.
+    pub fn weight_bytes(&self) -> usize {
+        self.weights.weight_bytes()
     }
 
     pub fn forward(&self, pixels: &Tensor, capture: Capture) -> Result<ForwardOutput> {

@@ -7,47 +7,7 @@
 use anyhow::Result;
 use candle_core::{D, Device, Module, Tensor};
 
-/// A dense layer `y = x Wᵀ + b`. The weight is kept transposed (`[in, out]`, contiguous) so the
-/// per-call matmul reads it in the layout the GEMM wants.
-#[derive(Clone, Debug)]
-pub struct Linear {
-    /// `[out, in]`, as checkpoints store it.
-    pub weight: Tensor,
-    pub bias: Option<Tensor>,
-    weight_t: Tensor,
-}
-
-impl Linear {
-    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Linear> {
-        let weight_t = weight.t()?.contiguous()?;
-        Ok(Linear { weight, bias, weight_t })
-    }
-    pub fn in_features(&self) -> usize {
-        self.weight.dims()[1]
-    }
-    pub fn out_features(&self) -> usize {
-        self.weight.dims()[0]
-    }
-    fn to_device(&self, device: &Device) -> Result<Linear> {
-        Linear::new(self.weight.to_device(device)?, self.bias.as_ref().map(|b| b.to_device(device)).transpose()?)
-    }
-}
-
-impl Module for Linear {
-    /// `x`: `[..., in]` -> `[..., out]`.
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let (rows, k) = (dims[..dims.len() - 1].iter().product::<usize>(), dims[dims.len() - 1]);
-        let y = x.reshape((rows, k))?.matmul(&self.weight_t)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
-        let mut out_dims = dims;
-        *out_dims.last_mut().unwrap() = self.out_features();
-        y.reshape(out_dims)
-    }
-}
+pub use super::linear::Linear;
 
 #[derive(Clone, Debug)]
 pub struct LayerNorm {
@@ -86,6 +46,9 @@ pub struct VitWeights {
     pub norm: LayerNorm,
     /// Classifier heads with the token each reads; logits are their mean.
     pub heads: Vec<(Linear, usize)>,
+    /// The attention scale 1/sqrt(head_dim) is already folded into the q rows of every `qkv`
+    /// (a mobile graph optimisation), so the forward must not apply it again.
+    pub attention_scale_folded: bool,
 }
 
 /// What a forward pass returns.
@@ -140,6 +103,7 @@ impl VitWeights {
                 .collect::<Result<_>>()?,
             norm: ln(&self.norm)?,
             heads: self.heads.iter().map(|(h, t)| Ok((h.to_device(device)?, *t))).collect::<Result<_>>()?,
+            attention_scale_folded: self.attention_scale_folded,
         })
     }
 
@@ -154,36 +118,67 @@ impl VitWeights {
                 bad.push(name);
             }
         };
-        check("patch".into(), &self.patch.weight);
-        check("pos_embed".into(), &self.pos_embed);
+        let mut check_linear = |name: String, l: &Linear| {
+            if let Linear::F32 { weight, .. } = l {
+                check(name, weight);
+            }
+        };
+        check_linear("patch".into(), &self.patch);
         for (i, b) in self.blocks.iter().enumerate() {
             for (n, l) in [("qkv", &b.qkv), ("proj", &b.proj), ("fc1", &b.fc1), ("fc2", &b.fc2)] {
-                check(format!("block {i} {n}"), &l.weight);
+                check_linear(format!("block {i} {n}"), l);
             }
         }
         for (h, _) in &self.heads {
-            check("head".into(), &h.weight);
+            check_linear("head".into(), h);
         }
+        check("pos_embed".into(), &self.pos_embed);
         if !bad.is_empty() {
             eprintln!("warning: {}: non-finite (NaN/Inf) weights in {}", origin.display(), bad.join(", "));
         }
     }
 
+    /// Every linear layer with a stable name (`patch`, `blocks.N.qkv`, ..., `heads.I`).
+    pub fn linears(&self) -> Vec<(String, &Linear)> {
+        let mut v = vec![("patch".to_string(), &self.patch)];
+        for (i, b) in self.blocks.iter().enumerate() {
+            for (n, l) in [("qkv", &b.qkv), ("proj", &b.proj), ("fc1", &b.fc1), ("fc2", &b.fc2)] {
+                v.push((format!("blocks.{i}.{n}"), l));
+            }
+        }
+        for (i, (h, _)) in self.heads.iter().enumerate() {
+            v.push((format!("heads.{i}"), h));
+        }
+        v
+    }
+
+    /// The fp32 tensors outside linear layers (tokens, position embedding, norms).
+    pub fn dense_tensors(&self) -> Vec<(String, &Tensor)> {
+        let mut v = vec![("cls_token".to_string(), &self.cls_token), ("pos_embed".to_string(), &self.pos_embed)];
+        if let Some(d) = &self.dist_token {
+            v.push(("dist_token".to_string(), d));
+        }
+        for (i, b) in self.blocks.iter().enumerate() {
+            for (n, l) in [("norm1", &b.norm1), ("norm2", &b.norm2)] {
+                v.push((format!("blocks.{i}.{n}.weight"), &l.weight));
+                v.push((format!("blocks.{i}.{n}.bias"), &l.bias));
+            }
+        }
+        v.push(("norm.weight".to_string(), &self.norm.weight));
+        v.push(("norm.bias".to_string(), &self.norm.bias));
+        v
+    }
+
     /// Total number of parameters.
     pub fn param_count(&self) -> usize {
-        let lin = |l: &Linear| l.weight.elem_count() + l.bias.as_ref().map_or(0, |b| b.elem_count());
-        let ln = |l: &LayerNorm| 2 * l.weight.elem_count();
-        lin(&self.patch)
-            + self.cls_token.elem_count()
-            + self.dist_token.as_ref().map_or(0, |t| t.elem_count())
-            + self.pos_embed.elem_count()
-            + self
-                .blocks
-                .iter()
-                .map(|b| ln(&b.norm1) + ln(&b.norm2) + lin(&b.qkv) + lin(&b.proj) + lin(&b.fc1) + lin(&b.fc2))
-                .sum::<usize>()
-            + ln(&self.norm)
-            + self.heads.iter().map(|(h, _)| lin(h)).sum::<usize>()
+        self.linears().iter().map(|(_, l)| l.param_count()).sum::<usize>()
+            + self.dense_tensors().iter().map(|(_, t)| t.elem_count()).sum::<usize>()
+    }
+
+    /// Bytes of weights in memory.
+    pub fn weight_bytes(&self) -> usize {
+        self.linears().iter().map(|(_, l)| l.weight_bytes()).sum::<usize>()
+            + 4 * self.dense_tensors().iter().map(|(_, t)| t.elem_count()).sum::<usize>()
     }
 }
 
@@ -215,7 +210,7 @@ pub fn forward(w: &VitWeights, heads: usize, patch: usize, pixels: &Tensor, capt
         let qkv = blk.qkv.forward(&blk.norm1.forward(&x)?)?;
         // [B, T, 3, H, hd] -> [3, B, H, T, hd]
         let qkv = qkv.reshape((b, t, 3, heads, hd))?.permute((2, 0, 3, 1, 4))?;
-        let q = (qkv.get(0)?.contiguous()? * scale)?;
+        let q = if w.attention_scale_folded { qkv.get(0)?.contiguous()? } else { (qkv.get(0)?.contiguous()? * scale)? };
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
         let att = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
@@ -224,7 +219,7 @@ pub fn forward(w: &VitWeights, heads: usize, patch: usize, pixels: &Tensor, capt
             a.push(att);
         }
         x = (x + blk.proj.forward(&o)?)?;
-        let hmid = blk.fc1.forward(&blk.norm2.forward(&x)?)?.gelu_erf()?;
+        let hmid = blk.fc1.forward_gelu(&blk.norm2.forward(&x)?)?;
         x = (&x + blk.fc2.forward(&hmid)?)?;
         if let Some(o) = block_outputs.as_mut() {
             o.push(x.clone());

@@ -1,0 +1,193 @@
+//! int8 GEMM for dynamically quantized linear layers:
+//! `y[i, n] = (Σ_k qa[i, k] · qw[n, k]) · sa[i] · sw[n] + bias[n]`, optionally followed by GELU.
+//!
+//! Scheme (torch `quantize_dynamic` with per-channel weights, but with per-row rather than
+//! per-tensor activation scales, which loses less and costs nothing extra here):
+//! - weights: symmetric int8 per output channel, `sw = max|w| / 127`, values in [-127, 127];
+//! - activations: symmetric int8 per row (token), `sa = max|x| / 127`, quantized on every call;
+//! - int32 accumulation (exact: |Σ| <= 127·127·k fits i32 for k < 133 000), fp32 epilogue.
+//!
+//! Rounding is half-to-even, as `torch.quantize_per_*` does.
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use super::{Isa, gelu_erf};
+
+/// Weight bytes: owned, or a range of a memory-mapped export file (loaded without copying).
+#[derive(Clone)]
+pub enum Bytes {
+    Owned(Arc<Vec<i8>>),
+    Mapped { map: Arc<memmap2::Mmap>, offset: usize, len: usize },
+}
+
+impl Bytes {
+    pub fn as_slice(&self) -> &[i8] {
+        match self {
+            Bytes::Owned(v) => v,
+            Bytes::Mapped { map, offset, len } => {
+                let b = &map[*offset..*offset + *len];
+                // SAFETY: i8 and u8 have the same size and alignment.
+                unsafe { std::slice::from_raw_parts(b.as_ptr() as *const i8, b.len()) }
+            }
+        }
+    }
+    pub fn is_mapped(&self) -> bool {
+        matches!(self, Bytes::Mapped { .. })
+    }
+}
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bytes({} {})", if self.is_mapped() { "mapped" } else { "owned" }, self.as_slice().len())
+    }
+}
+
+/// Quantized weights of one layer in the kernel's layout: row-major `[n, k]` int8, one scale
+/// per output channel, and each row's sum (used by unsigned-activation SIMD paths).
+#[derive(Clone, Debug)]
+pub struct PackedWeights {
+    pub n: usize,
+    pub k: usize,
+    pub data: Bytes,
+    pub scales: Vec<f32>,
+    pub row_sums: Vec<i32>,
+}
+
+/// The one layout the portable kernel reads; recorded in export files so a file packed for
+/// another layout is repacked, not misread.
+pub const LAYOUT: &str = "rowmajor-i8-v1";
+
+#[inline]
+fn quantize_one(x: f32, inv_scale: f32) -> i8 {
+    (x * inv_scale).round_ties_even().clamp(-127.0, 127.0) as i8
+}
+
+impl PackedWeights {
+    /// Quantizes f32 weights `[n, k]` (row-major, one row per output channel).
+    pub fn quantize(w: &[f32], n: usize, k: usize) -> PackedWeights {
+        assert_eq!(w.len(), n * k);
+        let mut q = vec![0i8; n * k];
+        let mut scales = vec![0f32; n];
+        q.par_chunks_mut(k).zip(scales.par_iter_mut()).zip(w.par_chunks(k)).for_each(|((qr, s), wr)| {
+            let amax = wr.iter().fold(0f32, |m, v| m.max(v.abs()));
+            *s = amax / 127.0;
+            let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+            for (o, &v) in qr.iter_mut().zip(wr) {
+                *o = quantize_one(v, inv);
+            }
+        });
+        Self::from_parts(n, k, Bytes::Owned(Arc::new(q)), scales)
+    }
+
+    /// From already quantized parts (an export file), computing the row sums.
+    pub fn from_parts(n: usize, k: usize, data: Bytes, scales: Vec<f32>) -> PackedWeights {
+        let row_sums = data.as_slice().chunks(k).map(|r| r.iter().map(|&v| v as i32).sum()).collect();
+        PackedWeights { n, k, data, scales, row_sums }
+    }
+
+    /// Dequantized weights `[n, k]` (for error analysis and the CUDA path).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let d = self.data.as_slice();
+        (0..self.n * self.k).map(|i| d[i] as f32 * self.scales[i / self.k]).collect()
+    }
+
+    pub fn bytes_in_memory(&self) -> usize {
+        self.n * self.k + 4 * self.scales.len() + 4 * self.row_sums.len()
+    }
+}
+
+/// What happens to each output after dequantization and bias.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue {
+    None,
+    /// GELU (erf) fused into the output loop: saves a full pass over the fc1 output.
+    Gelu,
+}
+
+/// Rows quantized for one call.
+#[derive(Clone, Debug)]
+pub struct QuantizedRows {
+    pub m: usize,
+    pub k: usize,
+    pub data: Vec<i8>,
+    pub scales: Vec<f32>,
+}
+
+/// Per-row symmetric int8 quantization of activations `[m, k]`.
+pub fn quantize_rows(x: &[f32], m: usize, k: usize) -> QuantizedRows {
+    assert_eq!(x.len(), m * k);
+    let mut data = vec![0i8; m * k];
+    let mut scales = vec![0f32; m];
+    data.par_chunks_mut(k.max(1)).zip(scales.par_iter_mut()).zip(x.par_chunks(k.max(1))).for_each(|((q, s), xr)| {
+        let amax = xr.iter().fold(0f32, |m, v| m.max(v.abs()));
+        *s = amax / 127.0;
+        let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        for (o, &v) in q.iter_mut().zip(xr) {
+            *o = quantize_one(v, inv);
+        }
+    });
+    QuantizedRows { m, k, data, scales }
+}
+
+/// `out[m, n]` = dequant(a · wᵀ) + bias, then the epilogue.
+pub fn gemm(isa: Isa, a: &QuantizedRows, w: &PackedWeights, bias: Option<&[f32]>, epilogue: Epilogue, out: &mut [f32]) {
+    assert_eq!(a.k, w.k, "inner dimensions differ");
+    assert_eq!(out.len(), a.m * w.n);
+    if let Some(b) = bias {
+        assert_eq!(b.len(), w.n);
+    }
+    match isa {
+        Isa::Portable | Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => portable(a, w, bias, epilogue, out),
+    }
+}
+
+/// The reference: exact integer dot products, fp32 epilogue, rows spread over rayon's pool.
+fn portable(a: &QuantizedRows, w: &PackedWeights, bias: Option<&[f32]>, epilogue: Epilogue, out: &mut [f32]) {
+    let (k, n) = (a.k, w.n);
+    let wd = w.data.as_slice();
+    out.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
+        let ar = &a.data[i * k..(i + 1) * k];
+        let sa = a.scales[i];
+        for (j, o) in row.iter_mut().enumerate() {
+            let wr = &wd[j * k..(j + 1) * k];
+            let acc: i32 = ar.iter().zip(wr).map(|(&x, &y)| x as i32 * y as i32).sum();
+            let mut v = acc as f32 * (sa * w.scales[j]);
+            if let Some(b) = bias {
+                v += b[j];
+            }
+            *o = match epilogue {
+                Epilogue::None => v,
+                Epilogue::Gelu => gelu_erf(v),
+            };
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantization_is_symmetric_per_row_and_rounds_half_to_even() {
+        // max 127 -> scale 1: values land exactly on .5 and must round to even.
+        let x = [127.0, 0.5, 1.5, 2.5, -2.5, -127.0];
+        let q = quantize_rows(&x, 1, 6);
+        assert_eq!(q.scales, vec![1.0]);
+        assert_eq!(q.data, vec![127, 0, 2, 2, -2, -127]);
+        let zero = quantize_rows(&[0.0; 4], 1, 4);
+        assert_eq!(zero.data, vec![0; 4]);
+    }
+
+    #[test]
+    fn gemm_matches_a_hand_computed_product() {
+        // a = [[127, 0], [0, -127]] (scale 1 per row), w = [[1, 0], [0, 1], [1, 1]] (scale 1/127).
+        let a = quantize_rows(&[127.0, 0.0, 0.0, -127.0], 2, 2);
+        let w = PackedWeights::quantize(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], 3, 2);
+        let mut out = vec![0f32; 6];
+        gemm(Isa::Portable, &a, &w, Some(&[0.5, 0.0, -1.0]), Epilogue::None, &mut out);
+        assert_eq!(out, vec![127.5, 0.0, 126.0, 0.5, -127.0, -128.0]);
+        assert_eq!(w.row_sums, vec![127, 127, 254]);
+    }
+}

@@ -1,0 +1,91 @@
+//! Our CPU kernels, behind one interface with run-time CPU-feature dispatch.
+//!
+//! Why our own: candle's quantized matmul (`QMatMul`) has no batched path, is slower than its
+//! own f32 matmul at ViT widths 192/384, and its K-quants need widths divisible by 256; torch's
+//! `quantize_dynamic` equivalent — int8 weights per output channel, activations quantized per
+//! row on the fly, int32 accumulation, fp32 epilogue — has no candle implementation at all.
+//!
+//! Every kernel has a portable implementation (plain Rust the compiler auto-vectorises, run on
+//! rayon across cores) that is the reference forever: faster SIMD paths are added behind
+//! [`Isa`] and tested against it. The kernels reach candle as `CustomOp`s (see
+//! [`crate::quant::linear`]); on CUDA, candle's own ops are used instead.
+
+pub mod gemm_i8;
+
+use std::sync::OnceLock;
+
+/// An instruction-set level a kernel can be compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Isa {
+    /// Plain Rust, any CPU: the reference.
+    Portable,
+    Avx2,
+    AvxVnni,
+    Avx512Vnni,
+}
+
+impl Isa {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+            Isa::AvxVnni => "avx-vnni",
+            Isa::Avx512Vnni => "avx512-vnni",
+        }
+    }
+}
+
+/// The CPU's SIMD features relevant to our kernels, detected at run time.
+pub fn cpu_features() -> Vec<&'static str> {
+    let mut f = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") {
+            f.push("avx2");
+        }
+        if is_x86_feature_detected!("fma") {
+            f.push("fma");
+        }
+        if is_x86_feature_detected!("avx512f") {
+            f.push("avx512f");
+        }
+        if is_x86_feature_detected!("avx512bw") {
+            f.push("avx512bw");
+        }
+        if is_x86_feature_detected!("avx512vnni") {
+            f.push("avx512vnni");
+        }
+        if is_x86_feature_detected!("avxvnni") {
+            f.push("avxvnni");
+        }
+    }
+    f
+}
+
+/// The kernel paths this build has implementations for, that this CPU can run.
+pub fn available_isas() -> Vec<Isa> {
+    // SIMD paths are added by the performance work; until then only the reference exists.
+    vec![Isa::Portable]
+}
+
+/// The path used by default: the best available, or `VITWB_ISA=<name>` to force one (for
+/// comparisons and for testing a path on a machine that has better ones).
+pub fn selected_isa() -> Isa {
+    static SELECTED: OnceLock<Isa> = OnceLock::new();
+    *SELECTED.get_or_init(|| {
+        let available = available_isas();
+        if let Ok(want) = std::env::var("VITWB_ISA") {
+            if let Some(isa) = available.iter().find(|i| i.name() == want) {
+                return *isa;
+            }
+            eprintln!("warning: VITWB_ISA={want} is not available here; using {}", available.last().unwrap().name());
+        }
+        *available.iter().max().unwrap()
+    })
+}
+
+/// GELU with the exact erf, as PyTorch's `nn.GELU()` and transformers' "gelu".
+#[inline]
+pub fn gelu_erf(x: f32) -> f32 {
+    0.5 * x * (1.0 + candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
+}

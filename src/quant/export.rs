@@ -1,0 +1,286 @@
+//! Exported variant files: one self-contained file per (model, variant) that loads without the
+//! original checkpoint.
+//!
+//! Container: safetensors with metadata, chosen over GGUF because it stores exactly our layout
+//! (int8 per-channel weights + f32 scales; GGUF's Q8_0 fixes one scale per 32 weights), needs no
+//! new dependency (candle reads it), validates offsets on open, and is memory-mappable: the
+//! int8 weights of a loaded file are used straight from the map, never copied.
+//!
+//! Layout (format version 1):
+//! - metadata: `format` = "vit-workbench", `format_version` = "1", `variant`, `source`,
+//!   `config` (JSON of [`VitConfig`], labels included), `recipe` (JSON of the preprocessing),
+//!   `kernel_layout` (int8 weight layout, e.g. "rowmajor-i8-v1"), `fused` (graph work applied).
+//! - dense fp32 tensors: `cls_token`, `dist_token`, `pos_embed`, `blocks.N.norm{1,2}.{weight,bias}`,
+//!   `norm.{weight,bias}`.
+//! - each linear layer `L` (`patch`, `blocks.N.{qkv,proj,fc1,fc2}`, `heads.I` reading token I):
+//!   fp32: `L.weight` F32 `[out, in]`; int8/mobile: `L.qweight` I8 `[out, in]` and `L.scale` F32
+//!   `[out]`; mobile also `L.row_sums` I32 `[out]` (pre-packed kernel data); `L.bias` F32 `[out]`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use candle_core::{Device, Tensor};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView, View};
+
+use crate::kernels::gemm_i8::{self, Bytes, PackedWeights};
+use crate::model::config::VitConfig;
+use crate::model::vit::{Block, LayerNorm, Linear, VitWeights};
+use crate::model::{Model, ModelFiles};
+use crate::preprocess::Recipe;
+use crate::quant::Variant;
+use crate::quant::int8::Int8Linear;
+
+pub const FORMAT: &str = "vit-workbench";
+pub const FORMAT_VERSION: u32 = 1;
+
+struct Raw {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl View for &Raw {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+fn f32_raw(t: &Tensor) -> Result<Raw> {
+    let v = t.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(Raw { dtype: Dtype::F32, shape: t.dims().to_vec(), bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect() })
+}
+
+fn f32_slice_raw(v: &[f32]) -> Raw {
+    Raw { dtype: Dtype::F32, shape: vec![v.len()], bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect() }
+}
+
+/// The bytes of `model` as an exported file.
+pub fn serialize(model: &Model) -> Result<Vec<u8>> {
+    let w = &model.weights;
+    let mut tensors: Vec<(String, Raw)> = Vec::new();
+    for (name, t) in w.dense_tensors() {
+        tensors.push((name, f32_raw(t)?));
+    }
+    for (name, l) in w.linears() {
+        match l {
+            Linear::F32 { weight, bias, .. } => {
+                tensors.push((format!("{name}.weight"), f32_raw(weight)?));
+                if let Some(b) = bias {
+                    tensors.push((format!("{name}.bias"), f32_raw(b)?));
+                }
+            }
+            Linear::Int8(q) => {
+                let p = &q.weights;
+                let bytes = p.data.as_slice().iter().map(|&v| v as u8).collect();
+                tensors.push((format!("{name}.qweight"), Raw { dtype: Dtype::I8, shape: vec![p.n, p.k], bytes }));
+                tensors.push((format!("{name}.scale"), f32_slice_raw(&p.scales)));
+                if model.variant == Variant::Mobile {
+                    let bytes = p.row_sums.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    tensors.push((format!("{name}.row_sums"), Raw { dtype: Dtype::I32, shape: vec![p.n], bytes }));
+                }
+                if let Some(b) = &q.bias {
+                    tensors.push((format!("{name}.bias"), f32_slice_raw(b)));
+                }
+            }
+            Linear::Q8_0 { .. } => bail!("models quantized for CUDA (Q8_0) cannot be exported; export from the CPU"),
+        }
+    }
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), FORMAT.to_string());
+    meta.insert("format_version".to_string(), FORMAT_VERSION.to_string());
+    meta.insert("variant".to_string(), model.variant.name().to_string());
+    meta.insert("source".to_string(), model.id.clone());
+    meta.insert("config".to_string(), serde_json::to_string(&model.config)?);
+    meta.insert("recipe".to_string(), serde_json::to_string(&model.recipe)?);
+    meta.insert("kernel_layout".to_string(), gemm_i8::LAYOUT.to_string());
+    let fused = if model.variant == Variant::Mobile { "qkv,fc1+gelu,attention-scale" } else { "qkv" };
+    meta.insert("fused".to_string(), fused.to_string());
+    let views: Vec<(String, &Raw)> = tensors.iter().map(|(n, r)| (n.clone(), r)).collect();
+    Ok(safetensors::tensor::serialize(views, Some(meta))?)
+}
+
+/// Writes `model` to `path` atomically (a failure leaves no partial file); returns the size.
+pub fn export(model: &Model, path: &Path) -> Result<u64> {
+    let bytes = serialize(model).with_context(|| format!("cannot export {} ({})", model.id, model.variant))?;
+    crate::fsutil::write_atomic(path, &bytes)?;
+    Ok(bytes.len() as u64)
+}
+
+/// Whether `path` is one of our exported files (reads only the header).
+pub fn is_exported(path: &Path) -> bool {
+    read_header_metadata(path).map(|m| m.get("format").map(String::as_str) == Some(FORMAT)).unwrap_or(false)
+}
+
+fn read_header_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n)?;
+    let n = u64::from_le_bytes(n);
+    if n > 100_000_000 {
+        bail!("header too large");
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)?;
+    let v: serde_json::Value = serde_json::from_slice(&header)?;
+    let meta = v.get("__metadata__").and_then(|m| m.as_object()).context("no metadata")?;
+    Ok(meta.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect())
+}
+
+/// Loads an exported file by memory map.
+pub fn load(path: &Path, device: &Device) -> Result<Model> {
+    load_inner(path, device).with_context(|| format!("cannot load exported model {}", path.display()))
+}
+
+fn load_inner(path: &Path, device: &Device) -> Result<Model> {
+    let file = std::fs::File::open(path)?;
+    // SAFETY: the map is read-only; a file changed underneath us while mapped is the same
+    // hazard every mmap-based loader (safetensors, candle) accepts.
+    let map = Arc::new(unsafe { memmap2::Mmap::map(&file)? });
+    let st = SafeTensors::deserialize(&map).map_err(|e| anyhow::anyhow!("not a valid safetensors file: {e}"))?;
+    let (_, header) = SafeTensors::read_metadata(&map).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    if meta.get("format").map(String::as_str) != Some(FORMAT) {
+        bail!("not a vit-workbench export (no `format = {FORMAT}` in its metadata)");
+    }
+    let version: u32 = meta.get("format_version").and_then(|v| v.parse().ok()).context("missing format_version")?;
+    if version > FORMAT_VERSION {
+        bail!(
+            "format version {version} was written by a newer vit-workbench; this build reads up to version {FORMAT_VERSION}"
+        );
+    }
+    let variant: Variant = meta.get("variant").context("missing variant")?.parse()?;
+    let config: VitConfig =
+        serde_json::from_str(meta.get("config").context("missing config")?).context("bad config metadata")?;
+    config.validate()?;
+    let recipe: Recipe =
+        serde_json::from_str(meta.get("recipe").context("missing recipe")?).context("bad recipe metadata")?;
+    let layout = meta.get("kernel_layout").map(String::as_str).unwrap_or(gemm_i8::LAYOUT);
+    if variant != Variant::Fp32 && layout != gemm_i8::LAYOUT {
+        bail!("int8 weights are in layout `{layout}`, which this build does not read (expected {})", gemm_i8::LAYOUT);
+    }
+    let source = meta.get("source").cloned().unwrap_or_default();
+
+    let mut r = Reader { st: &st, map: &map, used: Default::default() };
+    let c = &config;
+    let (d, m, p, eps) = (c.hidden, c.mlp, c.patch, c.layer_norm_eps);
+    let mobile = variant == Variant::Mobile;
+    let ln = |r: &mut Reader, name: &str| -> Result<LayerNorm> {
+        Ok(LayerNorm {
+            weight: r.f32(&format!("{name}.weight"), &[d])?,
+            bias: r.f32(&format!("{name}.bias"), &[d])?,
+            eps,
+        })
+    };
+    let mut blocks = Vec::with_capacity(c.depth);
+    for i in 0..c.depth {
+        let b = format!("blocks.{i}");
+        blocks.push(Block {
+            norm1: ln(&mut r, &format!("{b}.norm1"))?,
+            qkv: r.linear(&format!("{b}.qkv"), 3 * d, d, false)?,
+            proj: r.linear(&format!("{b}.proj"), d, d, false)?,
+            norm2: ln(&mut r, &format!("{b}.norm2"))?,
+            fc1: r.linear(&format!("{b}.fc1"), m, d, mobile)?,
+            fc2: r.linear(&format!("{b}.fc2"), d, m, false)?,
+        });
+    }
+    let heads_n = if c.head_mode == crate::model::HeadMode::MeanClsDist { 2 } else { 1 };
+    let weights = VitWeights {
+        patch: r.linear("patch", d, 3 * p * p, false)?,
+        cls_token: r.f32("cls_token", &[1, 1, d])?,
+        dist_token: if c.dist_token { Some(r.f32("dist_token", &[1, 1, d])?) } else { None },
+        pos_embed: r.f32("pos_embed", &[1, c.num_tokens(), d])?,
+        blocks,
+        norm: ln(&mut r, "norm")?,
+        heads: (0..heads_n)
+            .map(|i| Ok((r.linear(&format!("heads.{i}"), c.num_classes(), d, false)?, i)))
+            .collect::<Result<_>>()?,
+        attention_scale_folded: mobile,
+    };
+    let unused: Vec<String> = st.names().into_iter().filter(|n| !r.used.contains(*n)).map(str::to_string).collect();
+    if !unused.is_empty() {
+        bail!("unexpected tensors {unused:?}");
+    }
+    if variant == Variant::Fp32 {
+        weights.check_finite(path);
+    }
+    let weights = weights.to_device(device)?;
+    Ok(Model {
+        id: if source.is_empty() { path.display().to_string() } else { source },
+        config,
+        recipe,
+        weights,
+        device: device.clone(),
+        files: ModelFiles { config: path.to_path_buf(), weights: path.to_path_buf() },
+        variant,
+    })
+}
+
+struct Reader<'a> {
+    st: &'a SafeTensors<'a>,
+    map: &'a Arc<memmap2::Mmap>,
+    used: std::collections::HashSet<String>,
+}
+
+impl Reader<'_> {
+    fn has(&self, name: &str) -> bool {
+        self.st.tensor(name).is_ok()
+    }
+    fn view(&mut self, name: &str, dtype: Dtype, shape: &[usize]) -> Result<TensorView<'_>> {
+        let v = self
+            .st
+            .tensor(name)
+            .map_err(|_| anyhow::anyhow!("missing tensor `{name}` (expected {dtype:?} {shape:?})"))?;
+        if v.dtype() != dtype || v.shape() != shape {
+            bail!("tensor `{name}` is {:?} {:?}, expected {dtype:?} {shape:?}", v.dtype(), v.shape());
+        }
+        self.used.insert(name.to_string());
+        Ok(v)
+    }
+    fn f32_vec(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let v = self.view(name, Dtype::F32, shape)?;
+        Ok(v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    }
+    fn f32(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        Ok(Tensor::from_vec(self.f32_vec(name, shape)?, shape, &Device::Cpu)?)
+    }
+    fn linear(&mut self, name: &str, n: usize, k: usize, fused_gelu: bool) -> Result<Linear> {
+        let bias_name = format!("{name}.bias");
+        let bias = if self.has(&bias_name) { Some(self.f32_vec(&bias_name, &[n])?) } else { None };
+        if self.has(&format!("{name}.weight")) {
+            let w = self.f32(&format!("{name}.weight"), &[n, k])?;
+            return Linear::f32(w, bias.map(|b| Tensor::from_vec(b, n, &Device::Cpu)).transpose()?);
+        }
+        let map = self.map.clone();
+        let q = self.view(&format!("{name}.qweight"), Dtype::I8, &[n, k])?;
+        let offset = q.data().as_ptr() as usize - map.as_ptr() as usize;
+        let data = Bytes::Mapped { map, offset, len: n * k };
+        let scales = self.f32_vec(&format!("{name}.scale"), &[n])?;
+        if scales.iter().any(|s| !s.is_finite() || *s < 0.0) {
+            bail!("tensor `{name}.scale` holds negative or non-finite scales");
+        }
+        let mut weights = PackedWeights::from_parts(n, k, data, scales);
+        let sums_name = format!("{name}.row_sums");
+        if self.has(&sums_name) {
+            let v = self.view(&sums_name, Dtype::I32, &[n])?;
+            let stored: Vec<i32> =
+                v.data().chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            if stored != weights.row_sums {
+                bail!("tensor `{sums_name}` does not match its weights (corrupt file)");
+            }
+            weights.row_sums = stored;
+        }
+        Ok(Linear::Int8(Arc::new(Int8Linear { weights, bias, fused_gelu })))
+    }
+}

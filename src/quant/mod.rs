@@ -1,0 +1,159 @@
+//! Variants of a model: fp32 (the reference), int8 (torch `quantize_dynamic` equivalent) and
+//! mobile (int8 plus the graph work `optimize_for_mobile` does, stored as one self-contained
+//! file), how to make them, store them, and measure what they lose.
+
+pub mod export;
+pub mod int8;
+pub mod metrics;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::model::vit::{Block, Linear, VitWeights};
+use int8::Int8Linear;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    Fp32,
+    Int8,
+    Mobile,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 3] = [Variant::Fp32, Variant::Int8, Variant::Mobile];
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Fp32 => "fp32",
+            Variant::Int8 => "int8",
+            Variant::Mobile => "mobile",
+        }
+    }
+}
+
+impl fmt::Display for Variant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Variant {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Variant> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "fp32" | "f32" => Ok(Variant::Fp32),
+            "int8" | "i8" => Ok(Variant::Int8),
+            "mobile" => Ok(Variant::Mobile),
+            other => bail!("unknown variant `{other}` (expected fp32, int8 or mobile)"),
+        }
+    }
+}
+
+/// Parses `fp32,int8,mobile`.
+pub fn parse_variants(list: &str) -> Result<Vec<Variant>> {
+    let mut v = Vec::new();
+    for s in list.split(',').filter(|s| !s.trim().is_empty()) {
+        let x: Variant = s.parse()?;
+        if !v.contains(&x) {
+            v.push(x);
+        }
+    }
+    if v.is_empty() {
+        bail!("no variants given");
+    }
+    Ok(v)
+}
+
+/// Choices in how a model is quantized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuantOptions {
+    /// Quantize the patch embedding too. torch's `quantize_dynamic({nn.Linear})` leaves it fp32
+    /// (it is a Conv2d there); here it is a linear layer on flattened patches, and quantizing
+    /// it is what brings a ViT-Ti file under 27% of fp32 (its fp32 patch and position weights
+    /// alone are 3% of the model). On by default; off reproduces torch's choice exactly.
+    pub patch_embed: bool,
+}
+
+impl Default for QuantOptions {
+    fn default() -> Self {
+        QuantOptions { patch_embed: true }
+    }
+}
+
+fn to_vec2(t: &Tensor) -> Result<(Vec<f32>, usize, usize)> {
+    let (n, k) = t.dims2()?;
+    Ok((t.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?, n, k))
+}
+
+/// One fp32 linear layer -> int8 (our kernel on CPU, candle's Q8_0 on CUDA).
+/// `row_scale` multiplies the first `rows_scaled` output rows (folding the attention scale).
+fn quantize_linear(l: &Linear, device: &Device, fused_gelu: bool, row_scale: Option<(usize, f32)>) -> Result<Linear> {
+    let Linear::F32 { weight, bias, .. } = l else {
+        bail!("only fp32 layers can be quantized (this one is already quantized)");
+    };
+    let (mut w, n, k) = to_vec2(weight)?;
+    let mut b = bias.as_ref().map(|b| b.to_device(&Device::Cpu)?.to_vec1::<f32>()).transpose()?;
+    if let Some((rows, s)) = row_scale {
+        w[..rows * k].iter_mut().for_each(|v| *v *= s);
+        if let Some(b) = b.as_mut() {
+            b[..rows].iter_mut().for_each(|v| *v *= s);
+        }
+    }
+    if device.is_cpu() {
+        Ok(Linear::Int8(Arc::new(Int8Linear::quantize(&w, n, k, b, fused_gelu))))
+    } else {
+        let wt = Tensor::from_vec(w, (n, k), device)?;
+        let bt = b.map(|b| Tensor::from_vec(b, n, device)).transpose()?;
+        Linear::q8_0(&wt, bt, fused_gelu)
+    }
+}
+
+/// Builds a variant's weights from fp32 weights. `heads` is the attention head count (mobile
+/// folds 1/sqrt(head_dim) into the q projection).
+pub fn quantize(
+    w: &VitWeights,
+    variant: Variant,
+    heads: usize,
+    opts: QuantOptions,
+    device: &Device,
+) -> Result<VitWeights> {
+    if variant == Variant::Fp32 {
+        return Ok(w.clone());
+    }
+    let mobile = variant == Variant::Mobile;
+    let d = w.cls_token.dims()[2];
+    let fold = mobile.then(|| (d, ((d / heads) as f32).powf(-0.5)));
+    let blocks = w
+        .blocks
+        .iter()
+        .map(|b| {
+            Ok(Block {
+                norm1: b.norm1.clone(),
+                qkv: quantize_linear(&b.qkv, device, false, fold)?,
+                proj: quantize_linear(&b.proj, device, false, None)?,
+                norm2: b.norm2.clone(),
+                fc1: quantize_linear(&b.fc1, device, mobile, None)?,
+                fc2: quantize_linear(&b.fc2, device, false, None)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(VitWeights {
+        patch: if opts.patch_embed { quantize_linear(&w.patch, device, false, None)? } else { w.patch.clone() },
+        cls_token: w.cls_token.clone(),
+        dist_token: w.dist_token.clone(),
+        pos_embed: w.pos_embed.clone(),
+        blocks,
+        norm: w.norm.clone(),
+        heads: w
+            .heads
+            .iter()
+            .map(|(h, t)| Ok((quantize_linear(h, device, false, None)?, *t)))
+            .collect::<Result<_>>()?,
+        attention_scale_folded: mobile,
+    })
+}
