@@ -286,3 +286,21 @@ fn damaged_or_newer_exports_are_refused_with_the_reason() {
     let err = format!("{:#}", export::load(&path, &Device::Cpu).unwrap_err());
     assert!(err.contains("format version 9") && err.contains("newer"), "{err}");
 }
+
+/// The CUDA int8 path (candle's Q8_0 QMatMul) runs on the CPU too; check it computes the same
+/// layer as fp32 within Q8_0's rounding.
+#[test]
+fn q8_0_layers_used_on_cuda_compute_the_same_layer() {
+    use candle_core::Module;
+    use vit_workbench::model::vit::Linear;
+    let (model, _) = load("timm_vit");
+    let Linear::F32 { weight, bias, .. } = &model.weights.blocks[0].fc1 else { panic!() };
+    let q = Linear::q8_0(weight, bias.clone(), false).unwrap();
+    let f = Linear::f32(weight.clone(), bias.clone()).unwrap();
+    let x = Tensor::randn(0f32, 1.0, (5, 32), &Device::Cpu).unwrap();
+    let (a, b) = (vec1(&f.forward(&x).unwrap()), vec1(&q.forward(&x).unwrap()));
+    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    println!("Q8_0 vs fp32 on fc1: max |Δ| = {d:.4} (outputs up to {scale:.2})");
+    assert!(d > 0.0 && d < 0.05 * scale);
+}
