@@ -28,6 +28,9 @@ pub struct Cli {
     /// Use only the local Hugging Face cache (same as HF_HUB_OFFLINE=1).
     #[arg(long, global = true)]
     pub offline: bool,
+    /// Threads for every kernel (default: physical cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -75,10 +78,50 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure latency, size and accuracy of variants; print a table, write CSV/JSON reports.
+    Bench(BenchArgs),
     /// List the model zoo and what is already cached.
     Models,
     /// Download a model into the Hugging Face cache.
     Download { model: String },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Comma-separated hub ids, folders or exported files.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    models: String,
+    #[arg(long, default_value = "fp32,int8,mobile")]
+    variants: String,
+    /// Image files or folders: timed on the first (batch) image(s); agreement over all of them.
+    /// Without images a synthetic input is timed.
+    #[arg(long, num_args = 1..)]
+    images: Vec<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Untimed warm-up runs per variant.
+    #[arg(long, default_value_t = 10)]
+    warmup: usize,
+    /// Minimum timed runs per variant.
+    #[arg(long, default_value_t = 30)]
+    runs: usize,
+    /// Minimum seconds of timed runs per variant.
+    #[arg(long, default_value_t = 3.0)]
+    min_seconds: f64,
+    /// Maximum timed runs per variant.
+    #[arg(long, default_value_t = 100_000)]
+    max_runs: usize,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Write the report as CSV (schema in the README).
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Write every result, samples included, as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the per-run samples as CSV.
+    #[arg(long)]
+    raw: Option<PathBuf>,
 }
 
 pub fn main() -> ExitCode {
@@ -89,6 +132,7 @@ pub fn main() -> ExitCode {
             return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
+    crate::kernels::init_threads(cli.threads);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -108,6 +152,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Some(Command::Models) => list_models(&hub),
+        Some(Command::Bench(args)) => bench(&hub, &args),
         Some(Command::Download { model }) => {
             let source = ModelSource::parse(&model)?;
             let (files, _) = source.resolve(&hub, &mut download_bar())?;
@@ -299,4 +344,151 @@ fn compare(hub: &Hub, images: &[PathBuf], model_spec: &str, variants: &str, json
         println!("{line}");
     }
     Ok(())
+}
+
+/// Files named directly, and the image files inside named folders (sorted).
+pub fn expand_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    const EXT: [&str; 8] = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"];
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(p)
+                .with_context(|| format!("cannot list {}", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| {
+                    f.extension()
+                        .and_then(|e| e.to_str())
+                        .is_some_and(|e| EXT.contains(&e.to_ascii_lowercase().as_str()))
+                })
+                .collect();
+            found.sort();
+            if found.is_empty() {
+                anyhow::bail!("{}: no image files in this folder", p.display());
+            }
+            out.extend(found);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Fails early (before minutes of measuring) when an output file cannot be written there.
+fn check_writable(path: &std::path::Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        anyhow::bail!("cannot write {}: the folder {} does not exist", path.display(), dir.display());
+    }
+    if path.is_dir() {
+        anyhow::bail!("cannot write {}: it is a folder", path.display());
+    }
+    Ok(())
+}
+
+fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
+    use crate::bench::{BenchConfig, BenchEvent, BenchInput, BenchJob, bench_model};
+    for p in [&a.csv, &a.json, &a.raw].into_iter().flatten() {
+        check_writable(p)?;
+    }
+    let variants = parse_variants(&a.variants)?;
+    let device = device_from_name(&a.device)?;
+    let cfg = BenchConfig {
+        warmup: a.warmup,
+        min_runs: a.runs.max(1),
+        min_seconds: a.min_seconds.max(0.0),
+        max_runs: a.max_runs.max(1),
+        batch: a.batch,
+    };
+    let input = if a.images.is_empty() {
+        BenchInput::Synthetic
+    } else {
+        let files = expand_images(&a.images)?;
+        BenchInput::Images(files.iter().map(|f| Ok((f.display().to_string(), load_image(f)?))).collect::<Result<_>>()?)
+    };
+    let models: Vec<&str> = a.models.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let mut results = Vec::new();
+    for spec in &models {
+        let bar = ProgressBar::new((variants.len() * (cfg.warmup + cfg.min_runs)) as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(spec.to_string());
+        let mut samples_seen = 0u64;
+        let job = BenchJob { spec, variants: &variants, cfg: &cfg, input: &input };
+        let r = bench_model(&job, hub, &device, &mut download_bar(), &mut |ev| match ev {
+            BenchEvent::Phase { phase, .. } => bar.set_message(phase),
+            BenchEvent::Warmup { done, .. } => bar.set_position(done as u64),
+            BenchEvent::Sample { variant, ms, .. } => {
+                samples_seen += 1;
+                let pos = (variants.len() * cfg.warmup) as u64 + samples_seen;
+                if pos > bar.length().unwrap_or(0) {
+                    bar.set_length(pos);
+                }
+                bar.set_position(pos);
+                bar.set_message(format!("{variant} {ms:.2} ms"));
+            }
+        })?;
+        bar.finish_and_clear();
+        results.extend(r);
+    }
+    print_bench_table(&results);
+    if let Some(p) = &a.csv {
+        crate::report::write_csv(p, &results)?;
+        println!("wrote {}", p.display());
+    }
+    if let Some(p) = &a.raw {
+        crate::report::write_raw_csv(p, &results)?;
+        println!("wrote {}", p.display());
+    }
+    if let Some(p) = &a.json {
+        crate::fsutil::write_atomic(p, serde_json::to_string_pretty(&results)?.as_bytes())?;
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+fn print_bench_table(results: &[crate::bench::BenchResult]) {
+    let Some(first) = results.first() else { return };
+    let e = &first.env;
+    println!("cpu: {} | {} | threads: {} | device: {} | batch {}", e.cpu, e.simd, e.threads, e.device, first.batch);
+    println!(
+        "{:<44} {:<7} {:>9} {:>9} {:>9} {:>8} {:>10} {:>7} {:>6} {:>6} {:>9}",
+        "model", "variant", "p50 ms", "p90 ms", "first ms", "speedup", "file", "size", "top-1", "top-5", "KL"
+    );
+    let mut notes = Vec::new();
+    for r in results {
+        let fp32 = results.iter().find(|o| o.model == r.model && o.variant == Variant::Fp32);
+        let speed = fp32.map(|f| f.stats.p50 / r.stats.p50);
+        let size = fp32.filter(|f| f.file_bytes > 0).map(|f| r.file_bytes as f64 / f.file_bytes as f64);
+        let acc = r.accuracy.as_ref();
+        println!(
+            "{:<44} {:<7} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>10} {:>7} {:>6} {:>6} {:>9}",
+            r.model,
+            r.variant.name(),
+            r.stats.p50,
+            r.stats.p90,
+            r.first_ms,
+            speed.map(|s| format!("{s:.2}x")).unwrap_or_default(),
+            human_bytes(r.file_bytes),
+            size.map(|s| format!("{:.1}%", 100.0 * s)).unwrap_or_default(),
+            acc.map(|a| format!("{:.0}%", 100.0 * a.top1_agreement)).unwrap_or_default(),
+            acc.map(|a| format!("{:.0}%", 100.0 * a.top5_overlap)).unwrap_or_default(),
+            acc.map(|a| format!("{:.1e}", a.mean_kl_div)).unwrap_or_default(),
+        );
+        if let Some(s) = speed.filter(|s| *s < 1.0) {
+            notes.push(format!("{} {} is {:.2}x SLOWER than fp32 here", r.model, r.variant, 1.0 / s));
+        }
+    }
+    println!(
+        "(p50/p90 over {} timed runs after {} warm-up; speed-up = fp32 p50 / variant p50)",
+        first.stats.n, first.warmup
+    );
+    for n in notes {
+        println!("note: {n}");
+    }
 }

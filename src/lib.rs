@@ -10,6 +10,7 @@
 //!   the named models with their recipes.
 //! - [`cli`]: the command-line front end.
 
+pub mod bench;
 pub mod cli;
 pub mod fsutil;
 pub mod hub;
@@ -18,4 +19,5 @@ pub mod labels;
 pub mod model;
 pub mod preprocess;
 pub mod quant;
+pub mod report;
 pub mod zoo;

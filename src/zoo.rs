@@ -188,13 +188,22 @@ pub fn load_model(
     device: &Device,
     progress: &mut dyn FnMut(DownloadEvent),
 ) -> Result<Model> {
+    load_model_as_is(spec, hub, device, progress)?.to_variant(variant, QuantOptions::default())
+}
+
+/// Loads whatever `spec` names in the variant it is stored as (fp32 for checkpoints).
+pub fn load_model_as_is(
+    spec: &str,
+    hub: &Hub,
+    device: &Device,
+    progress: &mut dyn FnMut(DownloadEvent),
+) -> Result<Model> {
     let source = ModelSource::parse(spec)?;
-    let model = match &source {
-        ModelSource::Exported(f) => crate::quant::export::load(f, device)?,
+    match &source {
+        ModelSource::Exported(f) => crate::quant::export::load(f, device),
         _ => {
             let (files, recipe) = source.resolve(hub, progress)?;
-            Model::load(spec, &files, recipe, device).with_context(|| format!("cannot load model `{spec}`"))?
+            Model::load(spec, &files, recipe, device).with_context(|| format!("cannot load model `{spec}`"))
         }
-    };
-    model.to_variant(variant, QuantOptions::default())
+    }
 }

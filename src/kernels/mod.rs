@@ -89,3 +89,15 @@ pub fn selected_isa() -> Isa {
 pub fn gelu_erf(x: f32) -> f32 {
     0.5 * x * (1.0 + candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
 }
+
+/// Sets the number of threads every kernel uses — ours (rayon's global pool) and candle's
+/// (which reads `RAYON_NUM_THREADS` for its GEMM) — so numbers are comparable and the two pools
+/// never oversubscribe the cores. Default: the physical core count. Must run before any kernel
+/// does (thread pools start once per process); returns the count in effect.
+pub fn init_threads(requested: Option<usize>) -> usize {
+    let n = requested.filter(|&n| n > 0).unwrap_or_else(num_cpus::get_physical).max(1);
+    // SAFETY: called at start-up, before any other thread exists.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    rayon::current_num_threads()
+}

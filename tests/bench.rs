@@ -1,0 +1,239 @@
+//! The benchmark engine and its reports: CSV schema and round trip, the real `bench` command,
+//! and report paths that cannot be written.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use vit_workbench::bench::{BenchResult, Environment, Stats, stats};
+use vit_workbench::quant::Variant;
+use vit_workbench::quant::metrics::AgreementSummary;
+use vit_workbench::report::{self, COLUMNS};
+
+const CORE_SCHEMA: &str = "model,variant,device,threads,batch,runs,load_ms,first_ms,mean_ms,std_ms,min_ms,p50_ms,p90_ms,p99_ms,max_ms,throughput_ips,file_bytes,weight_bytes,peak_rss_bytes,top1_agreement,top5_overlap,kl_div,max_abs_dlogit,cpu,simd,os,app_version,git_rev,candle_version,timestamp";
+
+#[test]
+fn csv_header_starts_with_the_documented_schema_in_order() {
+    let header = COLUMNS.join(",");
+    assert!(header.starts_with(CORE_SCHEMA), "{header}");
+    assert_eq!(
+        header,
+        format!("{CORE_SCHEMA},warmup,measured_s,speedup_vs_fp32,size_vs_fp32,min_cosine,agreement_images")
+    );
+    // The README documents every column.
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    for c in COLUMNS {
+        assert!(readme.contains(&format!("`{c}`")), "README does not document column `{c}`");
+    }
+}
+
+fn fake(variant: Variant, p50: f64, file_bytes: u64, accuracy: Option<AgreementSummary>) -> BenchResult {
+    let samples = vec![p50 - 1.0, p50, p50 + 2.5];
+    BenchResult {
+        model: "m, with \"quotes\"".to_string(),
+        variant,
+        batch: 2,
+        warmup: 3,
+        load_ms: 12.5,
+        first_ms: 40.25,
+        stats: stats(&samples),
+        measured_seconds: samples.iter().sum::<f64>() / 1000.0,
+        throughput_ips: 2000.0 / p50,
+        file_bytes,
+        weight_bytes: 1234,
+        peak_rss_bytes: 99_000_000,
+        accuracy,
+        samples_ms: samples,
+        env: Environment {
+            cpu: "Test CPU".into(),
+            simd: "int8 kernel: portable; cpu: avx2".into(),
+            threads: 2,
+            device: "cpu".into(),
+            os: "TestOS".into(),
+            app_version: "0.1.0".into(),
+            git_rev: "abc".into(),
+            candle_version: "0.11.1".into(),
+            timestamp: "2026-11-29T00:00:00Z".into(),
+        },
+    }
+}
+
+#[test]
+fn csv_values_round_trip_through_a_csv_parser() {
+    let acc = AgreementSummary {
+        images: 4,
+        top1_agreement: 0.75,
+        top5_overlap: 0.95,
+        min_top5_overlap: 4,
+        mean_kl_div: 0.004663,
+        max_abs_dlogit: 0.5,
+        min_cosine: 0.998,
+    };
+    let results = vec![fake(Variant::Fp32, 40.0, 1000, None), fake(Variant::Int8, 10.0, 250, Some(acc))];
+    let bytes = report::to_csv(&results).unwrap();
+    let mut rd = csv::Reader::from_reader(bytes.as_slice());
+    let header: Vec<String> = rd.headers().unwrap().iter().map(str::to_string).collect();
+    assert_eq!(header, COLUMNS);
+    let rows: Vec<csv::StringRecord> = rd.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), 2);
+    let get =
+        |r: &csv::StringRecord, c: &str| r.get(COLUMNS.iter().position(|x| *x == c).unwrap()).unwrap().to_string();
+    let f = |r: &csv::StringRecord, c: &str| get(r, c).parse::<f64>().unwrap();
+    let int8 = &rows[1];
+    assert_eq!(get(int8, "model"), "m, with \"quotes\"");
+    assert_eq!(get(int8, "variant"), "int8");
+    assert_eq!(get(int8, "batch"), "2");
+    assert_eq!(get(int8, "runs"), "3");
+    assert_eq!(f(int8, "p50_ms"), 10.0);
+    assert_eq!(f(int8, "max_ms"), 12.5);
+    assert_eq!(f(int8, "min_ms"), 9.0);
+    assert_eq!(f(int8, "first_ms"), 40.25);
+    assert_eq!(f(int8, "throughput_ips"), 200.0);
+    assert_eq!(f(int8, "top1_agreement"), 0.75);
+    assert_eq!(f(int8, "kl_div"), 0.004663);
+    assert_eq!(f(int8, "speedup_vs_fp32"), 4.0);
+    assert_eq!(f(int8, "size_vs_fp32"), 0.25);
+    assert_eq!(get(int8, "agreement_images"), "4");
+    assert_eq!(get(int8, "timestamp"), "2026-11-29T00:00:00Z");
+    // fp32 has no comparison of its own: agreement cells are empty, not invented.
+    assert_eq!(get(&rows[0], "top1_agreement"), "");
+    assert_eq!(f(&rows[0], "speedup_vs_fp32"), 1.0);
+    // Raw samples: one row per run.
+    let raw = report::raw_to_csv(&results).unwrap();
+    let mut rd = csv::Reader::from_reader(raw.as_slice());
+    assert_eq!(rd.headers().unwrap().iter().collect::<Vec<_>>(), report::RAW_COLUMNS);
+    let ms: Vec<f64> = rd.records().map(|r| r.unwrap()[6].parse().unwrap()).collect();
+    assert_eq!(ms, vec![39.0, 40.0, 42.5, 9.0, 10.0, 12.5]);
+}
+
+#[test]
+fn stats_are_consistent() {
+    let s: Stats = stats(&[5.0, 1.0, 3.0, 2.0, 4.0, 100.0]);
+    assert!(s.min <= s.p50 && s.p50 <= s.p90 && s.p90 <= s.p99 && s.p99 <= s.max);
+}
+
+#[test]
+fn bench_command_on_real_vit_tiny_writes_consistent_reports() {
+    let Some(shared) = shared() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (csv_path, raw_path, json_path) =
+        (dir.path().join("r.csv"), dir.path().join("raw.csv"), dir.path().join("r.json"));
+    let out = Command::new(bin())
+        .args(["bench", "--threads", "2", "--warmup", "1", "--runs", "3", "--min-seconds", "0", "--models"])
+        .arg(timm_tiny(&shared))
+        .arg("--images")
+        .arg(shared.join("images"))
+        .args([
+            "--csv",
+            csv_path.to_str().unwrap(),
+            "--raw",
+            raw_path.to_str().unwrap(),
+            "--json",
+            json_path.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("threads: 2") && stdout.contains("p50 ms"), "{stdout}");
+    let mut rd = csv::Reader::from_path(&csv_path).unwrap();
+    assert_eq!(rd.headers().unwrap().iter().collect::<Vec<_>>(), COLUMNS);
+    let rows: Vec<csv::StringRecord> = rd.records().map(|r| r.unwrap()).collect();
+    let col = |c: &str| COLUMNS.iter().position(|x| *x == c).unwrap();
+    let num =
+        |r: &csv::StringRecord, c: &str| r[col(c)].parse::<f64>().unwrap_or_else(|_| panic!("{c}: `{}`", &r[col(c)]));
+    let variants: Vec<&str> = rows.iter().map(|r| &r[col("variant")]).collect();
+    assert_eq!(variants, ["fp32", "int8", "mobile"]);
+    for r in &rows {
+        assert_eq!(&r[col("threads")], "2");
+        assert_eq!(&r[col("device")], "cpu");
+        assert!(num(r, "runs") >= 3.0);
+        for c in [
+            "load_ms",
+            "first_ms",
+            "mean_ms",
+            "min_ms",
+            "p50_ms",
+            "throughput_ips",
+            "file_bytes",
+            "weight_bytes",
+            "peak_rss_bytes",
+        ] {
+            assert!(num(r, c) > 0.0, "{c} = {}", &r[col(c)]);
+        }
+        let (mn, p50, p90, p99, mx) =
+            (num(r, "min_ms"), num(r, "p50_ms"), num(r, "p90_ms"), num(r, "p99_ms"), num(r, "max_ms"));
+        assert!(mn <= p50 && p50 <= p90 && p90 <= p99 && p99 <= mx, "{mn} {p50} {p90} {p99} {mx}");
+        assert!(num(r, "min_ms") <= num(r, "mean_ms") && num(r, "mean_ms") <= num(r, "max_ms"));
+        // Agreement over the 4 photos is filled for every variant (fp32 against itself: 1).
+        assert_eq!(num(r, "agreement_images"), 4.0);
+        assert!(num(r, "top1_agreement") == 1.0, "{}", &r[col("top1_agreement")]);
+        assert!(num(r, "top5_overlap") >= 0.8);
+        assert!(num(r, "kl_div") >= 0.0 && num(r, "kl_div") < 0.05);
+        for c in ["cpu", "simd", "os", "app_version", "git_rev", "candle_version", "timestamp"] {
+            assert!(!r[col(c)].is_empty(), "{c} empty");
+        }
+    }
+    assert_eq!(num(&rows[0], "kl_div"), 0.0);
+    assert!(num(&rows[1], "file_bytes") < num(&rows[0], "file_bytes") * 0.3);
+    assert!(num(&rows[2], "file_bytes") < num(&rows[0], "file_bytes") * 0.3);
+    // Raw samples: as many per variant as its `runs`.
+    let mut rd = csv::Reader::from_path(&raw_path).unwrap();
+    let raw: Vec<csv::StringRecord> = rd.records().map(|r| r.unwrap()).collect();
+    for r in &rows {
+        let v = &r[col("variant")];
+        assert_eq!(raw.iter().filter(|x| &x[1] == v).count() as f64, num(r, "runs"));
+    }
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 3);
+    assert!(json[1]["samples_ms"].as_array().unwrap().len() >= 3);
+}
+
+#[test]
+fn bench_with_a_report_path_that_cannot_be_written_fails_first_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("missing-folder").join("r.csv");
+    let out = Command::new(bin())
+        .args(["bench", "--models"])
+        .arg(fixture("timm_vit"))
+        .args(["--runs", "1", "--warmup", "0", "--min-seconds", "0", "--csv", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("r.csv") && err.contains("does not exist"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "it measured before checking the path");
+    assert!(!bad.exists());
+    // A folder where the file should go.
+    let as_dir = dir.path().join("taken");
+    std::fs::create_dir(&as_dir).unwrap();
+    let out = Command::new(bin())
+        .args(["bench", "--models"])
+        .arg(fixture("timm_vit"))
+        .args(["--runs", "1", "--warmup", "0", "--min-seconds", "0", "--csv", as_dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a folder"));
+    // Only what the test made is there: no temporary or partial files.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn writing_a_report_never_leaves_a_partial_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("report.csv");
+    let results = vec![fake(Variant::Fp32, 40.0, 1000, None)];
+    report::write_csv(&path, &results).unwrap();
+    let old = std::fs::read(&path).unwrap();
+    // A failure while writing (disk full, say) keeps the old report and leaves no temp file.
+    let r = vit_workbench::fsutil::write_atomic_with(&path, |f| {
+        use std::io::Write;
+        f.write_all(b"model,variant\npartial")?;
+        anyhow::bail!("No space left on device")
+    });
+    assert!(format!("{:#}", r.unwrap_err()).contains("report.csv"));
+    assert_eq!(std::fs::read(&path).unwrap(), old);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
