@@ -332,6 +332,8 @@ pub struct BenchJob<'a> {
     pub variants: &'a [Variant],
     pub cfg: &'a BenchConfig,
     pub input: &'a BenchInput,
+    /// Set from another thread to stop the benchmark (it then returns an error saying so).
+    pub cancel: Option<&'a std::sync::atomic::AtomicBool>,
 }
 
 /// Benchmarks the variants of one model. `on_event` sees phases and every timed sample.
@@ -342,7 +344,8 @@ pub fn bench_model(
     on_download: &mut dyn FnMut(DownloadEvent),
     on_event: &mut dyn FnMut(BenchEvent),
 ) -> Result<Vec<BenchResult>> {
-    let BenchJob { spec, variants, cfg, input } = *job;
+    let BenchJob { spec, variants, cfg, input, cancel } = *job;
+    let cancelled = || cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed));
     if variants.is_empty() {
         bail!("no variants to benchmark");
     }
@@ -418,7 +421,12 @@ pub fn bench_model(
         .iter()
         .map(|m| {
             let x = x.clone();
-            Box::new(move || run_once(m, &x)) as Box<dyn FnMut() -> Result<()>>
+            Box::new(move || {
+                if cancelled() {
+                    bail!("benchmark cancelled");
+                }
+                run_once(m, &x)
+            }) as Box<dyn FnMut() -> Result<()>>
         })
         .collect();
     let mut runners: Vec<&mut dyn FnMut() -> Result<()>> =

@@ -22,9 +22,22 @@ use crate::zoo::{DEFAULT_MODEL, ModelSource, ZOO, load_model};
 #[command(
     name = "vit-workbench",
     version,
-    about = "Classify images with ViT/DeiT and measure what quantization costs and loses."
+    about = "Classify images with ViT/DeiT and measure what quantization costs and loses.",
+    long_about = "Without a command, opens the workbench window (on IMAGE, if given).",
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
+    /// Image to open in the window.
+    pub image: Option<PathBuf>,
+    /// Model for the window: hub id, folder or exported file.
+    #[arg(long, short)]
+    pub model: Option<String>,
+    /// Variant for the window.
+    #[arg(long)]
+    pub variant: Option<Variant>,
+    /// Save a PNG of the window once the first result is shown, then exit.
+    #[arg(long)]
+    pub screenshot: Option<PathBuf>,
     /// Use only the local Hugging Face cache (same as HF_HUB_OFFLINE=1).
     #[arg(long, global = true)]
     pub offline: bool,
@@ -145,12 +158,13 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli) -> Result<()> {
     let hub = Hub::from_env(cli.offline);
     match cli.command {
-        None => {
-            use clap::CommandFactory;
-            Cli::command().print_help()?;
-            println!();
-            Ok(())
-        }
+        None => crate::app::run(crate::app::GuiOptions {
+            image: cli.image,
+            model: cli.model,
+            variant: cli.variant,
+            screenshot: cli.screenshot,
+            offline: cli.offline,
+        }),
         Some(Command::Models) => list_models(&hub),
         Some(Command::Bench(args)) => bench(&hub, &args),
         Some(Command::Download { model }) => {
@@ -419,7 +433,7 @@ fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
         );
         bar.set_prefix(spec.to_string());
         let mut samples_seen = 0u64;
-        let job = BenchJob { spec, variants: &variants, cfg: &cfg, input: &input };
+        let job = BenchJob { spec, variants: &variants, cfg: &cfg, input: &input, cancel: None };
         let r = bench_model(&job, hub, &device, &mut download_bar(), &mut |ev| match ev {
             BenchEvent::Phase { phase, .. } => bar.set_message(phase),
             BenchEvent::Warmup { done, .. } => bar.set_position(done as u64),

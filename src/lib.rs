@@ -10,8 +10,10 @@
 //!   the named models with their recipes.
 //! - [`cli`]: the command-line front end.
 
+pub mod app;
 pub mod bench;
 pub mod cli;
+pub mod explain;
 pub mod fsutil;
 pub mod hub;
 pub mod kernels;

@@ -1,0 +1,80 @@
+//! Top-5 labels with probability bars, and the side-by-side compare of two variants.
+
+use egui::Ui;
+
+use super::state::{AppState, VariantResult};
+use crate::quant::metrics::compare_logits;
+
+pub struct ResultsPanel;
+
+impl ResultsPanel {
+    pub fn ui(&mut self, ui: &mut Ui, state: &AppState) {
+        let variants = state.settings.active_variants();
+        let waiting = state.image.is_some() && state.model.is_some();
+        let primary = state.result(variants[0]);
+        let Some(&second) = variants.get(1) else {
+            ui.heading("Top-5");
+            match primary {
+                Some(r) => top5(ui, variants[0].name(), r),
+                None => pending(ui, waiting),
+            }
+            return;
+        };
+        ui.heading(format!("{} vs {}", variants[0], second));
+        let (Some(r1), Some(r2)) = (primary, state.result(second)) else {
+            pending(ui, waiting);
+            return;
+        };
+        // What the variant loses, first: the view no peer tool gives.
+        let a = compare_logits(&r1.logits, &r2.logits);
+        egui::Grid::new("agreement").num_columns(2).striped(true).show(ui, |ui| {
+            ui.label("top-1 agreement");
+            if a.top1_agree {
+                ui.label("yes");
+            } else {
+                ui.colored_label(ui.visuals().warn_fg_color, "NO: the top-1 label changed");
+            }
+            ui.end_row();
+            ui.label("top-5 overlap");
+            ui.label(format!("{}/5", a.top5_overlap));
+            ui.end_row();
+            ui.label("KL divergence");
+            ui.label(format!("{:.2e}", a.kl_div));
+            ui.end_row();
+            ui.label("max |Δlogit|");
+            ui.label(format!("{:.4}", a.max_abs_dlogit));
+            ui.end_row();
+            ui.label("one-shot latency");
+            ui.label(format!("{:.1} vs {:.1} ms (run the benchmark for real numbers)", r1.ms, r2.ms));
+            ui.end_row();
+        });
+        ui.separator();
+        ui.columns(2, |cols| {
+            top5(&mut cols[0], variants[0].name(), r1);
+            top5(&mut cols[1], second.name(), r2);
+        });
+    }
+}
+
+fn pending(ui: &mut Ui, waiting: bool) {
+    if waiting {
+        ui.horizontal(|ui| {
+            ui.spinner();
+            ui.label("classifying…");
+        });
+    } else {
+        ui.label("Open an image and load a model to see predictions.");
+    }
+}
+
+fn top5(ui: &mut Ui, name: &str, r: &VariantResult) {
+    ui.label(egui::RichText::new(name).strong());
+    for p in &r.top5 {
+        ui.add(
+            egui::ProgressBar::new(p.probability)
+                .desired_width(ui.available_width().min(170.0))
+                .text(format!("{:.1}%", p.probability * 100.0)),
+        );
+        ui.label(&p.label);
+    }
+}

@@ -1,0 +1,449 @@
+//! The background worker: every model load, download, quantization, inference, overlay,
+//! benchmark and file write happens here, never on the UI thread. The UI sends [`Command`]s over
+//! a channel; the worker answers with [`Reply`]s and wakes the UI with `request_repaint`.
+//!
+//! A panic inside a command is caught, reported as an error, and the worker starts again from a
+//! clean state (models are reloaded on the next request): the window never dies with it.
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use image::RgbImage;
+
+use crate::bench::{BenchConfig, BenchEvent, BenchInput, BenchJob, BenchResult, bench_model};
+use crate::explain::{AttentionMap, Attentions, Colormap, colorize, heatmap};
+use crate::hub::{DownloadEvent, Hub};
+use crate::model::{Capture, Model, Prediction, device_from_name};
+use crate::quant::{QuantOptions, Variant};
+
+/// Where an image comes from.
+#[derive(Clone, Debug)]
+pub enum ImageSource {
+    Path(PathBuf),
+    /// Bytes already read (the bundled sample, a dropped file's content), with a display name.
+    Bytes {
+        name: String,
+        bytes: Arc<Vec<u8>>,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub enum Command {
+    OpenImage(ImageSource),
+    SetModel {
+        spec: String,
+        device: String,
+    },
+    /// Classify the current image with these variants (the first is the primary one) and
+    /// compute their overlays.
+    Analyze {
+        variants: Vec<Variant>,
+        map: AttentionMap,
+        cmap: Colormap,
+    },
+    /// Recompute overlays from the attention already captured.
+    Overlay {
+        variants: Vec<Variant>,
+        map: AttentionMap,
+        cmap: Colormap,
+    },
+    Benchmark {
+        variants: Vec<Variant>,
+        cfg: BenchConfig,
+    },
+    ExportCsv {
+        path: PathBuf,
+        results: Vec<BenchResult>,
+    },
+    /// Deliberately panics (tests of the recovery path).
+    Crash,
+}
+
+impl Command {
+    fn kind(&self) -> u8 {
+        match self {
+            Command::OpenImage(_) => 0,
+            Command::SetModel { .. } => 1,
+            Command::Analyze { .. } => 2,
+            Command::Overlay { .. } => 3,
+            Command::Benchmark { .. } => 4,
+            Command::ExportCsv { .. } => 5,
+            Command::Crash => 6,
+        }
+    }
+}
+
+/// What a loaded model looks like, for display.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelSummary {
+    pub spec: String,
+    pub architecture: String,
+    pub params: usize,
+    pub depth: usize,
+    pub heads: usize,
+    pub image_size: usize,
+    pub classes: usize,
+    pub prefix_tokens: usize,
+    pub recipe: String,
+    pub stored_variant: Variant,
+}
+
+/// An RGBA image ready for a texture.
+#[derive(Clone, Debug)]
+pub struct Rgba {
+    pub width: usize,
+    pub height: usize,
+    pub pixels: Arc<Vec<u8>>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Reply {
+    Busy(String),
+    Idle,
+    Download {
+        file: String,
+        done: u64,
+        total: u64,
+    },
+    ImageLoaded {
+        image_id: u64,
+        name: String,
+        display: Rgba,
+        width: u32,
+        height: u32,
+    },
+    ModelLoaded(ModelSummary),
+    Classified {
+        image_id: u64,
+        variant: Variant,
+        top5: Vec<Prediction>,
+        logits: Vec<f32>,
+        ms: f64,
+    },
+    Overlay {
+        image_id: u64,
+        variant: Variant,
+        rgba: Rgba,
+    },
+    BenchPhase(String),
+    BenchSample {
+        variant: Variant,
+        ms: f64,
+        run: usize,
+    },
+    BenchDone(Vec<BenchResult>),
+    Exported {
+        path: PathBuf,
+        rows: usize,
+    },
+    Cancelled(String),
+    /// `what` failed (one line naming the file or model), the previous state is kept.
+    Error {
+        what: String,
+        message: String,
+    },
+}
+
+/// The UI's handle on the worker.
+pub struct WorkerHandle {
+    tx: Sender<Command>,
+    pub rx: Receiver<Reply>,
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl WorkerHandle {
+    pub fn send(&self, cmd: Command) {
+        // A send fails only if the worker thread is gone, which the panic guard prevents.
+        let _ = self.tx.send(cmd);
+    }
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Starts the worker thread. `wake` is called after every reply (the UI's `request_repaint`).
+pub fn spawn(hub: Hub, wake: impl Fn() + Send + 'static) -> WorkerHandle {
+    let (tx, cmd_rx) = channel::<Command>();
+    let (reply_tx, rx) = channel::<Reply>();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let cancel2 = cancel.clone();
+    std::thread::Builder::new()
+        .name("vit-workbench-worker".into())
+        .spawn(move || {
+            let out = Out { tx: reply_tx, wake: Box::new(wake) };
+            let mut state = State::new(hub);
+            while let Ok(first) = cmd_rx.recv() {
+                for cmd in coalesce(first, &cmd_rx) {
+                    cancel2.store(false, Ordering::Relaxed);
+                    let result = catch_unwind(AssertUnwindSafe(|| state.handle(cmd.clone(), &out, &cancel2)));
+                    match result {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            let msg = format!("{e:#}");
+                            if msg.contains("cancelled") {
+                                out.send(Reply::Cancelled(msg));
+                            } else {
+                                out.send(Reply::Error { what: describe(&cmd), message: msg });
+                            }
+                        }
+                        Err(panic) => {
+                            let msg = panic
+                                .downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                                .unwrap_or_else(|| "unknown panic".into());
+                            if msg == CANCEL_PANIC {
+                                out.send(Reply::Cancelled("download cancelled".into()));
+                            } else {
+                                out.send(Reply::Error {
+                                    what: describe(&cmd),
+                                    message: format!("internal error, the worker restarted: {msg}"),
+                                });
+                            }
+                            // Start over: nothing half-built survives a panic.
+                            let hub = state.hub.clone();
+                            state = State::new(hub);
+                        }
+                    }
+                    out.send(Reply::Idle);
+                }
+            }
+        })
+        .expect("cannot start the worker thread");
+    WorkerHandle { tx, rx, cancel }
+}
+
+/// Drops commands made stale by a later one of the same kind (dragging a slider sends many
+/// overlay requests; only the last matters). Order is otherwise kept.
+fn coalesce(first: Command, rx: &Receiver<Command>) -> Vec<Command> {
+    let mut all = vec![first];
+    while let Ok(c) = rx.try_recv() {
+        all.push(c);
+    }
+    let keep_last_only = |k: u8| matches!(k, 2 | 3);
+    let mut out: Vec<Command> = Vec::new();
+    for (i, c) in all.iter().enumerate() {
+        let superseded = keep_last_only(c.kind()) && all[i + 1..].iter().any(|later| later.kind() == c.kind());
+        if !superseded {
+            out.push(c.clone());
+        }
+    }
+    out
+}
+
+fn describe(cmd: &Command) -> String {
+    match cmd {
+        Command::OpenImage(ImageSource::Path(p)) => format!("cannot open image {}", p.display()),
+        Command::OpenImage(ImageSource::Bytes { name, .. }) => format!("cannot open image {name}"),
+        Command::SetModel { spec, .. } => format!("cannot load model {spec}"),
+        Command::Analyze { .. } => "cannot classify".into(),
+        Command::Overlay { .. } => "cannot draw the attention overlay".into(),
+        Command::Benchmark { .. } => "benchmark failed".into(),
+        Command::ExportCsv { path, .. } => format!("cannot export {}", path.display()),
+        Command::Crash => "crash test".into(),
+    }
+}
+
+const CANCEL_PANIC: &str = "vit-workbench: cancelled by the user";
+
+struct Out {
+    tx: Sender<Reply>,
+    wake: Box<dyn Fn() + Send>,
+}
+
+impl Out {
+    fn send(&self, r: Reply) {
+        let _ = self.tx.send(r);
+        (self.wake)();
+    }
+}
+
+struct State {
+    hub: Hub,
+    next_image_id: u64,
+    image: Option<(u64, Arc<RgbImage>)>,
+    /// The loaded model as stored (fp32 for checkpoints) and the variants made from it.
+    source: Option<Model>,
+    /// What the user named the source model by (the benchmark loads it again from there).
+    spec: Option<String>,
+    variants: HashMap<Variant, Model>,
+    /// Attention of the current image per variant, for overlay changes without a new forward.
+    attentions: HashMap<Variant, (u64, Attentions)>,
+}
+
+/// Longest side of the image shown in the window (the model always sees the full image).
+const DISPLAY_MAX_SIDE: u32 = 1024;
+
+impl State {
+    fn new(hub: Hub) -> State {
+        State {
+            hub,
+            next_image_id: 1,
+            image: None,
+            source: None,
+            spec: None,
+            variants: HashMap::new(),
+            attentions: HashMap::new(),
+        }
+    }
+
+    fn handle(&mut self, cmd: Command, out: &Out, cancel: &AtomicBool) -> Result<()> {
+        match cmd {
+            Command::OpenImage(src) => self.open_image(src, out),
+            Command::SetModel { spec, device } => self.set_model(&spec, &device, out, cancel),
+            Command::Analyze { variants, map, cmap } => self.analyze(&variants, map, cmap, out),
+            Command::Overlay { variants, map, cmap } => self.overlays(&variants, map, cmap, out),
+            Command::Benchmark { variants, cfg } => self.benchmark(&variants, &cfg, out, cancel),
+            Command::ExportCsv { path, results } => {
+                out.send(Reply::Busy(format!("writing {}", path.display())));
+                crate::report::write_csv(&path, &results)?;
+                out.send(Reply::Exported { path, rows: results.len() });
+                Ok(())
+            }
+            Command::Crash => panic!("deliberate crash for testing"),
+        }
+    }
+
+    fn open_image(&mut self, src: ImageSource, out: &Out) -> Result<()> {
+        let (name, img) = match &src {
+            ImageSource::Path(p) => (p.display().to_string(), crate::preprocess::load_image(p)?),
+            ImageSource::Bytes { name, bytes } => (name.clone(), crate::preprocess::decode_image(bytes)?),
+        };
+        let (w, h) = img.dimensions();
+        let shown = if w.max(h) > DISPLAY_MAX_SIDE {
+            let s = DISPLAY_MAX_SIDE as f64 / w.max(h) as f64;
+            let (dw, dh) = (((w as f64 * s).round() as u32).max(1), ((h as f64 * s).round() as u32).max(1));
+            image::imageops::resize(&img, dw, dh, image::imageops::FilterType::Triangle)
+        } else {
+            img.clone()
+        };
+        let rgba: Vec<u8> = shown.pixels().flat_map(|p| [p.0[0], p.0[1], p.0[2], 255]).collect();
+        let id = self.next_image_id;
+        self.next_image_id += 1;
+        self.image = Some((id, Arc::new(img)));
+        self.attentions.clear();
+        out.send(Reply::ImageLoaded {
+            image_id: id,
+            name,
+            display: Rgba { width: shown.width() as usize, height: shown.height() as usize, pixels: Arc::new(rgba) },
+            width: w,
+            height: h,
+        });
+        Ok(())
+    }
+
+    fn set_model(&mut self, spec: &str, device: &str, out: &Out, cancel: &AtomicBool) -> Result<()> {
+        let device = device_from_name(device)?;
+        out.send(Reply::Busy(format!("loading {spec}")));
+        let mut progress = |ev: DownloadEvent| {
+            if cancel.load(Ordering::Relaxed) {
+                // hf-hub's download loop cannot be interrupted otherwise; the panic is caught
+                // by the worker, the partial download stays a temporary file hf-hub ignores.
+                std::panic::panic_any(CANCEL_PANIC.to_string());
+            }
+            match ev {
+                DownloadEvent::Started { file, total_bytes } => {
+                    out.send(Reply::Download { file, done: 0, total: total_bytes })
+                }
+                DownloadEvent::Progress { file, bytes } => out.send(Reply::Download { file, done: bytes, total: 0 }),
+                DownloadEvent::Finished { .. } => {}
+            }
+        };
+        let model = crate::zoo::load_model_as_is(spec, &self.hub, &device, &mut progress)?;
+        let c = &model.config;
+        let summary = ModelSummary {
+            spec: spec.to_string(),
+            architecture: c.architecture.clone(),
+            params: model.weights.param_count(),
+            depth: c.depth,
+            heads: c.heads,
+            image_size: c.image_size,
+            classes: c.num_classes(),
+            prefix_tokens: c.num_prefix_tokens(),
+            recipe: model.recipe.describe(),
+            stored_variant: model.variant,
+        };
+        self.variants.clear();
+        self.attentions.clear();
+        self.variants.insert(model.variant, model.clone());
+        self.source = Some(model);
+        self.spec = Some(spec.to_string());
+        out.send(Reply::ModelLoaded(summary));
+        Ok(())
+    }
+
+    fn variant(&mut self, v: Variant, out: &Out) -> Result<&Model> {
+        if !self.variants.contains_key(&v) {
+            let source = self.source.as_ref().context("no model is loaded")?;
+            out.send(Reply::Busy(format!("quantizing to {v}")));
+            let m = source.to_variant(v, QuantOptions::default())?;
+            self.variants.insert(v, m);
+        }
+        Ok(&self.variants[&v])
+    }
+
+    fn analyze(&mut self, variants: &[Variant], map: AttentionMap, cmap: Colormap, out: &Out) -> Result<()> {
+        let Some((image_id, img)) = self.image.clone() else { bail!("no image is open") };
+        for &v in variants {
+            let model = self.variant(v, out)?;
+            out.send(Reply::Busy(format!("classifying with {v}")));
+            let x = model.preprocess(&img)?;
+            let t = Instant::now();
+            let fwd = model.forward(&x, Capture::ATTENTIONS)?;
+            let top5 = model.top_k(&fwd.logits, 5)?.remove(0);
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            let logits = fwd.logits.flatten_all()?.to_vec1::<f32>()?;
+            let att = Attentions::from_tensors(fwd.attentions.as_deref().unwrap_or_default(), 0)?;
+            out.send(Reply::Classified { image_id, variant: v, top5, logits, ms });
+            self.attentions.insert(v, (image_id, att));
+        }
+        self.overlays(variants, map, cmap, out)
+    }
+
+    fn overlays(&mut self, variants: &[Variant], map: AttentionMap, cmap: Colormap, out: &Out) -> Result<()> {
+        let Some((image_id, img)) = self.image.clone() else { return Ok(()) };
+        let prefix = self.source.as_ref().map(|m| m.config.num_prefix_tokens()).unwrap_or(1);
+        let (w, h) = img.dimensions();
+        let s = (DISPLAY_MAX_SIDE as f64 / w.max(h) as f64).min(1.0);
+        let (ow, oh) = (((w as f64 * s).round() as usize).max(1), ((h as f64 * s).round() as usize).max(1));
+        for v in variants {
+            let Some((id, att)) = self.attentions.get(v) else { continue };
+            if *id != image_id {
+                continue;
+            }
+            let heat = heatmap(att, prefix, map)?;
+            let rgba = colorize(&heat, ow, oh, cmap);
+            out.send(Reply::Overlay {
+                image_id,
+                variant: *v,
+                rgba: Rgba { width: ow, height: oh, pixels: Arc::new(rgba) },
+            });
+        }
+        Ok(())
+    }
+
+    fn benchmark(&mut self, variants: &[Variant], cfg: &BenchConfig, out: &Out, cancel: &AtomicBool) -> Result<()> {
+        let source = self.source.as_ref().context("no model is loaded")?;
+        let spec = self.spec.clone().context("no model is loaded")?;
+        let device = source.device.clone();
+        let input = match &self.image {
+            Some((_, img)) => BenchInput::Images(vec![("image".into(), (**img).clone())]),
+            None => BenchInput::Synthetic,
+        };
+        out.send(Reply::Busy("benchmarking".into()));
+        let job = BenchJob { spec: &spec, variants, cfg, input: &input, cancel: Some(cancel) };
+        let results = bench_model(&job, &self.hub, &device, &mut |_| {}, &mut |ev| match ev {
+            BenchEvent::Phase { phase, .. } => out.send(Reply::BenchPhase(phase)),
+            BenchEvent::Warmup { done, total, .. } => out.send(Reply::BenchPhase(format!("warm-up {done}/{total}"))),
+            BenchEvent::Sample { variant, ms, run, .. } => out.send(Reply::BenchSample { variant, ms, run }),
+        })?;
+        out.send(Reply::BenchDone(results));
+        Ok(())
+    }
+}
