@@ -35,9 +35,15 @@ pub struct Cli {
     /// Variant for the window.
     #[arg(long)]
     pub variant: Option<Variant>,
+    /// Second variant of the window's compare view (fp32, int8, mobile, or none).
+    #[arg(long)]
+    pub compare: Option<String>,
     /// Save a PNG of the window once the first result is shown, then exit.
     #[arg(long)]
     pub screenshot: Option<PathBuf>,
+    /// Run a benchmark in the window once the first result is shown.
+    #[arg(long)]
+    pub benchmark: bool,
     /// Use only the local Hugging Face cache (same as HF_HUB_OFFLINE=1).
     #[arg(long, global = true)]
     pub offline: bool,
@@ -162,7 +168,13 @@ pub fn run(cli: Cli) -> Result<()> {
             image: cli.image,
             model: cli.model,
             variant: cli.variant,
+            compare: match cli.compare.as_deref() {
+                None => None,
+                Some("none") => Some(None),
+                Some(v) => Some(Some(v.parse()?)),
+            },
             screenshot: cli.screenshot,
+            benchmark: cli.benchmark,
             offline: cli.offline,
         }),
         Some(Command::Models) => list_models(&hub),

@@ -121,7 +121,7 @@ pub fn rollout(att: &Attentions, fusion: HeadFusion, discard_ratio: f32) -> Vec<
 /// The heatmap `map` describes, over the patch grid (prefix tokens skipped).
 pub fn heatmap(att: &Attentions, prefix_tokens: usize, map: AttentionMap) -> Result<Heatmap> {
     let t = att.tokens;
-    let patches = t.checked_sub(prefix_tokens).unwrap_or(0);
+    let patches = t.saturating_sub(prefix_tokens);
     let side = (patches as f64).sqrt() as usize;
     if side * side != patches || patches == 0 {
         bail!("{patches} patch tokens do not form a square grid");

@@ -11,6 +11,8 @@ use crate::quant::Variant;
 
 pub struct ChartPanel;
 
+const PLOT_HEIGHT: f32 = 190.0;
+
 fn color(v: Variant) -> egui::Color32 {
     match v {
         Variant::Fp32 => egui::Color32::from_rgb(90, 160, 255),
@@ -27,8 +29,10 @@ impl ChartPanel {
                 actions.push(Action::Benchmark);
             }
             if running {
-                ui.spinner();
-                ui.label(&state.bench.phase);
+                // No spinner: its animation would repaint continuously and steal the CPU the
+                // measurement needs. The worker wakes the UI a few times a second instead.
+                let runs: usize = state.bench.live.values().map(Vec::len).sum();
+                ui.label(format!("benchmarking: {} ({runs} timed runs)", state.bench.phase));
                 if ui.button("Cancel").clicked() {
                     actions.push(Action::Cancel);
                 }
@@ -55,12 +59,14 @@ impl ChartPanel {
             {
                 actions.push(Action::ExportCsv);
             }
-            ui.label(format!("{} result(s) gathered", state.bench.results.len()));
+            ui.label(format!("{} result(s) gathered", state.bench.results.len()))
+                .on_hover_text("Benchmarks in the window share the CPU with drawing it; `vit-workbench bench` measures without a window.");
         });
-        let h = ui.available_height();
+        // A fixed height: the panel sizes itself to its content.
+        let h = PLOT_HEIGHT;
         ui.columns(2, |cols| {
             Plot::new("latency_over_runs")
-                .legend(Legend::default())
+                .legend(Legend::default().position(egui_plot::Corner::LeftTop))
                 .height(h - 8.0)
                 .x_axis_label("run")
                 .y_axis_label("ms")
@@ -68,9 +74,7 @@ impl ChartPanel {
                     for (v, samples) in &state.bench.live {
                         let pts: Vec<[f64; 2]> =
                             samples.iter().enumerate().map(|(i, ms)| [i as f64 + 1.0, *ms]).collect();
-                        plot.points(
-                            Points::new(format!("{v} runs"), PlotPoints::from(pts)).color(color(*v)).radius(1.5),
-                        );
+                        plot.points(Points::new("", PlotPoints::from(pts)).color(color(*v)).radius(1.5));
                         // Running median and p90 as the runs accumulate.
                         let mut med = Vec::with_capacity(samples.len());
                         let mut p90 = Vec::with_capacity(samples.len());
@@ -118,7 +122,7 @@ impl ChartPanel {
                 })
                 .collect();
             Plot::new("latency_size_bars")
-                .legend(Legend::default())
+                .legend(Legend::default().position(egui_plot::Corner::LeftTop))
                 .height(h - 8.0)
                 .y_axis_label("p50 ms | size %")
                 .show(&mut cols[1], |plot| {

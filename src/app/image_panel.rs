@@ -44,11 +44,9 @@ impl ImagePanel {
                     let fit = fit_rect(pane, img.width as f32, img.height as f32);
                     let uv = Rect::from_min_max(pos2(0.0, 0.0), pos2(1.0, 1.0));
                     painter.image(img.texture.id(), fit, uv, Color32::WHITE);
-                    if state.settings.overlay.enabled {
-                        if let Some(tex) = state.overlays.get(v) {
-                            let a = (state.settings.overlay.opacity.clamp(0.0, 1.0) * 255.0) as u8;
-                            painter.image(tex.id(), fit, uv, Color32::from_rgba_unmultiplied(255, 255, 255, a));
-                        }
+                    if let Some(tex) = state.overlays.get(v).filter(|_| state.settings.overlay.enabled) {
+                        let a = (state.settings.overlay.opacity.clamp(0.0, 1.0) * 255.0) as u8;
+                        painter.image(tex.id(), fit, uv, Color32::from_rgba_unmultiplied(255, 255, 255, a));
                     }
                     if panes.len() > 1 || state.settings.overlay.enabled {
                         painter.text(
@@ -133,9 +131,7 @@ impl ImagePanel {
         });
         let after = &state.settings.overlay;
         // Opacity and the on/off switch are applied when drawing; the rest needs new maps.
-        if after.enabled
-            && (after.map() != before.map() || after.cmap != before.cmap || (!before.enabled && after.enabled))
-        {
+        if after.enabled && (after.map() != before.map() || after.cmap != before.cmap || !before.enabled) {
             actions.push(Action::RecomputeOverlay);
         }
     }

@@ -54,8 +54,12 @@ pub struct GuiOptions {
     pub image: Option<PathBuf>,
     pub model: Option<String>,
     pub variant: Option<Variant>,
+    /// The compare view's second variant (`Some(None)`: no compare view).
+    pub compare: Option<Option<Variant>>,
     /// Save a PNG of the window once the first result is on screen, then exit.
     pub screenshot: Option<PathBuf>,
+    /// Run a benchmark as soon as the first result is in (with `screenshot`: shoot after it).
+    pub benchmark: bool,
     pub offline: bool,
 }
 
@@ -82,6 +86,8 @@ pub struct WorkbenchApp {
     status: status_bar::StatusBar,
     notices: status_bar::Notices,
     screenshot: Option<Screenshot>,
+    /// A benchmark asked for on the command line, not started yet.
+    pending_benchmark: bool,
 }
 
 impl WorkbenchApp {
@@ -90,11 +96,14 @@ impl WorkbenchApp {
         if let Some(m) = &opts.model {
             settings.model = m.clone();
         }
+        if let Some(c) = opts.compare {
+            settings.compare = c;
+        }
         if let Some(v) = opts.variant {
             settings.variant = v;
-            if settings.compare == Some(v) {
-                settings.compare = None;
-            }
+        }
+        if settings.compare == Some(settings.variant) {
+            settings.compare = None;
         }
         let wake_ctx: Arc<std::sync::OnceLock<egui::Context>> = Default::default();
         let wake = wake_ctx.clone();
@@ -118,6 +127,7 @@ impl WorkbenchApp {
             chart: chart_panel::ChartPanel,
             status: status_bar::StatusBar,
             notices: status_bar::Notices,
+            pending_benchmark: opts.benchmark,
             screenshot: opts.screenshot.clone().map(|path| Screenshot {
                 path,
                 ready_frames: 0,
@@ -175,16 +185,21 @@ impl WorkbenchApp {
             .resizable(true)
             .default_size(230.0)
             .show(ui, |ui| self.chart.ui(ui, &mut self.state, &mut actions));
-        egui::Panel::right("results").resizable(true).default_size(360.0).show(ui, |ui| {
+        egui::Panel::right("results").resizable(true).default_size(360.0).size_range(260.0..=560.0).show(ui, |ui| {
             egui::ScrollArea::vertical().show(ui, |ui| self.results.ui(ui, &self.state));
         });
         egui::CentralPanel::default().show(ui, |ui| self.image.ui(ui, &mut self.state, hovering, &mut actions));
 
+        if self.pending_benchmark && self.state.result(self.state.settings.variant).is_some() {
+            self.pending_benchmark = false;
+            actions.push(Action::Benchmark);
+        }
         for a in actions {
             self.act(a);
         }
         self.screenshot_step(&ctx);
-        if self.state.busy.is_some() || self.state.bench.running {
+        if self.state.busy.is_some() && !self.state.bench.running {
+            // Spinners move; a running benchmark wakes the UI itself, sparingly.
             ctx.request_repaint_after(std::time::Duration::from_millis(100));
         }
     }
@@ -347,7 +362,9 @@ impl WorkbenchApp {
         }
         let primary = self.state.settings.variant;
         let ready = self.state.result(primary).is_some()
-            && (!self.state.settings.overlay.enabled || self.state.overlays.contains_key(&primary));
+            && (!self.state.settings.overlay.enabled || self.state.overlays.contains_key(&primary))
+            && !self.pending_benchmark
+            && !self.state.bench.running;
         if ready {
             shot.ready_frames += 1;
             // One more frame so what is captured is what was drawn with the result.
@@ -360,8 +377,9 @@ impl WorkbenchApp {
                     wake.request_repaint();
                 });
             }
+            // Draw the next frames now; until ready, the worker wakes the UI when it has news.
+            ctx.request_repaint();
         }
-        ctx.request_repaint();
     }
 }
 

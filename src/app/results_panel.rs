@@ -45,7 +45,8 @@ impl ResultsPanel {
             ui.label(format!("{:.4}", a.max_abs_dlogit));
             ui.end_row();
             ui.label("one-shot latency");
-            ui.label(format!("{:.1} vs {:.1} ms (run the benchmark for real numbers)", r1.ms, r2.ms));
+            ui.label(format!("{:.0} / {:.0} ms", r1.ms, r2.ms))
+                .on_hover_text("a single cold-ish call; run the benchmark for real numbers");
             ui.end_row();
         });
         ui.separator();

@@ -38,7 +38,8 @@ impl Default for OverlaySettings {
         OverlaySettings {
             enabled: true,
             mode: OverlayMode::Rollout,
-            fusion: HeadFusion::Mean,
+            // jacobgil/vit-explain's recommendation: max fusion, 90% discarded.
+            fusion: HeadFusion::Max,
             discard_ratio: 0.9,
             layer: 0,
             head: None,

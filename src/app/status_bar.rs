@@ -29,7 +29,9 @@ impl StatusBar {
             };
             if let Some(busy) = &state.busy {
                 ui.separator();
-                ui.spinner();
+                if !state.bench.running {
+                    ui.spinner();
+                }
                 ui.label(busy);
                 if let Some((file, done, total)) = &state.download {
                     let frac = if *total > 0 { *done as f32 / *total as f32 } else { 0.0 };

@@ -176,7 +176,7 @@ pub fn spawn(hub: Hub, wake: impl Fn() + Send + 'static) -> WorkerHandle {
     std::thread::Builder::new()
         .name("vit-workbench-worker".into())
         .spawn(move || {
-            let out = Out { tx: reply_tx, wake: Box::new(wake) };
+            let out = Out { tx: reply_tx, wake: Box::new(wake), last_sample_wake: Default::default() };
             let mut state = State::new(hub);
             while let Ok(first) = cmd_rx.recv() {
                 for cmd in coalesce(first, &cmd_rx) {
@@ -255,11 +255,23 @@ const CANCEL_PANIC: &str = "vit-workbench: cancelled by the user";
 struct Out {
     tx: Sender<Reply>,
     wake: Box<dyn Fn() + Send>,
+    last_sample_wake: std::cell::Cell<Option<Instant>>,
 }
+
+/// Benchmark samples wake the UI at most this often: every repaint costs CPU (a lot under a
+/// software renderer) that the measurement would otherwise lose to drawing.
+const SAMPLE_WAKE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Out {
     fn send(&self, r: Reply) {
+        let throttle = matches!(r, Reply::BenchSample { .. });
         let _ = self.tx.send(r);
+        if throttle {
+            if self.last_sample_wake.get().is_some_and(|t| t.elapsed() < SAMPLE_WAKE_INTERVAL) {
+                return;
+            }
+            self.last_sample_wake.set(Some(Instant::now()));
+        }
         (self.wake)();
     }
 }
