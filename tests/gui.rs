@@ -205,3 +205,37 @@ fn a_missing_model_is_a_notice_not_a_crash() {
     // The sample image is still shown.
     assert!(shown_image(h.state()).contains("sample"));
 }
+
+/// eframe storage in memory, to check what `save` persists.
+#[derive(Default)]
+struct MemoryStorage(std::collections::HashMap<String, String>);
+
+impl eframe::Storage for MemoryStorage {
+    fn get_string(&self, key: &str) -> Option<String> {
+        self.0.get(key).cloned()
+    }
+    fn set_string(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_string(), value);
+    }
+    fn remove_string(&mut self, key: &str) {
+        self.0.remove(key);
+    }
+    fn flush(&mut self) {}
+}
+
+#[test]
+fn settings_persist_across_restarts() {
+    use eframe::App;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings { model: dir.path().display().to_string(), ..Settings::default() };
+    settings.variant = Variant::Mobile;
+    settings.compare = Some(Variant::Fp32);
+    settings.overlay.discard_ratio = 0.5;
+    settings.overlay.cmap = vit_workbench::explain::Colormap::Viridis;
+    settings.export_path = "/tmp/somewhere.csv".into();
+    let mut app = WorkbenchApp::new(settings.clone(), &GuiOptions { offline: true, ..Default::default() });
+    let mut storage = MemoryStorage::default();
+    app.save(&mut storage);
+    let restored: Settings = eframe::get_value(&storage, "vit-workbench-settings").expect("settings were not saved");
+    assert_eq!(restored, settings);
+}

@@ -11,6 +11,8 @@
 //! [`crate::quant::linear`]); on CUDA, candle's own ops are used instead.
 
 pub mod gemm_i8;
+pub mod ops;
+pub mod vnni;
 
 use std::sync::OnceLock;
 
@@ -64,8 +66,11 @@ pub fn cpu_features() -> Vec<&'static str> {
 
 /// The kernel paths this build has implementations for, that this CPU can run.
 pub fn available_isas() -> Vec<Isa> {
-    // SIMD paths are added by the performance work; until then only the reference exists.
-    vec![Isa::Portable]
+    let mut v = vec![Isa::Portable];
+    if vnni::available() {
+        v.push(Isa::Avx512Vnni);
+    }
+    v
 }
 
 /// The path used by default: the best available, or `VITWB_ISA=<name>` to force one (for
@@ -84,11 +89,8 @@ pub fn selected_isa() -> Isa {
     })
 }
 
-/// GELU with the exact erf, as PyTorch's `nn.GELU()` and transformers' "gelu".
-#[inline]
-pub fn gelu_erf(x: f32) -> f32 {
-    0.5 * x * (1.0 + candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
-}
+/// GELU with erf, as PyTorch's `nn.GELU()` and transformers' "gelu" (within 1e-6).
+pub use ops::gelu as gelu_erf;
 
 /// Sets the number of threads every kernel uses — ours (rayon's global pool) and candle's
 /// (which reads `RAYON_NUM_THREADS` for its GEMM) — so numbers are comparable and the two pools

@@ -22,11 +22,9 @@ impl Int8Linear {
 
     /// `x` `[m, k]` row-major -> `[m, n]`.
     pub fn run(&self, x: &[f32], m: usize) -> Vec<f32> {
-        let (n, k) = (self.weights.n, self.weights.k);
-        let a = gemm_i8::quantize_rows(x, m, k);
-        let mut out = vec![0f32; m * n];
+        let mut out = vec![0f32; m * self.weights.n];
         let epilogue = if self.fused_gelu { Epilogue::Gelu } else { Epilogue::None };
-        gemm_i8::gemm(selected_isa(), &a, &self.weights, self.bias.as_deref(), epilogue, &mut out);
+        gemm_i8::linear(selected_isa(), x, m, &self.weights, self.bias.as_deref(), epilogue, &mut out);
         out
     }
 }

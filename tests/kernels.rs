@@ -1,0 +1,91 @@
+//! Every SIMD kernel path this CPU supports against the portable reference, on odd shapes.
+//! int8 GEMM must be bit-exact (same integers, same epilogue arithmetic).
+
+use vit_workbench::kernels::gemm_i8::{self, Epilogue, PackedWeights};
+use vit_workbench::kernels::{Isa, available_isas};
+
+fn pseudo_random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+#[test]
+fn int8_gemm_paths_match_the_portable_reference_exactly() {
+    let isas = available_isas();
+    println!("int8 GEMM paths tested on this CPU: {:?}", isas.iter().map(|i| i.name()).collect::<Vec<_>>());
+    if std::env::var_os("CI").is_some() && std::arch::is_x86_feature_detected!("avx512vnni") {
+        assert!(isas.contains(&Isa::Avx512Vnni), "the CI CPU has AVX-512 VNNI: its path must be tested");
+    }
+    let mut cases = 0;
+    for &m in &[1usize, 7, 197] {
+        for &k in &[192usize, 384, 768, 3072, 100] {
+            for &n in &[37usize, 192, 1000] {
+                let x = pseudo_random(m * k, (m * 31 + k) as u64, 3.0);
+                let w = pseudo_random(n * k, (n * 17 + k) as u64, 0.2);
+                let bias = pseudo_random(n, n as u64, 1.0);
+                let packed = PackedWeights::quantize(&w, n, k);
+                let a = gemm_i8::quantize_rows(&x, m, k);
+                for epilogue in [Epilogue::None, Epilogue::Gelu] {
+                    let mut reference = vec![0f32; m * n];
+                    gemm_i8::gemm(Isa::Portable, &a, &packed, Some(&bias), epilogue, &mut reference);
+                    for &isa in &isas {
+                        let mut out = vec![f32::NAN; m * n];
+                        gemm_i8::gemm(isa, &a, &packed, Some(&bias), epilogue, &mut out);
+                        let bad = out.iter().zip(&reference).position(|(a, b)| a.to_bits() != b.to_bits());
+                        assert!(
+                            bad.is_none(),
+                            "{} differs from portable at m={m} k={k} n={n} {epilogue:?}: index {:?}",
+                            isa.name(),
+                            bad
+                        );
+                        cases += 1;
+                    }
+                }
+                // Without bias too (the qkv of some models).
+                let mut r0 = vec![0f32; m * n];
+                gemm_i8::gemm(Isa::Portable, &a, &packed, None, Epilogue::None, &mut r0);
+                for &isa in &isas {
+                    let mut o = vec![0f32; m * n];
+                    gemm_i8::gemm(isa, &a, &packed, None, Epilogue::None, &mut o);
+                    assert_eq!(o, r0, "{} without bias", isa.name());
+                }
+            }
+        }
+    }
+    println!("{cases} (path, shape, epilogue) cases bit-exact");
+}
+
+#[test]
+fn fused_linear_paths_match_quantize_then_gemm() {
+    use vit_workbench::kernels::gemm_i8::linear;
+    for &(m, k, n) in &[(1usize, 192usize, 576usize), (7, 100, 37), (197, 768, 3072), (197, 3072, 768)] {
+        let x = pseudo_random(m * k, 7 + k as u64, 4.0);
+        let w = PackedWeights::quantize(&pseudo_random(n * k, 3 + n as u64, 0.1), n, k);
+        let bias = pseudo_random(n, 11, 0.5);
+        let mut reference = vec![0f32; m * n];
+        gemm_i8::gemm(
+            Isa::Portable,
+            &gemm_i8::quantize_rows(&x, m, k),
+            &w,
+            Some(&bias),
+            Epilogue::Gelu,
+            &mut reference,
+        );
+        for &isa in &available_isas() {
+            let mut out = vec![0f32; m * n];
+            linear(isa, &x, m, &w, Some(&bias), Epilogue::Gelu, &mut out);
+            assert!(
+                out.iter().zip(&reference).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{} m={m} k={k} n={n}",
+                isa.name()
+            );
+        }
+    }
+}
