@@ -144,15 +144,30 @@ pub fn quantize_rows(x: &[f32], m: usize, k: usize) -> QuantizedRows {
 /// Quantizes one row into `out` as i8 codes (stored as bytes), or shifted to u8 (`code + 128`)
 /// when `shifted`. Returns the row's scale and max |x|. The one place activation rounding is
 /// defined, so every kernel path sees the same codes.
-#[inline]
+#[inline(always)]
 pub fn quantize_row_into(x: &[f32], out: &mut [u8], shifted: bool) -> (f32, f32) {
-    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let amax = abs_max(x);
     let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
     let offset: i16 = if shifted { 128 } else { 0 };
     for (o, &v) in out.iter_mut().zip(x) {
         *o = (quantize_one(v, inv) as i16 + offset) as u8;
     }
     (amax / 127.0, amax)
+}
+
+/// max |x| with 16 independent lanes, so it vectorises (a single running `max` is a serial
+/// dependency the compiler may not reorder).
+#[inline(always)]
+pub fn abs_max(x: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l = l.max(v.abs());
+        }
+    }
+    let tail = chunks.remainder().iter().fold(0f32, |m, v| m.max(v.abs()));
+    lanes.iter().fold(tail, |m, v| m.max(*v))
 }
 
 /// A whole int8 linear layer on f32 input `x` `[m, k]` -> `out` `[m, n]`: activations are
@@ -196,7 +211,7 @@ pub fn gemm(isa: Isa, a: &QuantizedRows, w: &PackedWeights, bias: Option<&[f32]>
 /// The dequantize + bias (+ GELU) epilogue of one output row segment, shared by every path so
 /// they agree to the bit. `acc` holds Σ (a+128)·w when `row_sums` corrects the shift, or Σ a·w
 /// with `row_sums` empty.
-#[inline]
+#[inline(always)]
 pub fn epilogue_row(
     acc: &[i32],
     row_sums: &[i32],

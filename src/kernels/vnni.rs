@@ -133,7 +133,8 @@ pub fn linear(
             scales.clear();
             for r in 0..rows {
                 let xr = &x[(m0 + r) * k..(m0 + r + 1) * k];
-                let (s, _) = super::gemm_i8::quantize_row_into(xr, &mut buf[r * vw.kp..r * vw.kp + k], true);
+                // SAFETY: this path only runs where AVX-512 is present (asserted in `run`).
+                let (s, _) = unsafe { quantize_row_avx512(xr, &mut buf[r * vw.kp..r * vw.kp + k]) };
                 scales.push(s);
             }
         },
@@ -197,6 +198,18 @@ fn run(
             i += mr;
         }
     });
+}
+
+/// The shared row quantization, compiled with AVX-512 so it vectorises; same source, same codes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn quantize_row_avx512(x: &[f32], out: &mut [u8]) -> (f32, f32) {
+    super::gemm_i8::quantize_row_into(x, out, true)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn quantize_row_avx512(x: &[f32], out: &mut [u8]) -> (f32, f32) {
+    super::gemm_i8::quantize_row_into(x, out, true)
 }
 
 /// The shared epilogue, compiled with AVX-512 so it vectorises 16-wide; same source, same bits.
