@@ -96,25 +96,16 @@ pub fn gemm(
     out: &mut [f32],
 ) {
     let au = shift_rows(a, vw.kp);
-    run(
-        a.m,
-        &|m0: usize, rows: usize, buf: &mut Vec<u8>, scales: &mut Vec<f32>| {
-            buf.clear();
-            buf.extend_from_slice(&au[m0 * vw.kp..(m0 + rows) * vw.kp]);
-            scales.clear();
-            scales.extend_from_slice(&a.scales[m0..m0 + rows]);
-        },
-        w,
-        vw,
-        bias,
-        epilogue,
-        out,
-    )
+    let fill = |m0: usize, buf: &mut [u8], scales: &mut [f32]| {
+        buf.copy_from_slice(&au[m0 * vw.kp..m0 * vw.kp + buf.len()]);
+        scales.copy_from_slice(&a.scales[m0..m0 + scales.len()]);
+    };
+    run(a.m, &fill, w, vw, bias, epilogue, out)
 }
 
-/// The whole linear layer on f32 input `x` `[m, k]`: each task quantizes its own rows (per-row
-/// symmetric int8, shifted to u8) straight into a cache-resident buffer, then multiplies them.
-/// Same numbers as quantizing first and calling [`gemm`].
+/// The whole linear layer on f32 input `x` `[m, k]`: rows are quantized (per-row symmetric
+/// int8, shifted to u8) in parallel, then multiplied. Same numbers as quantizing first and
+/// calling [`gemm`].
 pub fn linear(
     x: &[f32],
     m: usize,
@@ -125,28 +116,34 @@ pub fn linear(
     out: &mut [f32],
 ) {
     let k = w.k;
-    run(
-        m,
-        &|m0: usize, rows: usize, buf: &mut Vec<u8>, scales: &mut Vec<f32>| {
-            buf.clear();
-            buf.resize(rows * vw.kp, 128);
-            scales.clear();
-            for r in 0..rows {
-                let xr = &x[(m0 + r) * k..(m0 + r + 1) * k];
-                // SAFETY: this path only runs where AVX-512 is present (asserted in `run`).
-                let (s, _) = unsafe { quantize_row_avx512(xr, &mut buf[r * vw.kp..r * vw.kp + k]) };
-                scales.push(s);
-            }
-        },
-        w,
-        vw,
-        bias,
-        epilogue,
-        out,
-    )
+    let fill = |m0: usize, buf: &mut [u8], scales: &mut [f32]| {
+        for (r, s) in scales.iter_mut().enumerate() {
+            let xr = &x[(m0 + r) * k..(m0 + r + 1) * k];
+            // SAFETY: this path only runs where AVX-512 is present (asserted in `run`).
+            *s = unsafe { quantize_row_avx512(xr, &mut buf[r * vw.kp..r * vw.kp + k]) }.0;
+        }
+    };
+    run(m, &fill, w, vw, bias, epilogue, out)
 }
 
-type FillRows<'a> = dyn Fn(usize, usize, &mut Vec<u8>, &mut Vec<f32>) + Sync + 'a;
+/// Fills rows `m0..m0 + scales.len()` of the shifted activation buffer and their scales.
+type FillRows<'a> = dyn Fn(usize, &mut [u8], &mut [f32]) + Sync + 'a;
+
+/// Rows handled by one quantization task.
+const FILL_ROWS: usize = 16;
+
+/// Raw pointer for tasks that write disjoint column ranges of one output.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    // A method, so closures capture the wrapper (Send + Sync), not its raw-pointer field.
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
 
 fn run(
     m: usize,
@@ -158,42 +155,48 @@ fn run(
     out: &mut [f32],
 ) {
     assert!(available(), "AVX-512 VNNI is not available on this CPU");
-    let n = w.n;
-    // Parallel over row chunks; each task sweeps all columns (weights stay in L2, rows in L1).
-    let row_tiles = m.div_ceil(MR);
-    let chunk_rows = MR * row_tiles.div_ceil(rayon::current_num_threads().max(1) * 4).max(1);
-    out.par_chunks_mut(chunk_rows * n).enumerate().for_each(|(c, out_chunk)| {
-        let m0 = c * chunk_rows;
-        let rows = out_chunk.len() / n;
-        let (mut au, mut scales) = (Vec::new(), Vec::new());
-        fill(m0, rows, &mut au, &mut scales);
-        let mut acc = vec![0i32; MR * NB * NT];
+    assert_eq!(out.len(), m * w.n);
+    let (n, kp) = (w.n, vw.kp);
+    // 1. All rows quantized once, in parallel; the buffer (<= 1 MB for ViT-B) stays in L2.
+    let mut au = vec![128u8; m * kp];
+    let mut scales = vec![0f32; m];
+    au.par_chunks_mut(FILL_ROWS * kp)
+        .zip(scales.par_chunks_mut(FILL_ROWS))
+        .enumerate()
+        .for_each(|(c, (a, s))| fill(c * FILL_ROWS, a, s));
+    // 2. Parallel over 64-column tiles: each task streams its slice of the weights from memory
+    //    once and sweeps every row (sweeping all columns per row chunk instead re-read the
+    //    2.4 MB fc1/fc2 weights once per chunk).
+    let tasks = (vw.np / NB).div_ceil(NT);
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    (0..tasks).into_par_iter().for_each(|task| {
+        let nb = task * NT;
+        let blocks = NT.min(vw.np / NB - nb);
+        let (c0, c1) = (nb * NB, ((nb + blocks) * NB).min(n));
+        if c0 >= c1 {
+            return;
+        }
+        let mut acc = [0i32; MR * NB * NT];
         let mut i = 0;
-        while i < rows {
-            let mr = MR.min(rows - i);
-            let mut nb = 0;
-            while nb * NB < vw.np {
-                let blocks = NT.min(vw.np / NB - nb);
-                // SAFETY: feature presence asserted above; slices are sized by construction.
-                unsafe { tile(&au[i * vw.kp..], vw, nb, blocks, mr, &mut acc) };
-                let (c0, c1) = (nb * NB, ((nb + blocks) * NB).min(n));
-                for r in 0..mr {
-                    let out_row = &mut out_chunk[(i + r) * n..(i + r + 1) * n];
-                    let acc_row = &acc[r * NB * NT..r * NB * NT + (c1 - c0)];
-                    // SAFETY: as above.
-                    unsafe {
-                        epilogue_avx512(
-                            acc_row,
-                            &w.row_sums[c0..c1],
-                            scales[i + r],
-                            &w.scales[c0..c1],
-                            bias.map(|b| &b[c0..c1]),
-                            epilogue,
-                            &mut out_row[c0..c1],
-                        )
-                    };
-                }
-                nb += blocks;
+        while i < m {
+            let mr = MR.min(m - i);
+            // SAFETY: feature presence asserted above; slices are sized by construction.
+            unsafe { tile(&au[i * kp..], vw, nb, blocks, mr, &mut acc) };
+            for r in 0..mr {
+                let acc_row = &acc[r * NB * NT..r * NB * NT + (c1 - c0)];
+                // SAFETY: row i + r, columns c0..c1 of `out` belong to this task alone.
+                unsafe {
+                    let out_row = std::slice::from_raw_parts_mut(out_ptr.ptr().add((i + r) * n + c0), c1 - c0);
+                    epilogue_avx512(
+                        acc_row,
+                        &w.row_sums[c0..c1],
+                        scales[i + r],
+                        &w.scales[c0..c1],
+                        bias.map(|b| &b[c0..c1]),
+                        epilogue,
+                        out_row,
+                    )
+                };
             }
             i += mr;
         }
