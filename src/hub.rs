@@ -66,12 +66,18 @@ impl Progress for CallbackProgress<'_> {
 pub struct Hub {
     pub cache_dir: PathBuf,
     pub offline: bool,
+    /// The hub's address (`$HF_ENDPOINT`, else huggingface.co).
+    pub endpoint: Option<String>,
 }
 
 impl Hub {
     /// From the environment; `force_offline` adds the `--offline` flag.
     pub fn from_env(force_offline: bool) -> Hub {
-        Hub { cache_dir: cache_dir(), offline: force_offline || offline_from_env() }
+        Hub {
+            cache_dir: cache_dir(),
+            offline: force_offline || offline_from_env(),
+            endpoint: std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()),
+        }
     }
 
     fn cache(&self) -> Cache {
@@ -96,9 +102,10 @@ impl Hub {
                 self.cache_dir.display()
             );
         }
-        let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(self.cache()).with_progress(false);
-        if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
-            builder = builder.with_endpoint(endpoint);
+        // Retries resume from where the temporary file ends (HTTP Range), not from zero.
+        let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(self.cache()).with_progress(false).with_retries(2);
+        if let Some(endpoint) = &self.endpoint {
+            builder = builder.with_endpoint(endpoint.clone());
         }
         let api = builder.build().context("cannot set up the Hugging Face client")?;
         let cb = CallbackProgress { file: filename.to_string(), done: 0, callback: progress };
