@@ -54,6 +54,7 @@ pub struct PackedWeights {
     pub scales: Vec<f32>,
     pub row_sums: Vec<i32>,
     /// The AVX-512 VNNI block layout, packed on first use by that path.
+    #[cfg(target_arch = "x86_64")]
     pub vnni: Arc<std::sync::OnceLock<super::vnni::VnniWeights>>,
 }
 
@@ -97,7 +98,15 @@ impl PackedWeights {
     /// From already quantized parts (an export file), computing the row sums.
     pub fn from_parts(n: usize, k: usize, data: Bytes, scales: Vec<f32>) -> PackedWeights {
         let row_sums = data.as_slice().chunks(k).map(|r| r.iter().map(|&v| v as i32).sum()).collect();
-        PackedWeights { n, k, data, scales, row_sums, vnni: Default::default() }
+        PackedWeights {
+            n,
+            k,
+            data,
+            scales,
+            row_sums,
+            #[cfg(target_arch = "x86_64")]
+            vnni: Default::default(),
+        }
     }
 
     /// Dequantized weights `[n, k]` (for error analysis and the CUDA path).
@@ -184,6 +193,7 @@ pub fn linear(
     assert_eq!(x.len(), m * w.k);
     assert_eq!(out.len(), m * w.n);
     match isa {
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni if super::vnni::available() => {
             let vw = w.vnni.get_or_init(|| super::vnni::VnniWeights::pack(w));
             super::vnni::linear(x, m, w, vw, bias, epilogue, out)
@@ -200,6 +210,7 @@ pub fn gemm(isa: Isa, a: &QuantizedRows, w: &PackedWeights, bias: Option<&[f32]>
         assert_eq!(b.len(), w.n);
     }
     match isa {
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni if super::vnni::available() => {
             let vw = w.vnni.get_or_init(|| super::vnni::VnniWeights::pack(w));
             super::vnni::gemm(a, w, vw, bias, epilogue, out)

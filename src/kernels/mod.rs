@@ -12,6 +12,7 @@
 
 pub mod gemm_i8;
 pub mod ops;
+#[cfg(target_arch = "x86_64")]
 pub mod vnni;
 
 use std::sync::OnceLock;
@@ -66,7 +67,9 @@ pub fn cpu_features() -> Vec<&'static str> {
 
 /// The kernel paths this build has implementations for, that this CPU can run.
 pub fn available_isas() -> Vec<Isa> {
+    #[allow(unused_mut)]
     let mut v = vec![Isa::Portable];
+    #[cfg(target_arch = "x86_64")]
     if vnni::available() {
         v.push(Isa::Avx512Vnni);
     }

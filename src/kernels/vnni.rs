@@ -11,8 +11,8 @@
 //! consecutive k, 64 bytes hold `w[n0..n0+16][k..k+4]` — exactly one zmm register, the operand
 //! `vpdpbusd` wants. The micro-kernel keeps a 4-row × 64-column tile of i32 accumulators in 16
 //! registers; each step loads 4 weight vectors and broadcasts 4 bytes of each of the 4 rows.
+//! x86-64 only (the module is compiled there alone).
 
-#[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 use rayon::prelude::*;
@@ -73,16 +73,9 @@ pub fn shift_rows(a: &QuantizedRows, kp: usize) -> Vec<u8> {
 }
 
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vnni")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vnni")
 }
 
 /// `out[m, n]` as [`super::gemm_i8::gemm`] computes it from already quantized rows. Panics if
@@ -204,33 +197,13 @@ fn run(
 }
 
 /// The shared row quantization, compiled with AVX-512 so it vectorises; same source, same codes.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn quantize_row_avx512(x: &[f32], out: &mut [u8]) -> (f32, f32) {
-    super::gemm_i8::quantize_row_into(x, out, true)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
 unsafe fn quantize_row_avx512(x: &[f32], out: &mut [u8]) -> (f32, f32) {
     super::gemm_i8::quantize_row_into(x, out, true)
 }
 
 /// The shared epilogue, compiled with AVX-512 so it vectorises 16-wide; same source, same bits.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn epilogue_avx512(
-    acc: &[i32],
-    row_sums: &[i32],
-    sa: f32,
-    sw: &[f32],
-    bias: Option<&[f32]>,
-    epilogue: Epilogue,
-    out: &mut [f32],
-) {
-    epilogue_row(acc, row_sums, sa, sw, bias, epilogue, out)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
 unsafe fn epilogue_avx512(
     acc: &[i32],
     row_sums: &[i32],
@@ -245,7 +218,6 @@ unsafe fn epilogue_avx512(
 
 /// Accumulates `mr` rows × `blocks`·16 columns into `acc` (row-major, stride 64), shifted
 /// (u8 activations), without the row-sum correction.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[allow(clippy::needless_range_loop)] // register tiles indexed by row and block read clearest
 unsafe fn tile(a: &[u8], vw: &VnniWeights, nb0: usize, blocks: usize, mr: usize, acc: &mut [i32]) {
@@ -287,9 +259,4 @@ unsafe fn tile(a: &[u8], vw: &VnniWeights, nb0: usize, blocks: usize, mr: usize,
             }
         }
     }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile(_: &[u8], _: &VnniWeights, _: usize, _: usize, _: usize, _: &mut [i32]) {
-    unreachable!("AVX-512 VNNI is x86-64 only")
 }
