@@ -1,0 +1,33 @@
+#!/usr/bin/env python3
+"""Small hostile inputs that are easier to make with Python than in the Rust tests.
+
+tests/fixtures/hostile/evil_pickle/pytorch_model.bin: a PyTorch-style zip whose pickle, when
+unpickled by Python, would run `touch <marker>` (os.system). The loader must refuse it without
+executing anything.
+"""
+import io
+import os
+import pickle
+import zipfile
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "hostile", "evil_pickle")
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/vit-workbench-pwned",))
+
+
+if __name__ == "__main__":
+    os.makedirs(OUT, exist_ok=True)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"vit.embeddings.cls_token": Evil()}, protocol=2))
+        z.writestr("archive/version", "3\n")
+    with open(os.path.join(OUT, "pytorch_model.bin"), "wb") as f:
+        f.write(buf.getvalue())
+    # A config that matches the tiny HF ViT fixture, so only the weights are hostile.
+    src = os.path.join(OUT, "..", "..", "hf_vit", "config.json")
+    with open(src) as a, open(os.path.join(OUT, "config.json"), "w") as b:
+        b.write(a.read())
+    print("wrote", OUT)
