@@ -239,3 +239,34 @@ fn settings_persist_across_restarts() {
     let restored: Settings = eframe::get_value(&storage, "vit-workbench-settings").expect("settings were not saved");
     assert_eq!(restored, settings);
 }
+
+#[test]
+fn a_cancelled_benchmark_leaves_consistent_state() {
+    let Some(shared) = shared() else { return };
+    let mut h = harness(&timm_tiny(&shared));
+    wait_for(&mut h, "the first result", |a| a.state.result(Variant::Fp32).is_some());
+    {
+        let s = &mut h.state_mut().state.settings;
+        s.bench_warmup = 0;
+        s.bench_runs = 100_000;
+        s.bench_seconds = 600.0;
+    }
+    h.get_by_label("Run benchmark").click();
+    wait_for(&mut h, "the first timed runs", |a| a.state.bench.live.values().map(Vec::len).sum::<usize>() >= 3);
+    h.get_by_label("Cancel").click();
+    wait_for(&mut h, "the cancellation", |a| !a.state.bench.running);
+    let st = &h.state().state;
+    assert!(st.notices.iter().any(|n| n.text.contains("cancelled")), "{:?}", st.notices);
+    assert!(st.notices.iter().all(|n| n.level != Level::Error), "{:?}", st.notices);
+    assert!(st.bench.results.is_empty(), "a cancelled run must not add results");
+    // The worker is free again: a short benchmark completes and the classifier still answers.
+    {
+        let s = &mut h.state_mut().state.settings;
+        s.bench_runs = 2;
+        s.bench_seconds = 0.0;
+    }
+    h.get_by_label("Run benchmark").click();
+    h.step();
+    wait_for(&mut h, "a benchmark after the cancel", |a| !a.state.bench.running && !a.state.bench.results.is_empty());
+    assert_eq!(h.state().state.bench.results.len(), 3);
+}

@@ -41,7 +41,8 @@ impl StatusBar {
                             .text(format!("{file} {:.1} MB", *done as f64 / 1e6)),
                     );
                 }
-                if ui.small_button("Cancel").clicked() {
+                // A running benchmark has its own Cancel beside the chart.
+                if !state.bench.running && ui.small_button("Cancel").clicked() {
                     actions.push(Action::Cancel);
                 }
             }
