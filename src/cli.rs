@@ -176,6 +176,7 @@ pub fn run(cli: Cli) -> Result<()> {
             screenshot: cli.screenshot,
             benchmark: cli.benchmark,
             offline: cli.offline,
+            hub: None,
         }),
         Some(Command::Models) => list_models(&hub),
         Some(Command::Bench(args)) => bench(&hub, &args),

@@ -270,3 +270,40 @@ fn a_cancelled_benchmark_leaves_consistent_state() {
     wait_for(&mut h, "a benchmark after the cancel", |a| !a.state.bench.running && !a.state.bench.results.is_empty());
     assert_eq!(h.state().state.bench.results.len(), 3);
 }
+
+#[test]
+fn a_cancelled_download_leaves_consistent_state() {
+    use vit_workbench::hub::Hub;
+    let files: std::collections::HashMap<String, Vec<u8>> = ["config.json", "model.safetensors"]
+        .iter()
+        .map(|f| (f.to_string(), std::fs::read(fixture("timm_vit").join(f)).unwrap()))
+        .collect();
+    // A slow hub: ~100 kB of weights at 4 kB per 100 ms.
+    let server = common::hub_server::serve("acme/slow-vit", files, None, 100);
+    let cache = tempfile::tempdir().unwrap();
+    let hub = Hub { cache_dir: cache.path().to_path_buf(), offline: false, endpoint: Some(server.url.clone()) };
+    let settings = Settings { model: "acme/slow-vit".into(), compare: None, ..Settings::default() };
+    let app = WorkbenchApp::new(settings, &GuiOptions { hub: Some(hub.clone()), ..Default::default() });
+    let mut h = Harness::builder()
+        .with_size(egui::Vec2::new(1280.0, 820.0))
+        .build_ui_state(|ui, app: &mut WorkbenchApp| app.show(ui), app);
+    wait_for(&mut h, "download progress", |a| {
+        a.state.download.as_ref().is_some_and(|d| d.0 == "model.safetensors" && d.1 > 0)
+    });
+    h.get_by_label("Cancel").click();
+    wait_for(&mut h, "the cancellation", |a| {
+        a.state.busy.is_none() && a.state.notices.iter().any(|n| n.text.contains("cancelled"))
+    });
+    assert!(h.state().state.model.is_none(), "a cancelled download must not leave a half-loaded model");
+    assert!(
+        hub.cached("acme/slow-vit", "model.safetensors").is_none(),
+        "a partial download is in the cache under its real name"
+    );
+    // The worker is free: a local model loads and classifies.
+    let Some(shared) = shared() else { return };
+    h.state_mut().state.model_input = timm_tiny(&shared).display().to_string();
+    h.get_by_label("Load").click();
+    wait_for(&mut h, "results after the cancel", |a| {
+        a.state.model.is_some() && a.state.result(Variant::Fp32).is_some()
+    });
+}

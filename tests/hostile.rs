@@ -220,3 +220,13 @@ fn an_unwritable_cache_is_a_clear_error() {
     let e = format!("{:#}", hub.fetch_model("acme/tiny", None, &mut |_| {}).unwrap_err());
     assert!(e.contains("acme/tiny") && e.contains("config.json"), "{e}");
 }
+
+#[test]
+fn a_cmyk_jpeg_decodes_to_its_colours() {
+    // 24x16: left half red, right half blue, saved by PIL as a CMYK JPEG.
+    let img = vit_workbench::preprocess::load_image(&fixture("hostile/cmyk.jpg")).unwrap();
+    assert_eq!(img.dimensions(), (24, 16));
+    let (left, right) = (img.get_pixel(2, 8).0, img.get_pixel(20, 8).0);
+    assert!(left[0] > 150 && left[2] < 90, "left should be red: {left:?}");
+    assert!(right[2] > 150 && right[0] < 90, "right should be blue: {right:?}");
+}

@@ -61,6 +61,8 @@ pub struct GuiOptions {
     /// Run a benchmark as soon as the first result is in (with `screenshot`: shoot after it).
     pub benchmark: bool,
     pub offline: bool,
+    /// The hub to use instead of the one the environment describes (tests).
+    pub hub: Option<Hub>,
 }
 
 /// How a `--screenshot` run ended.
@@ -107,7 +109,8 @@ impl WorkbenchApp {
         }
         let wake_ctx: Arc<std::sync::OnceLock<egui::Context>> = Default::default();
         let wake = wake_ctx.clone();
-        let worker = worker::spawn(Hub::from_env(opts.offline), move || {
+        let hub = opts.hub.clone().unwrap_or_else(|| Hub::from_env(opts.offline));
+        let worker = worker::spawn(hub, move || {
             if let Some(ctx) = wake.get() {
                 ctx.request_repaint();
             }

@@ -199,16 +199,21 @@ pub fn spawn(hub: Hub, wake: impl Fn() + Send + 'static) -> WorkerHandle {
                                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                                 .unwrap_or_else(|| "unknown panic".into());
                             if msg == CANCEL_PANIC {
+                                // A model load was abandoned before it changed any state.
                                 out.send(Reply::Cancelled("download cancelled".into()));
                             } else {
                                 out.send(Reply::Error {
                                     what: describe(&cmd),
                                     message: format!("internal error, the worker restarted: {msg}"),
                                 });
+                                // Start over: no model or cache survives a panic. The decoded
+                                // image is plain data and stays, so the window and the worker
+                                // keep agreeing on what is shown.
+                                let mut fresh = State::new(state.hub.clone());
+                                fresh.image = state.image.take();
+                                fresh.next_image_id = state.next_image_id;
+                                state = fresh;
                             }
-                            // Start over: nothing half-built survives a panic.
-                            let hub = state.hub.clone();
-                            state = State::new(hub);
                         }
                     }
                     out.send(Reply::Idle);

@@ -1,4 +1,6 @@
 #![allow(dead_code)]
+pub mod hub_server;
+
 use std::path::PathBuf;
 
 pub fn repo() -> PathBuf {
