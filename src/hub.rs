@@ -134,23 +134,22 @@ impl Hub {
         let config = self.fetch(repo, "config.json", progress)?;
         // Optional: timm repos have none. A failure here only means the default recipe is used.
         let _ = self.fetch(repo, "preprocessor_config.json", progress);
-        let weights = match weights {
-            Some(w) => self.fetch(repo, w, progress)?,
-            None => {
-                let mut errors = Vec::new();
-                let mut found = None;
-                for w in WEIGHT_FILES {
-                    match self.fetch(repo, w, progress) {
-                        Ok(p) => {
-                            found = Some(p);
-                            break;
-                        }
-                        Err(e) => errors.push(format!("{e:#}")),
-                    }
+        // The known weight file first (when given), then the others: repos add safetensors
+        // conversions over time, and a zoo entry should not break when they do.
+        let mut order: Vec<&str> = weights.into_iter().collect();
+        order.extend(WEIGHT_FILES.iter().copied().filter(|w| Some(*w) != weights));
+        let mut errors = Vec::new();
+        let mut found = None;
+        for w in order {
+            match self.fetch(repo, w, progress) {
+                Ok(p) => {
+                    found = Some(p);
+                    break;
                 }
-                found.with_context(|| errors.join("; "))?
+                Err(e) => errors.push(format!("{e:#}")),
             }
-        };
+        }
+        let weights = found.with_context(|| errors.join("; "))?;
         // hf-hub links every file of a revision into one snapshot folder, so the preprocessor
         // config sits beside config.json, where the config loader looks for it.
         Ok(ModelFiles { config, weights })
