@@ -85,3 +85,18 @@ fn a_missing_repo_file_is_a_clear_error() {
     let err = format!("{:#}", hub.fetch_model("acme/other", None, &mut |_| {}).unwrap_err());
     assert!(err.contains("config.json") && err.contains("acme/other"), "{err}");
 }
+
+#[test]
+fn a_zoo_weight_name_that_is_gone_falls_back_to_the_other_format() {
+    // The repo ships only pytorch_model.bin although safetensors was asked for first.
+    let files: HashMap<String, Vec<u8>> = ["config.json", "pytorch_model.bin"]
+        .iter()
+        .map(|f| (f.to_string(), std::fs::read(fixture("hf_vit_bin").join(f)).unwrap()))
+        .collect();
+    let hub_server = serve("acme/bin-only", files.clone(), None, 0);
+    let cache = tempfile::tempdir().unwrap();
+    let hub = Hub { cache_dir: cache.path().to_path_buf(), offline: false, endpoint: Some(hub_server.url) };
+    let f = hub.fetch_model("acme/bin-only", Some("model.safetensors"), &mut |_| {}).unwrap();
+    assert!(f.weights.ends_with("pytorch_model.bin"));
+    assert_eq!(std::fs::read(&f.weights).unwrap(), files["pytorch_model.bin"]);
+}
