@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
 use common::*;
@@ -90,14 +89,6 @@ fn corrupt_image_is_a_one_line_error() {
         let (code, _, err) = run(&["classify", f.to_str().unwrap(), "--model", model.to_str().unwrap()]);
         assert_ne!(code, 0);
         assert_one_line_error(&err, &[f.to_str().unwrap()]);
-    }
-}
-
-fn copy_fixture(name: &str, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(fixture(name)).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
     }
 }
 

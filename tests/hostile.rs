@@ -85,16 +85,6 @@ fn truncated_and_corrupt_files_of_every_format_never_panic() {
     assert!(outcomes.iter().filter(|o| o.1 <= 8).all(|o| !o.2));
 }
 
-fn copy_fixture(name: &str, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(fixture(name)).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_file() {
-            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
-        }
-    }
-}
-
 fn load_err(dir: &Path) -> String {
     let files = ModelFiles::from_dir(dir).unwrap();
     format!("{:#}", Model::load("hostile", &files, None, &Device::Cpu).unwrap_err())

@@ -36,3 +36,14 @@ pub fn hf_tiny(shared: &std::path::Path) -> PathBuf {
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_vit-workbench"))
 }
+
+/// Copies the files of fixture `name` into the folder `to` (created), to damage them there.
+pub fn copy_fixture(name: &str, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(fixture(name)).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+}
