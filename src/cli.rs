@@ -400,25 +400,11 @@ pub fn expand_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Fails early (before minutes of measuring) when an output file cannot be written there.
-fn check_writable(path: &std::path::Path) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if !dir.is_dir() {
-        anyhow::bail!("cannot write {}: the folder {} does not exist", path.display(), dir.display());
-    }
-    if path.is_dir() {
-        anyhow::bail!("cannot write {}: it is a folder", path.display());
-    }
-    Ok(())
-}
-
 fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
     use crate::bench::{BenchConfig, BenchEvent, BenchInput, BenchJob, bench_model};
+    // Fail before minutes of measuring, not after.
     for p in [&a.csv, &a.json, &a.raw].into_iter().flatten() {
-        check_writable(p)?;
+        crate::fsutil::check_writable(p)?;
     }
     let variants = parse_variants(&a.variants)?;
     let device = device_from_name(&a.device)?;
