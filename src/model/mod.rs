@@ -146,16 +146,23 @@ impl Model {
 
 /// The `k` most probable classes, most probable first (ties by lower index).
 pub fn top_k(probs: &[f32], labels: &[String], k: usize) -> Vec<Prediction> {
-    let mut idx: Vec<usize> = (0..probs.len()).collect();
-    idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
-    idx.into_iter()
-        .take(k)
+    top_indices(probs, k)
+        .into_iter()
         .map(|i| Prediction {
             index: i,
             label: labels.get(i).cloned().unwrap_or_else(|| format!("class {i}")),
             probability: probs[i],
         })
         .collect()
+}
+
+/// Indices of the `k` largest values, largest first (ties by lower index): the one ranking rule
+/// for predictions and for agreement metrics.
+pub fn top_indices(v: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
 }
 
 /// `cpu` or `cuda` (`cuda:N`) -> a candle device, with a clear error when CUDA is not built in.

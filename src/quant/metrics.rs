@@ -5,6 +5,8 @@ use anyhow::Result;
 use candle_core::Tensor;
 use serde::Serialize;
 
+use crate::model::top_indices;
+
 /// A variant's logits against the fp32 logits of the same image.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LogitAgreement {
@@ -16,13 +18,6 @@ pub struct LogitAgreement {
     pub max_abs_dlogit: f32,
     /// Cosine similarity of the two logit vectors.
     pub cosine: f64,
-}
-
-fn top_indices(v: &[f32], k: usize) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..v.len()).collect();
-    idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]).then(a.cmp(&b)));
-    idx.truncate(k);
-    idx
 }
 
 fn log_softmax(v: &[f32]) -> Vec<f64> {
