@@ -89,3 +89,43 @@ fn fused_linear_paths_match_quantize_then_gemm() {
         }
     }
 }
+
+/// Norm-wise relative error max|a - b| / max|b|: sums of products that cancel to near zero have
+/// no meaningful element-wise relative error, so f32 results are compared against their scale.
+fn max_rel_err(a: &[f32], b: &[f32]) -> f64 {
+    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
+    a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).fold(0.0, f64::max) / scale.max(f64::MIN_POSITIVE)
+}
+
+#[test]
+fn fused_attention_matches_the_portable_reference() {
+    use vit_workbench::kernels::attention::{AttentionDims, attention};
+    let mut worst = (0f64, 0f64);
+    // Token counts 1, 7, 197 (ViT) and 198 (DeiT distilled); head dims 64 and one odd.
+    for &(batch, tokens, heads, head_dim) in
+        &[(1usize, 1usize, 3usize, 64usize), (1, 7, 12, 64), (1, 197, 3, 64), (2, 197, 12, 64), (1, 198, 5, 24)]
+    {
+        let dims = AttentionDims { batch, tokens, heads, head_dim };
+        let qkv = pseudo_random(dims.qkv_len(), (tokens * 13 + heads) as u64, 2.0);
+        let scale = (head_dim as f32).powf(-0.5);
+        let (mut ref_out, mut ref_probs) = (vec![0f32; dims.out_len()], vec![0f32; dims.probs_len()]);
+        attention(true, &qkv, dims, scale, &mut ref_out, Some(&mut ref_probs));
+        let (mut out, mut probs) = (vec![f32::NAN; dims.out_len()], vec![f32::NAN; dims.probs_len()]);
+        attention(false, &qkv, dims, scale, &mut out, Some(&mut probs));
+        let (eo, ep) = (max_rel_err(&out, &ref_out), max_rel_err(&probs, &ref_probs));
+        assert!(eo <= 1e-5 && ep <= 1e-5, "{dims:?}: output rel err {eo:.2e}, probs {ep:.2e}");
+        // Without probabilities the output is the same.
+        let mut out2 = vec![f32::NAN; dims.out_len()];
+        attention(false, &qkv, dims, scale, &mut out2, None);
+        assert_eq!(out, out2, "{dims:?}: probabilities requested or not must not change the output");
+        // Every probability row sums to 1.
+        for row in probs.chunks(tokens) {
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        }
+        worst = (worst.0.max(eo), worst.1.max(ep));
+    }
+    println!(
+        "attention gemm+SIMD softmax vs portable: output {:.2e}, probabilities {:.2e} (relative)",
+        worst.0, worst.1
+    );
+}

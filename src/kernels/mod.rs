@@ -10,6 +10,7 @@
 //! [`Isa`] and tested against it. The kernels reach candle as `CustomOp`s (see
 //! [`crate::quant::linear`]); on CUDA, candle's own ops are used instead.
 
+pub mod attention;
 pub mod gemm_i8;
 pub mod ops;
 #[cfg(target_arch = "x86_64")]
@@ -90,6 +91,26 @@ pub fn selected_isa() -> Isa {
         }
         *available.iter().max().unwrap()
     })
+}
+
+/// Whether `VITWB_ISA=portable` asks for the reference kernels everywhere (also for the f32
+/// kernels that have no [`Isa`] levels of their own).
+pub fn reference_only() -> bool {
+    selected_isa() == Isa::Portable && std::env::var("VITWB_ISA").is_ok_and(|v| v == Isa::Portable.name())
+}
+
+/// A raw pointer for parallel tasks that each write a disjoint part of one output buffer.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut<T>(pub *mut T);
+// SAFETY: only handed to tasks that write disjoint elements (each use site says which).
+unsafe impl<T> Send for SharedMut<T> {}
+unsafe impl<T> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    // A method, so closures capture the wrapper (Send + Sync), not its raw-pointer field.
+    pub(crate) fn ptr(self) -> *mut T {
+        self.0
+    }
 }
 
 /// GELU with erf, as PyTorch's `nn.GELU()` and transformers' "gelu" (within 1e-6).

@@ -61,6 +61,52 @@ unsafe fn gelu_slice_avx512(v: &mut [f32]) {
     v.iter_mut().for_each(|x| *x = gelu(*x));
 }
 
+/// Softmax of one row, in place: `e^(x - max) / Σ`. Max and sum use 16 independent lanes so
+/// the loops vectorise; `exp` is ours (candle's softmax calls libm's scalar `expf`).
+#[inline(always)]
+pub fn softmax_row(v: &mut [f32]) {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let mut chunks = v.chunks_exact(16);
+    for c in &mut chunks {
+        for (l, x) in lanes.iter_mut().zip(c) {
+            *l = l.max(*x);
+        }
+    }
+    let max = lanes.iter().chain(chunks.remainder()).fold(f32::NEG_INFINITY, |m, x| m.max(*x));
+    let mut sums = [0f32; 16];
+    let mut chunks = v.chunks_exact_mut(16);
+    for c in &mut chunks {
+        for (s, x) in sums.iter_mut().zip(c) {
+            *x = exp(*x - max);
+            *s += *x;
+        }
+    }
+    let mut sum = 0f32;
+    for x in chunks.into_remainder() {
+        *x = exp(*x - max);
+        sum += *x;
+    }
+    let inv = 1.0 / (sums.iter().sum::<f32>() + sum);
+    v.iter_mut().for_each(|x| *x *= inv);
+}
+
+/// [`softmax_row`] on every row of `v` (`row_len` wide), vectorised where the CPU allows.
+pub fn softmax_rows(v: &mut [f32], row_len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature was just detected.
+        unsafe { softmax_rows_avx512(v, row_len) };
+        return;
+    }
+    v.chunks_mut(row_len.max(1)).for_each(softmax_row);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax_rows_avx512(v: &mut [f32], row_len: usize) {
+    v.chunks_mut(row_len.max(1)).for_each(softmax_row);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +155,21 @@ mod tests {
             x += 0.01;
         }
         assert!(worst < 5e-7, "{worst}");
+    }
+
+    #[test]
+    fn softmax_matches_f64_within_1e6() {
+        for len in [1, 7, 16, 197, 200] {
+            let row: Vec<f32> = (0..len).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.9).collect();
+            let mut v = row.clone();
+            softmax_rows(&mut v, len);
+            let max = row.iter().fold(f64::NEG_INFINITY, |m, x| m.max(*x as f64));
+            let sum: f64 = row.iter().map(|x| (*x as f64 - max).exp()).sum();
+            for (x, p) in row.iter().zip(&v) {
+                let exact = (*x as f64 - max).exp() / sum;
+                assert!((*p as f64 - exact).abs() <= 1e-6 * exact.max(1e-3), "len {len}: {p} vs {exact}");
+            }
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
+use super::SharedMut;
 use super::gemm_i8::{Epilogue, PackedWeights, QuantizedRows, epilogue_row};
 
 /// Output channels per weight block (one zmm of i32).
@@ -125,19 +126,6 @@ type FillRows<'a> = dyn Fn(usize, &mut [u8], &mut [f32]) + Sync + 'a;
 /// Rows handled by one quantization task.
 const FILL_ROWS: usize = 16;
 
-/// Raw pointer for tasks that write disjoint column ranges of one output.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    // A method, so closures capture the wrapper (Send + Sync), not its raw-pointer field.
-    fn ptr(self) -> *mut f32 {
-        self.0
-    }
-}
-
 fn run(
     m: usize,
     fill: &FillRows,
@@ -161,7 +149,7 @@ fn run(
     //    once and sweeps every row (sweeping all columns per row chunk instead re-read the
     //    2.4 MB fc1/fc2 weights once per chunk).
     let tasks = (vw.np / NB).div_ceil(NT);
-    let out_ptr = SharedOut(out.as_mut_ptr());
+    let out_ptr = SharedMut(out.as_mut_ptr());
     (0..tasks).into_par_iter().for_each(|task| {
         let nb = task * NT;
         let blocks = NT.min(vw.np / NB - nb);

@@ -57,7 +57,7 @@ impl Linear {
         if self.fuses_gelu() {
             Ok(y)
         } else if y.device().is_cpu() {
-            y.contiguous()?.apply_op1_no_bwd(&GeluOp)
+            y.contiguous()?.apply_op1_no_bwd(&super::fused::GeluOp)
         } else {
             y.gelu_erf()
         }
@@ -148,29 +148,5 @@ impl Module for Linear {
         let mut out_dims = dims;
         *out_dims.last_mut().unwrap() = self.out_features();
         y.reshape(out_dims)
-    }
-}
-
-/// GELU (erf) on the CPU with our vectorised kernel (within 5e-7 of the exact function):
-/// candle's `gelu_erf` evaluates a scalar erf per element, which costs tens of milliseconds per
-/// ViT-B forward.
-struct GeluOp;
-
-impl candle_core::CustomOp1 for GeluOp {
-    fn name(&self) -> &'static str {
-        "gelu-erf-vectorised"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &candle_core::CpuStorage,
-        layout: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use rayon::prelude::*;
-        let candle_core::CpuStorage::F32(data) = storage else { candle_core::bail!("gelu: f32 only") };
-        let Some((a, b)) = layout.contiguous_offsets() else { candle_core::bail!("gelu: input must be contiguous") };
-        let mut out = data[a..b].to_vec();
-        out.par_chunks_mut(16 * 1024).for_each(crate::kernels::ops::gelu_slice);
-        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod fused;
 pub mod linear;
 pub mod vit;
 

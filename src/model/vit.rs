@@ -201,21 +201,18 @@ pub fn forward(w: &VitWeights, heads: usize, patch: usize, pixels: &Tensor, capt
     prefix.push(x);
     let mut x = Tensor::cat(&prefix, 1)?.broadcast_add(&w.pos_embed)?;
 
-    let t = x.dim(1)?;
-    let hd = d / heads;
-    let scale = (hd as f64).powf(-0.5);
+    let scale = ((d / heads) as f64).powf(-0.5);
     let mut attentions = capture.attentions.then(Vec::new);
     let mut block_outputs = capture.block_outputs.then(Vec::new);
     for blk in &w.blocks {
         let qkv = blk.qkv.forward(&blk.norm1.forward(&x)?)?;
-        // [B, T, 3, H, hd] -> [3, B, H, T, hd]
-        let qkv = qkv.reshape((b, t, 3, heads, hd))?.permute((2, 0, 3, 1, 4))?;
-        let q = if w.attention_scale_folded { qkv.get(0)?.contiguous()? } else { (qkv.get(0)?.contiguous()? * scale)? };
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let att = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
-        let o = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
-        if let Some(a) = attentions.as_mut() {
+        let scale = if w.attention_scale_folded { 1.0 } else { scale };
+        let (o, att) = if qkv.device().is_cpu() {
+            attention_cpu(&qkv, heads, scale, attentions.is_some())?
+        } else {
+            attention_graph(&qkv, heads, scale, attentions.is_some())?
+        };
+        if let (Some(a), Some(att)) = (attentions.as_mut(), att) {
             a.push(att);
         }
         x = (x + blk.proj.forward(&o)?)?;
@@ -236,6 +233,33 @@ pub fn forward(w: &VitWeights, heads: usize, patch: usize, pixels: &Tensor, capt
     }
     let logits = (logits.expect("at least one head") / w.heads.len() as f64)?;
     Ok(ForwardOutput { logits, attentions, block_outputs })
+}
+
+/// Attention on the CPU in one kernel ([`crate::kernels::attention`]): output `[B, T, D]` and,
+/// when asked, the probabilities `[B, H, T, T]`.
+fn attention_cpu(qkv: &Tensor, heads: usize, scale: f64, with_probs: bool) -> Result<(Tensor, Option<Tensor>)> {
+    let (b, t, d3) = qkv.dims3()?;
+    let d = d3 / 3;
+    let op = super::fused::AttentionOp { heads, scale: scale as f32, with_probs };
+    let flat = qkv.contiguous()?.apply_op1_no_bwd(&op)?;
+    let out = flat.narrow(0, 0, b * t * d)?.reshape((b, t, d))?;
+    let probs =
+        with_probs.then(|| flat.narrow(0, b * t * d, b * heads * t * t)?.reshape((b, heads, t, t))).transpose()?;
+    Ok((out, probs))
+}
+
+/// The same attention as candle ops (any device).
+fn attention_graph(qkv: &Tensor, heads: usize, scale: f64, with_probs: bool) -> Result<(Tensor, Option<Tensor>)> {
+    let (b, t, d3) = qkv.dims3()?;
+    let (d, hd) = (d3 / 3, d3 / 3 / heads);
+    // [B, T, 3, H, hd] -> [3, B, H, T, hd]
+    let qkv = qkv.reshape((b, t, 3, heads, hd))?.permute((2, 0, 3, 1, 4))?;
+    let q = (qkv.get(0)?.contiguous()? * scale)?;
+    let k = qkv.get(1)?.contiguous()?;
+    let v = qkv.get(2)?.contiguous()?;
+    let att = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+    let out = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
+    Ok((out, with_probs.then_some(att)))
 }
 
 /// Softmax over the last dimension, as probabilities.
