@@ -1,7 +1,7 @@
 //! candle `CustomOp`s that run our CPU kernels inside the candle graph (CPU tensors only; the
 //! forward uses candle's own ops on other devices).
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape};
 
 use crate::kernels::attention::{AttentionDims, attention};
 
@@ -40,10 +40,7 @@ impl CustomOp1 for AttentionOp {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else { candle_core::bail!("attention: f32 only") };
-        let Some((a, b)) = layout.contiguous_offsets() else {
-            candle_core::bail!("attention: input must be contiguous")
-        };
+        let qkv = contiguous_f32(storage, layout, "attention")?;
         let (batch, tokens, width3) = layout.shape().dims3()?;
         if width3 % (3 * self.heads) != 0 {
             candle_core::bail!("attention: width {width3} is not 3 x {} heads", self.heads);
@@ -53,8 +50,67 @@ impl CustomOp1 for AttentionOp {
         let mut buf = vec![0f32; dims.out_len() + probs_len];
         let (out, probs) = buf.split_at_mut(dims.out_len());
         let probs = self.with_probs.then_some(probs);
-        attention(crate::kernels::reference_only(), &data[a..b], dims, self.scale, out, probs);
+        attention(crate::kernels::reference_only(), qkv, dims, self.scale, out, probs);
         let len = buf.len();
         Ok((CpuStorage::F32(buf), Shape::from(len)))
+    }
+}
+
+/// `(x + y, LayerNorm(x + y))` in one pass ([`crate::kernels::ops::add_layer_norm`]): the
+/// residual add and the norm that follows it. Without `y` (a [`CustomOp1`]), LayerNorm of `x`.
+/// The result is the flat sum followed by the flat norm.
+pub struct AddLayerNormOp {
+    pub gamma: Vec<f32>,
+    pub beta: Vec<f32>,
+    pub eps: f32,
+}
+
+impl AddLayerNormOp {
+    fn run(&self, x: &[f32], y: Option<&[f32]>, shape: &Shape) -> candle_core::Result<(CpuStorage, Shape)> {
+        if shape.dims().last() != Some(&self.gamma.len()) {
+            candle_core::bail!("layer-norm: input {shape:?} does not end in width {}", self.gamma.len());
+        }
+        let mut buf = vec![0f32; 2 * x.len()];
+        let (sum, norm) = buf.split_at_mut(x.len());
+        let reference = crate::kernels::reference_only();
+        crate::kernels::ops::add_layer_norm(reference, x, y, &self.gamma, &self.beta, self.eps, sum, norm);
+        let len = buf.len();
+        Ok((CpuStorage::F32(buf), Shape::from(len)))
+    }
+}
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else { candle_core::bail!("{what}: f32 only") };
+    let Some((a, b)) = layout.contiguous_offsets() else { candle_core::bail!("{what}: input must be contiguous") };
+    Ok(&data[a..b])
+}
+
+impl CustomOp1 for AddLayerNormOp {
+    fn name(&self) -> &'static str {
+        "layer-norm"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run(contiguous_f32(storage, layout, "layer-norm")?, None, layout.shape())
+    }
+}
+
+impl CustomOp2 for AddLayerNormOp {
+    fn name(&self) -> &'static str {
+        "add-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("add-layer-norm: shapes differ, {:?} vs {:?}", l1.shape(), l2.shape());
+        }
+        let x = contiguous_f32(s1, l1, "add-layer-norm")?;
+        self.run(x, Some(contiguous_f32(s2, l2, "add-layer-norm")?), l1.shape())
     }
 }

@@ -16,9 +16,36 @@ pub struct LayerNorm {
     pub eps: f64,
 }
 
+impl LayerNorm {
+    fn fused_op(&self) -> candle_core::Result<super::fused::AddLayerNormOp> {
+        Ok(super::fused::AddLayerNormOp {
+            gamma: self.weight.to_vec1()?,
+            beta: self.bias.to_vec1()?,
+            eps: self.eps as f32,
+        })
+    }
+
+    /// `(x + y, LayerNorm(x + y))`: a residual add and the norm after it, one pass on the CPU.
+    pub fn add_forward(&self, x: &Tensor, y: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        if !x.device().is_cpu() {
+            let sum = (x + y)?;
+            let norm = self.forward(&sum)?;
+            return Ok((sum, norm));
+        }
+        let flat = x.contiguous()?.apply_op2_no_bwd(&y.contiguous()?, &self.fused_op()?)?;
+        let n = x.elem_count();
+        Ok((flat.narrow(0, 0, n)?.reshape(x.shape())?, flat.narrow(0, n, n)?.reshape(x.shape())?))
+    }
+}
+
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32)
+        if !x.device().is_cpu() {
+            return candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32);
+        }
+        let flat = x.contiguous()?.apply_op1_no_bwd(&self.fused_op()?)?;
+        let n = x.elem_count();
+        flat.narrow(0, n, n)?.reshape(x.shape())
     }
 }
 
@@ -204,8 +231,11 @@ pub fn forward(w: &VitWeights, heads: usize, patch: usize, pixels: &Tensor, capt
     let scale = ((d / heads) as f64).powf(-0.5);
     let mut attentions = capture.attentions.then(Vec::new);
     let mut block_outputs = capture.block_outputs.then(Vec::new);
-    for blk in &w.blocks {
-        let qkv = blk.qkv.forward(&blk.norm1.forward(&x)?)?;
+    // Each norm is computed together with the residual add before it; `normed` is always the
+    // input of the next linear layer (norm1 of the next block, or the final norm).
+    let mut normed = w.blocks.first().map_or(&w.norm, |b| &b.norm1).forward(&x)?;
+    for (i, blk) in w.blocks.iter().enumerate() {
+        let qkv = blk.qkv.forward(&normed)?;
         let scale = if w.attention_scale_folded { 1.0 } else { scale };
         let (o, att) = if qkv.device().is_cpu() {
             attention_cpu(&qkv, heads, scale, attentions.is_some())?
@@ -215,14 +245,15 @@ pub fn forward(w: &VitWeights, heads: usize, patch: usize, pixels: &Tensor, capt
         if let (Some(a), Some(att)) = (attentions.as_mut(), att) {
             a.push(att);
         }
-        x = (x + blk.proj.forward(&o)?)?;
-        let hmid = blk.fc1.forward_gelu(&blk.norm2.forward(&x)?)?;
-        x = (&x + blk.fc2.forward(&hmid)?)?;
+        let (x1, n2) = blk.norm2.add_forward(&x, &blk.proj.forward(&o)?)?;
+        let hmid = blk.fc1.forward_gelu(&n2)?;
+        let next_norm = w.blocks.get(i + 1).map_or(&w.norm, |b| &b.norm1);
+        (x, normed) = next_norm.add_forward(&x1, &blk.fc2.forward(&hmid)?)?;
         if let Some(o) = block_outputs.as_mut() {
             o.push(x.clone());
         }
     }
-    let x = w.norm.forward(&x)?;
+    let x = normed;
     let mut logits: Option<Tensor> = None;
     for (head, token) in &w.heads {
         let l = head.forward(&x.narrow(1, *token, 1)?.squeeze(1)?)?;
