@@ -52,13 +52,23 @@ pub fn gelu_slice(v: &mut [f32]) {
         unsafe { gelu_slice_avx512(v) };
         return;
     }
-    v.iter_mut().for_each(|x| *x = gelu(*x));
+    gelu_loop(v)
+}
+
+// Hot loops are plain `for` loops in `#[inline(always)]` functions: iterator adapters such as
+// `for_each`/`fold` are separate generic functions, compiled *without* the caller's
+// `#[target_feature]` (perf showed softmax running in SSE registers that way).
+#[inline(always)]
+fn gelu_loop(v: &mut [f32]) {
+    for x in v.iter_mut() {
+        *x = gelu(*x);
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn gelu_slice_avx512(v: &mut [f32]) {
-    v.iter_mut().for_each(|x| *x = gelu(*x));
+    gelu_loop(v)
 }
 
 /// Softmax of one row, in place: `e^(x - max) / Σ`. Max and sum use 16 independent lanes so
@@ -68,17 +78,20 @@ pub fn softmax_row(v: &mut [f32]) {
     let mut lanes = [f32::NEG_INFINITY; 16];
     let mut chunks = v.chunks_exact(16);
     for c in &mut chunks {
-        for (l, x) in lanes.iter_mut().zip(c) {
-            *l = l.max(*x);
+        for i in 0..16 {
+            lanes[i] = lanes[i].max(c[i]);
         }
     }
-    let max = lanes.iter().chain(chunks.remainder()).fold(f32::NEG_INFINITY, |m, x| m.max(*x));
+    let mut max = f32::NEG_INFINITY;
+    for &x in lanes.iter().chain(chunks.remainder()) {
+        max = max.max(x);
+    }
     let mut sums = [0f32; 16];
     let mut chunks = v.chunks_exact_mut(16);
     for c in &mut chunks {
-        for (s, x) in sums.iter_mut().zip(c) {
-            *x = exp(*x - max);
-            *s += *x;
+        for i in 0..16 {
+            c[i] = exp(c[i] - max);
+            sums[i] += c[i];
         }
     }
     let mut sum = 0f32;
@@ -86,8 +99,13 @@ pub fn softmax_row(v: &mut [f32]) {
         *x = exp(*x - max);
         sum += *x;
     }
-    let inv = 1.0 / (sums.iter().sum::<f32>() + sum);
-    v.iter_mut().for_each(|x| *x *= inv);
+    for s in sums {
+        sum += s;
+    }
+    let inv = 1.0 / sum;
+    for x in v.iter_mut() {
+        *x *= inv;
+    }
 }
 
 /// [`softmax_row`] on every row of `v` (`row_len` wide), vectorised where the CPU allows.
@@ -98,29 +116,41 @@ pub fn softmax_rows(v: &mut [f32], row_len: usize) {
         unsafe { softmax_rows_avx512(v, row_len) };
         return;
     }
-    v.chunks_mut(row_len.max(1)).for_each(softmax_row);
+    for row in v.chunks_mut(row_len.max(1)) {
+        softmax_row(row);
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn softmax_rows_avx512(v: &mut [f32], row_len: usize) {
-    v.chunks_mut(row_len.max(1)).for_each(softmax_row);
+    for row in v.chunks_mut(row_len.max(1)) {
+        softmax_row(row);
+    }
 }
 
-/// Σ f(x) in f64 over 8 independent lanes (vectorises; a single running sum is a serial chain).
-/// f64 because LayerNorm rows of the residual stream can carry a mean far larger than their
-/// spread, and an f32 sum of 768 such values is off by more than 1e-6 after normalising.
+/// Σ x and Σ (x - mean)² in f64 over 8 independent lanes (vectorises; a single running sum
+/// is a serial chain). f64 because LayerNorm rows of the residual stream can carry a mean far
+/// larger than their spread, and an f32 sum of 768 such values is off by more than 1e-6 after
+/// normalising.
 #[inline(always)]
-fn lane_sum(x: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+fn centred_sum_sq(x: &[f32], mean: f64) -> f64 {
     let mut lanes = [0f64; 8];
     let mut chunks = x.chunks_exact(8);
     for c in &mut chunks {
-        for (l, v) in lanes.iter_mut().zip(c) {
-            *l += f(*v as f64);
+        for i in 0..8 {
+            let d = c[i] as f64 - mean;
+            lanes[i] += d * d;
         }
     }
-    let tail: f64 = chunks.remainder().iter().map(|v| f(*v as f64)).sum();
-    lanes.iter().sum::<f64>() + tail
+    let mut total = 0f64;
+    for &v in chunks.remainder() {
+        total += (v as f64 - mean) * (v as f64 - mean);
+    }
+    for l in lanes {
+        total += l;
+    }
+    total
 }
 
 /// `sum = x + y`, then `norm = LayerNorm(sum)·gamma + beta` for one row. Two passes for the
@@ -137,17 +167,43 @@ pub fn add_layer_norm_row(
     norm: &mut [f32],
 ) {
     let d = sum.len();
+    let (x, gamma, beta, norm) = (&x[..d], &gamma[..d], &beta[..d], &mut norm[..d]);
     match y {
-        Some(y) => sum.iter_mut().zip(x).zip(y).for_each(|((s, a), b)| *s = a + b),
+        Some(y) => {
+            let y = &y[..d];
+            for i in 0..d {
+                sum[i] = x[i] + y[i];
+            }
+        }
         None => sum.copy_from_slice(x),
     }
-    let mean = lane_sum(sum, |v| v) / d as f64;
-    let var = lane_sum(sum, |v| (v - mean) * (v - mean)) / d as f64;
+    let mean = row_sum(sum) / d as f64;
+    let var = centred_sum_sq(sum, mean) / d as f64;
     let inv_std = (1.0 / (var + eps as f64).sqrt()) as f32;
     let mean = mean as f32;
-    for (((n, s), g), b) in norm.iter_mut().zip(sum.iter()).zip(gamma).zip(beta) {
-        *n = (s - mean) * inv_std * g + b;
+    for i in 0..d {
+        norm[i] = (sum[i] - mean) * inv_std * gamma[i] + beta[i];
     }
+}
+
+/// Σ x in f64 over 8 lanes (see [`centred_sum_sq`]).
+#[inline(always)]
+fn row_sum(x: &[f32]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            lanes[i] += c[i] as f64;
+        }
+    }
+    let mut total = 0f64;
+    for &v in chunks.remainder() {
+        total += v as f64;
+    }
+    for l in lanes {
+        total += l;
+    }
+    total
 }
 
 /// [`add_layer_norm_row`] over `[rows, d]` (`y` absent: LayerNorm of `x` alone), rows spread over
@@ -176,21 +232,52 @@ pub fn add_layer_norm(
     sum.par_chunks_mut(chunk).zip(norm.par_chunks_mut(chunk)).enumerate().for_each(|(c, (s, n))| {
         let xs = &x[c * chunk..c * chunk + s.len()];
         let ys = y.map(|y| &y[c * chunk..c * chunk + s.len()]);
-        let rows = |s: &mut [f32], n: &mut [f32]| {
-            for (r, (sr, nr)) in s.chunks_mut(d).zip(n.chunks_mut(d)).enumerate() {
-                let yr = ys.map(|y| &y[r * d..(r + 1) * d]);
-                add_layer_norm_row(&xs[r * d..(r + 1) * d], yr, gamma, beta, eps, sr, nr);
-            }
-        };
         #[cfg(target_arch = "x86_64")]
         if simd {
             // SAFETY: AVX-512F was detected.
-            unsafe { with_avx512(|| rows(s, n)) };
+            unsafe { add_layer_norm_rows_avx512(xs, ys, gamma, beta, eps, s, n) };
             return;
         }
         let _ = simd;
-        rows(s, n);
+        add_layer_norm_rows(xs, ys, gamma, beta, eps, s, n);
     });
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn add_layer_norm_rows(
+    x: &[f32],
+    y: Option<&[f32]>,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    sum: &mut [f32],
+    norm: &mut [f32],
+) {
+    let d = gamma.len();
+    for (r, (sr, nr)) in sum.chunks_mut(d).zip(norm.chunks_mut(d)).enumerate() {
+        #[allow(clippy::manual_map)] // `Option::map` takes a closure: compiled without AVX-512
+        let yr = match y {
+            Some(y) => Some(&y[r * d..(r + 1) * d]),
+            None => None,
+        };
+        add_layer_norm_row(&x[r * d..(r + 1) * d], yr, gamma, beta, eps, sr, nr);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn add_layer_norm_rows_avx512(
+    x: &[f32],
+    y: Option<&[f32]>,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    sum: &mut [f32],
+    norm: &mut [f32],
+) {
+    add_layer_norm_rows(x, y, gamma, beta, eps, sum, norm)
 }
 
 fn avx512() -> bool {
@@ -198,15 +285,6 @@ fn avx512() -> bool {
     return std::arch::is_x86_feature_detected!("avx512f");
     #[cfg(not(target_arch = "x86_64"))]
     false
-}
-
-/// Runs `f` compiled with AVX-512 enabled: `f` is inlined into this function, so generic
-/// row code written once vectorises 16-wide here.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
-    f()
 }
 
 #[cfg(test)]
