@@ -12,7 +12,10 @@ pub fn exp(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     const MAGIC: f32 = 12_582_912.0;
     let x = x.clamp(-87.3, 88.3);
-    let n = (x * LOG2E + MAGIC) - MAGIC; // round to nearest
+    let t = x * LOG2E + MAGIC; // n = round(x·log2 e) sits in t's low mantissa bits
+    let n = t - MAGIC;
+    // n as an integer from the bits, not `n as i32`: that saturating cast is scalarised.
+    let ni = t.to_bits() as i32 - MAGIC.to_bits() as i32;
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -21,7 +24,7 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
-    e * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    e * f32::from_bits(((ni + 127) << 23) as u32)
 }
 
 /// erf(x) by Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7), with the sign restored.
