@@ -73,7 +73,7 @@ fn round_half_even(v: f32) -> f32 {
 }
 
 #[inline(always)]
-fn quantize_one(x: f32, inv_scale: f32) -> i8 {
+pub(crate) fn quantize_one(x: f32, inv_scale: f32) -> i8 {
     // Clamp first: the magic-number rounding is exact only for small magnitudes.
     round_half_even((x * inv_scale).clamp(-127.0, 127.0)) as i8
 }
@@ -192,14 +192,20 @@ pub fn linear(
 ) {
     assert_eq!(x.len(), m * w.k);
     assert_eq!(out.len(), m * w.n);
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni if super::vnni::available() => {
-            let vw = w.vnni.get_or_init(|| super::vnni::VnniWeights::pack(w));
-            super::vnni::linear(x, m, w, vw, bias, epilogue, out)
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::vnni::{self, Avx2, Avx512Vnni, AvxVnni, Kernel, VnniWeights};
+        let vw = || w.vnni.get_or_init(|| VnniWeights::pack(w));
+        match isa {
+            Isa::Avx512Vnni if Avx512Vnni::available() => {
+                return vnni::linear::<Avx512Vnni>(x, m, w, vw(), bias, epilogue, out);
+            }
+            Isa::AvxVnni if AvxVnni::available() => return vnni::linear::<AvxVnni>(x, m, w, vw(), bias, epilogue, out),
+            Isa::Avx2 if Avx2::available() => return vnni::linear::<Avx2>(x, m, w, vw(), bias, epilogue, out),
+            _ => {}
         }
-        _ => gemm(Isa::Portable, &quantize_rows(x, m, w.k), w, bias, epilogue, out),
     }
+    gemm(Isa::Portable, &quantize_rows(x, m, w.k), w, bias, epilogue, out)
 }
 
 /// `out[m, n]` = dequant(a · wᵀ) + bias, then the epilogue.
@@ -209,14 +215,20 @@ pub fn gemm(isa: Isa, a: &QuantizedRows, w: &PackedWeights, bias: Option<&[f32]>
     if let Some(b) = bias {
         assert_eq!(b.len(), w.n);
     }
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni if super::vnni::available() => {
-            let vw = w.vnni.get_or_init(|| super::vnni::VnniWeights::pack(w));
-            super::vnni::gemm(a, w, vw, bias, epilogue, out)
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::vnni::{self, Avx2, Avx512Vnni, AvxVnni, Kernel, VnniWeights};
+        let vw = || w.vnni.get_or_init(|| VnniWeights::pack(w));
+        match isa {
+            Isa::Avx512Vnni if Avx512Vnni::available() => {
+                return vnni::gemm::<Avx512Vnni>(a, w, vw(), bias, epilogue, out);
+            }
+            Isa::AvxVnni if AvxVnni::available() => return vnni::gemm::<AvxVnni>(a, w, vw(), bias, epilogue, out),
+            Isa::Avx2 if Avx2::available() => return vnni::gemm::<Avx2>(a, w, vw(), bias, epilogue, out),
+            _ => {}
         }
-        _ => portable(a, w, bias, epilogue, out),
     }
+    portable(a, w, bias, epilogue, out)
 }
 
 /// The dequantize + bias (+ GELU) epilogue of one output row segment, shared by every path so

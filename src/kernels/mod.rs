@@ -11,6 +11,8 @@
 //! [`crate::quant::linear`]); on CUDA, candle's own ops are used instead.
 
 pub mod attention;
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
 pub mod gemm_i8;
 pub mod ops;
 #[cfg(target_arch = "x86_64")]
@@ -71,8 +73,17 @@ pub fn available_isas() -> Vec<Isa> {
     #[allow(unused_mut)]
     let mut v = vec![Isa::Portable];
     #[cfg(target_arch = "x86_64")]
-    if vnni::available() {
-        v.push(Isa::Avx512Vnni);
+    {
+        use vnni::Kernel;
+        if vnni::Avx2::available() {
+            v.push(Isa::Avx2);
+        }
+        if vnni::AvxVnni::available() {
+            v.push(Isa::AvxVnni);
+        }
+        if vnni::Avx512Vnni::available() {
+            v.push(Isa::Avx512Vnni);
+        }
     }
     v
 }

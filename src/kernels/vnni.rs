@@ -1,16 +1,19 @@
-//! int8 GEMM on AVX-512 VNNI (`vpdpbusd`: 64 u8×i8 products summed into 16 i32 lanes per
-//! instruction).
+//! Blocked int8 GEMM for x86-64, with three micro-kernels chosen at run time:
 //!
-//! `vpdpbusd` multiplies *unsigned* bytes by signed ones, so activations are shifted to
-//! `a + 128` (u8) and the shift is taken back exactly with the weights' row sums:
-//! `Σ (a+128)·w = Σ a·w + 128·Σ w`. The result is the same integer as the portable kernel's,
-//! and the epilogue is the same scalar arithmetic, so this path is bit-identical to the
+//! - **AVX-512 VNNI** (`vpdpbusd` zmm: 64 u8×i8 products summed into 16 i32 lanes);
+//! - **AVX-VNNI** (the same instruction on ymm, VEX-encoded: Alder Lake and later, Zen 5);
+//! - **AVX2** (no dot-product instruction: `vpmaddubsw` + `vpmaddwd`, see [`Avx2`]).
+//!
+//! `vpdpbusd` multiplies *unsigned* bytes by signed ones, so the VNNI kernels shift activations
+//! to `a + 128` (u8) and take the shift back exactly with the weights' row sums:
+//! `Σ (a+128)·w = Σ a·w + 128·Σ w`. Every kernel yields the same integers as the portable
+//! kernel, and the epilogue is the same scalar arithmetic, so all paths are bit-identical to the
 //! reference (the tests check it).
 //!
 //! Weights are repacked once per layer into blocks of 16 output channels: for every group of 4
-//! consecutive k, 64 bytes hold `w[n0..n0+16][k..k+4]` — exactly one zmm register, the operand
-//! `vpdpbusd` wants. The micro-kernel keeps a 4-row × 64-column tile of i32 accumulators in 16
-//! registers; each step loads 4 weight vectors and broadcasts 4 bytes of each of the 4 rows.
+//! consecutive k, 64 bytes hold `w[n0..n0+16][k..k+4]` — one zmm, or two ymm (channels 0–7 and
+//! 8–15), the operand `vpdpbusd` wants. The driver quantizes all rows once, then runs tasks over
+//! 64-column tiles; each kernel accumulates 4-row × 64-column tiles of i32.
 //! x86-64 only (the module is compiled there alone).
 
 use std::arch::x86_64::*;
@@ -73,15 +76,52 @@ pub fn shift_rows(a: &QuantizedRows, kp: usize) -> Vec<u8> {
     out
 }
 
-pub fn available() -> bool {
-    is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx512bw")
-        && is_x86_feature_detected!("avx512vnni")
+/// Activation rows as plain i8 codes (bytes), zero-padded to `kp`.
+pub fn pad_rows(a: &QuantizedRows, kp: usize) -> Vec<u8> {
+    let mut out = vec![0u8; a.m * kp];
+    out.par_chunks_mut(kp).zip(a.data.par_chunks(a.k.max(1))).for_each(|(o, r)| {
+        for (d, &v) in o.iter_mut().zip(r) {
+            *d = v as u8;
+        }
+    });
+    out
 }
+
+/// One micro-kernel family: its activation encoding, row quantization, tile and epilogue.
+/// Every `unsafe fn` here has one safety condition: the CPU has the features
+/// [`Kernel::available`] checks (and slices are sized as documented).
+#[allow(clippy::missing_safety_doc)] // one condition for all, stated above
+pub trait Kernel: Sync {
+    /// Activations as `a + 128` (u8, corrected with row sums) rather than plain i8 codes.
+    const SHIFTED: bool;
+    fn available() -> bool;
+    /// Quantizes one row into `out` (`x.len()` bytes) in this kernel's encoding; returns the scale.
+    unsafe fn quantize_row(x: &[f32], out: &mut [u8]) -> f32;
+    /// Accumulates `mr` (<= 4) rows × `blocks` (<= 4) weight blocks into `acc` (row stride 64).
+    unsafe fn tile(a: &[u8], vw: &VnniWeights, nb0: usize, blocks: usize, mr: usize, acc: &mut [i32]);
+    /// The shared [`epilogue_row`], compiled for this kernel's ISA.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn epilogue(
+        acc: &[i32],
+        row_sums: &[i32],
+        sa: f32,
+        sw: &[f32],
+        bias: Option<&[f32]>,
+        epilogue: Epilogue,
+        out: &mut [f32],
+    );
+}
+
+/// AVX-512 VNNI: 16 zmm accumulators per 4×64 tile.
+pub struct Avx512Vnni;
+/// AVX-VNNI (256-bit `vpdpbusd`).
+pub struct AvxVnni;
+/// AVX2 without VNNI.
+pub struct Avx2;
 
 /// `out[m, n]` as [`super::gemm_i8::gemm`] computes it from already quantized rows. Panics if
 /// the CPU lacks AVX-512 VNNI (callers dispatch on [`available`]).
-pub fn gemm(
+pub fn gemm<K: Kernel>(
     a: &QuantizedRows,
     w: &PackedWeights,
     vw: &VnniWeights,
@@ -89,18 +129,18 @@ pub fn gemm(
     epilogue: Epilogue,
     out: &mut [f32],
 ) {
-    let au = shift_rows(a, vw.kp);
+    let au = if K::SHIFTED { shift_rows(a, vw.kp) } else { pad_rows(a, vw.kp) };
     let fill = |m0: usize, buf: &mut [u8], scales: &mut [f32]| {
         buf.copy_from_slice(&au[m0 * vw.kp..m0 * vw.kp + buf.len()]);
         scales.copy_from_slice(&a.scales[m0..m0 + scales.len()]);
     };
-    run(a.m, &fill, w, vw, bias, epilogue, out)
+    run::<K>(a.m, &fill, w, vw, bias, epilogue, out)
 }
 
 /// The whole linear layer on f32 input `x` `[m, k]`: rows are quantized (per-row symmetric
 /// int8, shifted to u8) in parallel, then multiplied. Same numbers as quantizing first and
 /// calling [`gemm`].
-pub fn linear(
+pub fn linear<K: Kernel>(
     x: &[f32],
     m: usize,
     w: &PackedWeights,
@@ -113,11 +153,11 @@ pub fn linear(
     let fill = |m0: usize, buf: &mut [u8], scales: &mut [f32]| {
         for (r, s) in scales.iter_mut().enumerate() {
             let xr = &x[(m0 + r) * k..(m0 + r + 1) * k];
-            // SAFETY: this path only runs where AVX-512 is present (asserted in `run`).
-            *s = unsafe { quantize_row_avx512(xr, &mut buf[r * vw.kp..r * vw.kp + k]) };
+            // SAFETY: `run` asserts the kernel's features before calling `fill`.
+            *s = unsafe { K::quantize_row(xr, &mut buf[r * vw.kp..r * vw.kp + k]) };
         }
     };
-    run(m, &fill, w, vw, bias, epilogue, out)
+    run::<K>(m, &fill, w, vw, bias, epilogue, out)
 }
 
 /// Fills rows `m0..m0 + scales.len()` of the shifted activation buffer and their scales.
@@ -126,7 +166,7 @@ type FillRows<'a> = dyn Fn(usize, &mut [u8], &mut [f32]) + Sync + 'a;
 /// Rows handled by one quantization task.
 const FILL_ROWS: usize = 16;
 
-fn run(
+fn run<K: Kernel>(
     m: usize,
     fill: &FillRows,
     w: &PackedWeights,
@@ -135,11 +175,12 @@ fn run(
     epilogue: Epilogue,
     out: &mut [f32],
 ) {
-    assert!(available(), "AVX-512 VNNI is not available on this CPU");
+    assert!(K::available(), "this int8 kernel's CPU features are missing");
     assert_eq!(out.len(), m * w.n);
     let (n, kp) = (w.n, vw.kp);
     // 1. All rows quantized once, in parallel; the buffer (<= 1 MB for ViT-B) stays in L2.
-    let mut au = vec![128u8; m * kp];
+    // Padding meets zero weights; 128 is the shifted encoding of 0.
+    let mut au = vec![if K::SHIFTED { 128u8 } else { 0 }; m * kp];
     let mut scales = vec![0f32; m];
     au.par_chunks_mut(FILL_ROWS * kp)
         .zip(scales.par_chunks_mut(FILL_ROWS))
@@ -162,15 +203,15 @@ fn run(
         while i < m {
             let mr = MR.min(m - i);
             // SAFETY: feature presence asserted above; slices are sized by construction.
-            unsafe { tile(&au[i * kp..], vw, nb, blocks, mr, &mut acc) };
+            unsafe { K::tile(&au[i * kp..], vw, nb, blocks, mr, &mut acc) };
             for r in 0..mr {
                 let acc_row = &acc[r * NB * NT..r * NB * NT + (c1 - c0)];
                 // SAFETY: row i + r, columns c0..c1 of `out` belong to this task alone.
                 unsafe {
                     let out_row = std::slice::from_raw_parts_mut(out_ptr.ptr().add((i + r) * n + c0), c1 - c0);
-                    epilogue_avx512(
+                    K::epilogue(
                         acc_row,
-                        &w.row_sums[c0..c1],
+                        if K::SHIFTED { &w.row_sums[c0..c1] } else { &[] },
                         scales[i + r],
                         &w.scales[c0..c1],
                         bias.map(|b| &b[c0..c1]),
@@ -191,7 +232,7 @@ fn run(
 /// which Rust never changes) exactly as the magic-number rounding does on [-127, 127].
 /// Returns the row's scale.
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn quantize_row_avx512(x: &[f32], out: &mut [u8]) -> f32 {
+pub(crate) unsafe fn quantize_row_avx512(x: &[f32], out: &mut [u8]) -> f32 {
     let k = x.len();
     assert!(out.len() >= k);
     let full = k / 16 * 16;
@@ -282,5 +323,31 @@ unsafe fn tile(a: &[u8], vw: &VnniWeights, nb0: usize, blocks: usize, mr: usize,
                 _mm512_storeu_si512(acc.as_mut_ptr().add(r * NB * NT + b * NB) as *mut _, c[r][b]);
             }
         }
+    }
+}
+
+impl Kernel for Avx512Vnni {
+    const SHIFTED: bool = true;
+    fn available() -> bool {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni")
+    }
+    unsafe fn quantize_row(x: &[f32], out: &mut [u8]) -> f32 {
+        unsafe { quantize_row_avx512(x, out) }
+    }
+    unsafe fn tile(a: &[u8], vw: &VnniWeights, nb0: usize, blocks: usize, mr: usize, acc: &mut [i32]) {
+        unsafe { tile(a, vw, nb0, blocks, mr, acc) }
+    }
+    unsafe fn epilogue(
+        acc: &[i32],
+        row_sums: &[i32],
+        sa: f32,
+        sw: &[f32],
+        bias: Option<&[f32]>,
+        epilogue: Epilogue,
+        out: &mut [f32],
+    ) {
+        unsafe { epilogue_avx512(acc, row_sums, sa, sw, bias, epilogue, out) }
     }
 }
