@@ -147,3 +147,39 @@ fn fused_attention_matches_the_portable_reference() {
         worst.0, worst.1
     );
 }
+
+#[test]
+fn f32_linear_matches_a_portable_f64_loop() {
+    // The fp32 linear layer is candle's matmul, i.e. the `gemm` crate with its AVX-512 kernels
+    // (enabled by our `x86-v4` feature); checked here against plain loops on the odd shapes.
+    use candle_core::{Device, Module, Tensor};
+    use vit_workbench::model::linear::Linear;
+    let mut worst = 0f64;
+    for &m in &[1usize, 7, 197] {
+        for &k in &[192usize, 384, 768, 3072, 100] {
+            for &n in &[37usize, 192, 1000] {
+                let x = pseudo_random(m * k, (m + k) as u64, 2.0);
+                let w = pseudo_random(n * k, (n * 3 + k) as u64, 0.1);
+                let b = pseudo_random(n, n as u64, 0.5);
+                let layer = Linear::f32(
+                    Tensor::from_slice(&w, (n, k), &Device::Cpu).unwrap(),
+                    Some(Tensor::from_slice(&b, n, &Device::Cpu).unwrap()),
+                )
+                .unwrap();
+                let y = layer.forward(&Tensor::from_slice(&x, (m, k), &Device::Cpu).unwrap()).unwrap();
+                let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+                let reference: Vec<f32> = (0..m * n)
+                    .map(|idx| {
+                        let (i, j) = (idx / n, idx % n);
+                        let dot: f64 = (0..k).map(|t| x[i * k + t] as f64 * w[j * k + t] as f64).sum();
+                        (dot + b[j] as f64) as f32
+                    })
+                    .collect();
+                let err = max_rel_err(&y, &reference);
+                assert!(err <= 1e-5, "m={m} k={k} n={n}: relative error {err:.2e}");
+                worst = worst.max(err);
+            }
+        }
+    }
+    println!("f32 linear (gemm crate, AVX-512 where present) vs f64 loops: {worst:.2e} relative");
+}

@@ -1,27 +1,26 @@
 //! candle `CustomOp`s that run our CPU kernels inside the candle graph (CPU tensors only; the
 //! forward uses candle's own ops on other devices).
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, InplaceOp1, Layout, Shape};
 
 use crate::kernels::attention::{AttentionDims, attention};
 
-/// GELU (erf) on the CPU with our vectorised kernel (within 5e-7 of the exact function):
-/// candle's `gelu_erf` evaluates a scalar erf per element, which costs tens of milliseconds per
-/// ViT-B forward.
+/// GELU (erf) on the CPU with our vectorised kernel (within 5e-7 of the exact function), in
+/// place: candle's `gelu_erf` evaluates a scalar erf per element, which costs tens of
+/// milliseconds per ViT-B forward. Only for tensors the caller just produced and owns alone.
 pub struct GeluOp;
 
-impl CustomOp1 for GeluOp {
+impl InplaceOp1 for GeluOp {
     fn name(&self) -> &'static str {
         "gelu-erf-vectorised"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
         use rayon::prelude::*;
         let CpuStorage::F32(data) = storage else { candle_core::bail!("gelu: f32 only") };
         let Some((a, b)) = layout.contiguous_offsets() else { candle_core::bail!("gelu: input must be contiguous") };
-        let mut out = data[a..b].to_vec();
-        out.par_chunks_mut(16 * 1024).for_each(crate::kernels::ops::gelu_slice);
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
+        data[a..b].par_chunks_mut(16 * 1024).for_each(crate::kernels::ops::gelu_slice);
+        Ok(())
     }
 }
 

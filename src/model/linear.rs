@@ -57,7 +57,10 @@ impl Linear {
         if self.fuses_gelu() {
             Ok(y)
         } else if y.device().is_cpu() {
-            y.contiguous()?.apply_op1_no_bwd(&super::fused::GeluOp)
+            // `y` is this call's fresh output, shared with no one: safe to overwrite.
+            let y = y.contiguous()?;
+            y.inplace_op1(&super::fused::GeluOp)?;
+            Ok(y)
         } else {
             y.gelu_erf()
         }
