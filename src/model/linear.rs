@@ -131,6 +131,13 @@ impl Module for Linear {
         let (rows, k) = (dims[..dims.len() - 1].iter().product::<usize>(), dims[dims.len() - 1]);
         let x2 = x.reshape((rows, k))?;
         let y = match self {
+            Linear::F32 { weight_t, bias, .. } if x2.device().is_cpu() => {
+                let x2 = x2.contiguous()?;
+                match bias {
+                    Some(b) => x2.apply_op3_no_bwd(weight_t, b, &super::fused::F32LinearOp)?,
+                    None => x2.apply_op2_no_bwd(weight_t, &super::fused::F32LinearOp)?,
+                }
+            }
             Linear::F32 { weight_t, bias, .. } => {
                 let y = x2.matmul(weight_t)?;
                 match bias {
