@@ -72,17 +72,19 @@ pub fn attention(
         let (b, h) = (bh / heads, bh % heads);
         let i0 = c * rows_per_chunk;
         let rows = rows_per_chunk.min(t - i0);
-        let mut local = Vec::new();
-        let scores: &mut [f32] = match probs_ptr {
-            // SAFETY: rows i0..i0+rows of head (b, h) belong to this task alone.
-            Some(p) => unsafe { std::slice::from_raw_parts_mut(p.ptr().add((bh * t + i0) * t), rows * t) },
-            None => {
-                local.resize(rows * t, 0f32);
-                &mut local
-            }
-        };
+        // Score rows padded to a multiple of 16 with -inf (probability ~1e-38, below f32's
+        // resolution of a sum >= 1) so the softmax never falls back to a scalar tail.
+        let stride = if reference { t } else { t.div_ceil(16) * 16 };
+        let mut scores = vec![f32::NEG_INFINITY; rows * stride];
         // SAFETY: this task writes rows i0..i0+rows, columns of head h, of `out` alone.
-        unsafe { head_rows(reference, qkv, dims, b, h, i0, rows, scale, scores, out_ptr) };
+        unsafe { head_rows(reference, qkv, dims, b, h, i0, rows, scale, &mut scores, stride, out_ptr) };
+        if let Some(p) = probs_ptr {
+            // SAFETY: rows i0..i0+rows of head (b, h) belong to this task alone.
+            let dst = unsafe { std::slice::from_raw_parts_mut(p.ptr().add((bh * t + i0) * t), rows * t) };
+            for (d, s) in dst.chunks_mut(t).zip(scores.chunks(stride)) {
+                d.copy_from_slice(&s[..t]);
+            }
+        }
     });
 }
 
@@ -101,6 +103,7 @@ unsafe fn head_rows(
     rows: usize,
     scale: f32,
     scores: &mut [f32],
+    score_stride: usize,
     out: SharedMut<f32>,
 ) {
     let AttentionDims { tokens: t, head_dim: hd, .. } = dims;
@@ -115,7 +118,7 @@ unsafe fn head_rows(
         true => {
             for i in 0..rows {
                 let qi = &qkv[q + i * stride..q + i * stride + hd];
-                let srow = &mut scores[i * t..(i + 1) * t];
+                let srow = &mut scores[i * score_stride..i * score_stride + t];
                 for (j, s) in srow.iter_mut().enumerate() {
                     let kj = &qkv[k + j * stride..k + j * stride + hd];
                     *s = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
@@ -140,7 +143,7 @@ unsafe fn head_rows(
                 hd,
                 scores.as_mut_ptr(),
                 1,
-                t as isize,
+                score_stride as isize,
                 false,
                 base.add(q),
                 1,
@@ -155,7 +158,7 @@ unsafe fn head_rows(
                 false,
                 gemm::Parallelism::None,
             );
-            ops::softmax_rows(scores, t);
+            ops::softmax_rows(scores, score_stride);
             // out[rows, hd] = P[rows, t] · V[t, hd], written at row stride D.
             gemm::gemm(
                 rows,
@@ -167,7 +170,7 @@ unsafe fn head_rows(
                 false,
                 scores.as_ptr(),
                 1,
-                t as isize,
+                score_stride as isize,
                 base.add(v),
                 1,
                 s,
