@@ -99,6 +99,13 @@ pub enum Command {
     },
     /// Measure latency, size and accuracy of variants; print a table, write CSV/JSON reports.
     Bench(BenchArgs),
+    /// Measure each CPU kernel (int8 per SIMD path, fp32, attention, elementwise) on ViT-B/16
+    /// shapes against this machine's int8 peak.
+    Kernels {
+        /// Minimum seconds of timed calls per kernel.
+        #[arg(long, default_value_t = 1.0)]
+        min_seconds: f64,
+    },
     /// List the model zoo and what is already cached.
     Models,
     /// Download a model into the Hugging Face cache.
@@ -179,6 +186,12 @@ pub fn run(cli: Cli) -> Result<()> {
             hub: None,
         }),
         Some(Command::Models) => list_models(&hub),
+        Some(Command::Kernels { min_seconds }) => {
+            // On a pool worker, as the model's forward runs.
+            let results = rayon::scope(|_| crate::kernels::bench::run(min_seconds));
+            print!("{}", crate::kernels::bench::table(&results));
+            Ok(())
+        }
         Some(Command::Bench(args)) => bench(&hub, &args),
         Some(Command::Download { model }) => {
             let source = ModelSource::parse(&model)?;
