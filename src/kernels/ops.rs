@@ -1,7 +1,9 @@
-//! Elementwise math written so the compiler can vectorise it: no libm calls, no branches in the
-//! hot expressions. The same source serves every path (compiled once for the baseline and once
-//! with AVX-512 enabled), and Rust never fuses `a * b + c` on its own, so both compilations give
-//! the same bits.
+//! Elementwise math written so the compiler can vectorise it: no branches in the hot
+//! expressions. The same source serves every path (compiled for the baseline, for AVX2+FMA and
+//! for AVX-512), and gives the same bits in each: Rust never fuses `a * b + c` on its own, and
+//! the polynomials' explicit `mul_add` is one correctly rounded operation everywhere — a
+//! `vfmadd` where the CPU has FMA, libm's exact `fmaf` in the baseline build (slow, but that
+//! build is the reference, used only where no SIMD path applies).
 
 /// e^x with relative error ~2e-7 (Cephes `expf`: range reduction by ln 2, degree-5 polynomial,
 /// exponent set through the bits). Clamped to the f32 range.
@@ -16,14 +18,14 @@ pub fn exp(x: f32) -> f32 {
     let n = t - MAGIC;
     // n as an integer from the bits, not `n as i32`: that saturating cast is scalarised.
     let ni = t.to_bits() as i32 - MAGIC.to_bits() as i32;
-    let r = x - n * LN2_HI - n * LN2_LO;
+    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
     let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let e = p * r * r + r + 1.0;
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 1.666_666_5e-1);
+    p = p.mul_add(r, 0.5);
+    let e = (p * r).mul_add(r, r) + 1.0;
     e * f32::from_bits(((ni + 127) << 23) as u32)
 }
 
@@ -31,13 +33,13 @@ pub fn exp(x: f32) -> f32 {
 #[inline(always)]
 pub fn erf(x: f32) -> f32 {
     let a = x.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let t = 1.0 / 0.327_591_1f32.mul_add(a, 1.0);
     let mut p = 1.061_405_4f32;
-    p = p * t - 1.453_152_1;
-    p = p * t + 1.421_413_8;
-    p = p * t - 0.284_496_74;
-    p = p * t + 0.254_829_6;
-    let y = 1.0 - p * t * exp(-a * a);
+    p = p.mul_add(t, -1.453_152_1);
+    p = p.mul_add(t, 1.421_413_8);
+    p = p.mul_add(t, -0.284_496_74);
+    p = p.mul_add(t, 0.254_829_6);
+    let y = (-(p * t)).mul_add(exp(-a * a), 1.0);
     if x < 0.0 { -y } else { y }
 }
 
@@ -50,10 +52,11 @@ pub fn gelu(x: f32) -> f32 {
 /// GELU over a slice, in place.
 pub fn gelu_slice(v: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the feature was just detected.
-        unsafe { gelu_slice_avx512(v) };
-        return;
+    match simd_level() {
+        // SAFETY: the features were detected.
+        SimdLevel::Avx512 => return unsafe { gelu_slice_avx512(v) },
+        SimdLevel::Avx2Fma => return unsafe { gelu_slice_avx2(v) },
+        SimdLevel::None => {}
     }
     gelu_loop(v)
 }
@@ -72,6 +75,33 @@ fn gelu_loop(v: &mut [f32]) {
 #[target_feature(enable = "avx512f")]
 unsafe fn gelu_slice_avx512(v: &mut [f32]) {
     gelu_loop(v)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_slice_avx2(v: &mut [f32]) {
+    gelu_loop(v)
+}
+
+/// Which compilation of the elementwise kernels this CPU runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimdLevel {
+    None,
+    Avx2Fma,
+    Avx512,
+}
+
+pub fn simd_level() -> SimdLevel {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return SimdLevel::Avx512;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            return SimdLevel::Avx2Fma;
+        }
+    }
+    SimdLevel::None
 }
 
 /// Softmax of one row, in place: `e^(x - max) / Σ`. Max and sum use 16 independent lanes so
@@ -114,11 +144,17 @@ pub fn softmax_row(v: &mut [f32]) {
 /// [`softmax_row`] on every row of `v` (`row_len` wide), vectorised where the CPU allows.
 pub fn softmax_rows(v: &mut [f32], row_len: usize) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the feature was just detected.
-        unsafe { softmax_rows_avx512(v, row_len) };
-        return;
+    match simd_level() {
+        // SAFETY: the features were detected.
+        SimdLevel::Avx512 => return unsafe { softmax_rows_avx512(v, row_len) },
+        SimdLevel::Avx2Fma => return unsafe { softmax_rows_avx2(v, row_len) },
+        SimdLevel::None => {}
     }
+    softmax_loop(v, row_len)
+}
+
+#[inline(always)]
+fn softmax_loop(v: &mut [f32], row_len: usize) {
     for row in v.chunks_mut(row_len.max(1)) {
         softmax_row(row);
     }
@@ -127,9 +163,13 @@ pub fn softmax_rows(v: &mut [f32], row_len: usize) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn softmax_rows_avx512(v: &mut [f32], row_len: usize) {
-    for row in v.chunks_mut(row_len.max(1)) {
-        softmax_row(row);
-    }
+    softmax_loop(v, row_len)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_rows_avx2(v: &mut [f32], row_len: usize) {
+    softmax_loop(v, row_len)
 }
 
 /// Σ x and Σ (x - mean)² in f64 over 8 independent lanes (vectorises; a single running sum
@@ -231,17 +271,18 @@ pub fn add_layer_norm(
     // Tasks of >= 32K elements: a hand-off to another core costs microseconds, so small models'
     // rows (DeiT-Ti: 197 x 192) are better done by fewer threads.
     let chunk = (32usize * 1024).div_ceil(d).max(1) * d;
-    let simd = !reference && avx512();
+    let level = if reference { SimdLevel::None } else { simd_level() };
     sum.par_chunks_mut(chunk).zip(norm.par_chunks_mut(chunk)).enumerate().for_each(|(c, (s, n))| {
         let xs = &x[c * chunk..c * chunk + s.len()];
         let ys = y.map(|y| &y[c * chunk..c * chunk + s.len()]);
         #[cfg(target_arch = "x86_64")]
-        if simd {
-            // SAFETY: AVX-512F was detected.
-            unsafe { add_layer_norm_rows_avx512(xs, ys, gamma, beta, eps, s, n) };
-            return;
+        match level {
+            // SAFETY: the features were detected.
+            SimdLevel::Avx512 => return unsafe { add_layer_norm_rows_avx512(xs, ys, gamma, beta, eps, s, n) },
+            SimdLevel::Avx2Fma => return unsafe { add_layer_norm_rows_avx2(xs, ys, gamma, beta, eps, s, n) },
+            SimdLevel::None => {}
         }
-        let _ = simd;
+        let _ = level;
         add_layer_norm_rows(xs, ys, gamma, beta, eps, s, n);
     });
 }
@@ -283,11 +324,19 @@ unsafe fn add_layer_norm_rows_avx512(
     add_layer_norm_rows(x, y, gamma, beta, eps, sum, norm)
 }
 
-fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx512f");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn add_layer_norm_rows_avx2(
+    x: &[f32],
+    y: Option<&[f32]>,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    sum: &mut [f32],
+    norm: &mut [f32],
+) {
+    add_layer_norm_rows(x, y, gamma, beta, eps, sum, norm)
 }
 
 #[cfg(test)]
