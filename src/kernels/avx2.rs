@@ -148,6 +148,7 @@ unsafe fn tile_avx2(a: &[u8], vw: &VnniWeights, nb0: usize, blocks: usize, mr: u
 
 impl Kernel for AvxVnni {
     const SHIFTED: bool = true;
+    const MR: usize = MR;
     fn available() -> bool {
         is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("avxvnni")
     }
@@ -172,6 +173,7 @@ impl Kernel for AvxVnni {
 
 impl Kernel for Avx2 {
     const SHIFTED: bool = false;
+    const MR: usize = MR;
     fn available() -> bool {
         is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
     }
