@@ -101,14 +101,15 @@ unsafe fn broadcast_group(a: &[u8], kp: usize, r: usize, g: usize) -> __m256i {
 #[target_feature(enable = "avx2,avxvnni")]
 #[allow(clippy::needless_range_loop)] // register tiles indexed by row read clearest
 unsafe fn tile_avxvnni(a: &[u8], vw: &VnniWeights, nb0: usize, blocks: usize, mr: usize, acc: &mut [i32]) {
-    let (kp, block_bytes) = (vw.kp, NB * vw.kp);
+    let kp = vw.kp;
+    let (wbase, gs) = vw.tile_start(nb0, blocks);
     unsafe {
         for b in 0..blocks {
-            let wb = vw.data.as_ptr().add((nb0 + b) * block_bytes);
+            let wb = wbase.add(b * 64);
             let mut c = [[_mm256_setzero_si256(); 2]; MR];
             for g in 0..kp / 4 {
-                let w0 = _mm256_loadu_si256(wb.add(g * 64) as *const __m256i);
-                let w1 = _mm256_loadu_si256(wb.add(g * 64 + 32) as *const __m256i);
+                let w0 = _mm256_loadu_si256(wb.add(g * gs) as *const __m256i);
+                let w1 = _mm256_loadu_si256(wb.add(g * gs + 32) as *const __m256i);
                 for r in 0..mr {
                     let av = broadcast_group(a, kp, r, g);
                     c[r][0] = _mm256_dpbusd_avx_epi32(c[r][0], av, w0);
@@ -123,15 +124,16 @@ unsafe fn tile_avxvnni(a: &[u8], vw: &VnniWeights, nb0: usize, blocks: usize, mr
 #[target_feature(enable = "avx2")]
 #[allow(clippy::needless_range_loop)]
 unsafe fn tile_avx2(a: &[u8], vw: &VnniWeights, nb0: usize, blocks: usize, mr: usize, acc: &mut [i32]) {
-    let (kp, block_bytes) = (vw.kp, NB * vw.kp);
+    let kp = vw.kp;
+    let (wbase, gs) = vw.tile_start(nb0, blocks);
     unsafe {
         let ones = _mm256_set1_epi16(1);
         for b in 0..blocks {
-            let wb = vw.data.as_ptr().add((nb0 + b) * block_bytes);
+            let wb = wbase.add(b * 64);
             let mut c = [[_mm256_setzero_si256(); 2]; MR];
             for g in 0..kp / 4 {
-                let w0 = _mm256_loadu_si256(wb.add(g * 64) as *const __m256i);
-                let w1 = _mm256_loadu_si256(wb.add(g * 64 + 32) as *const __m256i);
+                let w0 = _mm256_loadu_si256(wb.add(g * gs) as *const __m256i);
+                let w1 = _mm256_loadu_si256(wb.add(g * gs + 32) as *const __m256i);
                 for r in 0..mr {
                     let av = broadcast_group(a, kp, r, g);
                     let abs_a = _mm256_abs_epi8(av);

@@ -30,7 +30,8 @@ const NT: usize = 4;
 /// The most rows any micro-kernel's tile has.
 const MR_MAX: usize = 8;
 
-/// Weights in the VNNI block layout: `[n_blocks][k_groups][16][4]` i8, zero-padded.
+/// Weights in the VNNI block layout, zero-padded: per tile of 4 blocks (64 output channels),
+/// `[k_groups][blocks in tile][16][4]` i8, so a task reads its weights as one stream.
 #[derive(Debug)]
 pub struct VnniWeights {
     pub n: usize,
@@ -43,21 +44,35 @@ pub struct VnniWeights {
 }
 
 impl VnniWeights {
+    /// Start of the tile whose first block is `nb0` (a multiple of 4), and the bytes between its
+    /// consecutive k groups.
+    #[inline(always)]
+    pub fn tile_start(&self, nb0: usize, blocks: usize) -> (*const i8, usize) {
+        debug_assert_eq!(nb0 % NT, 0);
+        // SAFETY: in bounds: tiles before this one hold nb0 full blocks of 16·kp bytes.
+        (unsafe { self.data.as_ptr().add(nb0 * NB * self.kp) }, blocks * 64)
+    }
+
     pub fn pack(w: &PackedWeights) -> VnniWeights {
         let (n, k) = (w.n, w.k);
         let kp = k.div_ceil(4) * 4;
         let np = n.div_ceil(NB) * NB;
+        let blocks = np / NB;
         let src = w.data.as_slice();
         let mut data = vec![0i8; np * kp];
-        data.par_chunks_mut(NB * kp).enumerate().for_each(|(b, block)| {
-            for j in 0..NB {
-                let row = b * NB + j;
-                if row >= n {
-                    break;
-                }
-                for kk in 0..k {
-                    let (g, r) = (kk / 4, kk % 4);
-                    block[g * NB * 4 + j * 4 + r] = src[row * k + kk];
+        // One task's 64 columns are one sequential stream: [group][block in tile][16][4].
+        data.par_chunks_mut(NT * NB * kp).enumerate().for_each(|(t, tile)| {
+            let bt = NT.min(blocks - t * NT);
+            for b in 0..bt {
+                for j in 0..NB {
+                    let row = (t * NT + b) * NB + j;
+                    if row >= n {
+                        break;
+                    }
+                    for kk in 0..k {
+                        let (g, r) = (kk / 4, kk % 4);
+                        tile[g * bt * 64 + b * 64 + j * 4 + r] = src[row * k + kk];
+                    }
                 }
             }
         });
@@ -295,17 +310,17 @@ const MR: usize = 6;
 unsafe fn tile(a: &[u8], vw: &VnniWeights, nb0: usize, blocks: usize, mr: usize, acc: &mut [i32]) {
     let kp = vw.kp;
     let groups = kp / 4;
-    let block_bytes = NB * kp;
+    let (wbase, gs) = vw.tile_start(nb0, blocks);
     unsafe {
         let mut c = [[_mm512_setzero_si512(); NT]; MR];
-        let wbase = vw.data.as_ptr().add(nb0 * block_bytes);
         let abase = a.as_ptr();
         if mr == MR && blocks == NT {
             for g in 0..groups {
-                let w0 = _mm512_loadu_si512(wbase.add(g * 64) as *const _);
-                let w1 = _mm512_loadu_si512(wbase.add(block_bytes + g * 64) as *const _);
-                let w2 = _mm512_loadu_si512(wbase.add(2 * block_bytes + g * 64) as *const _);
-                let w3 = _mm512_loadu_si512(wbase.add(3 * block_bytes + g * 64) as *const _);
+                let wg = wbase.add(g * gs);
+                let w0 = _mm512_loadu_si512(wg as *const _);
+                let w1 = _mm512_loadu_si512(wg.add(64) as *const _);
+                let w2 = _mm512_loadu_si512(wg.add(128) as *const _);
+                let w3 = _mm512_loadu_si512(wg.add(192) as *const _);
                 for r in 0..MR {
                     let av = _mm512_set1_epi32((abase.add(r * kp + g * 4) as *const i32).read_unaligned());
                     c[r][0] = _mm512_dpbusd_epi32(c[r][0], av, w0);
@@ -317,7 +332,7 @@ unsafe fn tile(a: &[u8], vw: &VnniWeights, nb0: usize, blocks: usize, mr: usize,
         } else {
             for g in 0..groups {
                 for b in 0..blocks {
-                    let wv = _mm512_loadu_si512(wbase.add(b * block_bytes + g * 64) as *const _);
+                    let wv = _mm512_loadu_si512(wbase.add(g * gs + b * 64) as *const _);
                     for r in 0..mr {
                         let av = _mm512_set1_epi32((abase.add(r * kp + g * 4) as *const i32).read_unaligned());
                         c[r][b] = _mm512_dpbusd_epi32(c[r][b], av, wv);
