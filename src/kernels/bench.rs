@@ -179,10 +179,8 @@ pub fn run(min_seconds: f64) -> Vec<KernelResult> {
     let (g, b) = (vec![1.0f32; 768], vec![0.0f32; 768]);
     let (mut s, mut nrm) = (vec![0f32; m * 768], vec![0f32; m * 768]);
     for reference in [true, false] {
-        let p50 = median_us(
-            || ops::add_layer_norm(reference, &x, Some(&y), &g, &b, 1e-6, &mut s, &mut nrm),
-            min_seconds,
-        );
+        let p50 =
+            median_us(|| ops::add_layer_norm(reference, &x, Some(&y), &g, &b, 1e-6, &mut s, &mut nrm), min_seconds);
         out.push(elementwise("add + LayerNorm", if reference { "portable" } else { "best" }, m * 768, p50));
     }
     let mut sm = pseudo_random(12 * m * 208, 9);

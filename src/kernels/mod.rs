@@ -11,9 +11,9 @@
 //! [`crate::quant::linear`]); on CUDA, candle's own ops are used instead.
 
 pub mod attention;
-pub mod bench;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
+pub mod bench;
 pub mod gemm_i8;
 pub mod ops;
 #[cfg(target_arch = "x86_64")]

@@ -116,6 +116,10 @@ pub trait Kernel: Sync {
     unsafe fn quantize_row(x: &[f32], out: &mut [u8]) -> f32;
     /// Accumulates `mr` (<= `MR`) rows × `blocks` (<= 4) weight blocks into `acc` (row stride 64).
     unsafe fn tile(a: &[u8], vw: &VnniWeights, nb0: usize, blocks: usize, mr: usize, acc: &mut [i32]);
+    /// [`Kernel::tile`] for a task's first row strip, which reads the weights from memory.
+    unsafe fn first_tile(a: &[u8], vw: &VnniWeights, nb0: usize, blocks: usize, mr: usize, acc: &mut [i32]) {
+        unsafe { Self::tile(a, vw, nb0, blocks, mr, acc) }
+    }
     /// The shared [`epilogue_row`], compiled for this kernel's ISA.
     #[allow(clippy::too_many_arguments)]
     unsafe fn epilogue(
@@ -220,7 +224,13 @@ fn run<K: Kernel>(
         while i < m {
             let mr = K::MR.min(m - i);
             // SAFETY: feature presence asserted above; slices are sized by construction.
-            unsafe { K::tile(&au[i * kp..], vw, nb, blocks, mr, &mut acc) };
+            unsafe {
+                if i == 0 {
+                    K::first_tile(&au[i * kp..], vw, nb, blocks, mr, &mut acc)
+                } else {
+                    K::tile(&au[i * kp..], vw, nb, blocks, mr, &mut acc)
+                }
+            };
             for r in 0..mr {
                 let acc_row = &acc[r * NB * NT..r * NB * NT + (c1 - c0)];
                 // SAFETY: row i + r, columns c0..c1 of `out` belong to this task alone.
@@ -302,12 +312,14 @@ unsafe fn epilogue_avx512(
 /// registers, and each weight vector loaded serves 6 rows (4 rows reached ~82% of peak,
 /// weight loads from L2 being the limit).
 const MR: usize = 6;
+/// How many k groups ahead the first strip prefetches weights (16 x 256 B = 4 KB).
+const PREFETCH_GROUPS: usize = 16;
 
 /// Accumulates `mr` rows × `blocks`·16 columns into `acc` (row-major, stride 64), shifted
 /// (u8 activations), without the row-sum correction.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[allow(clippy::needless_range_loop)] // register tiles indexed by row and block read clearest
-unsafe fn tile(a: &[u8], vw: &VnniWeights, nb0: usize, blocks: usize, mr: usize, acc: &mut [i32]) {
+unsafe fn tile(a: &[u8], vw: &VnniWeights, nb0: usize, blocks: usize, mr: usize, acc: &mut [i32], prefetch: bool) {
     let kp = vw.kp;
     let groups = kp / 4;
     let (wbase, gs) = vw.tile_start(nb0, blocks);
@@ -317,6 +329,13 @@ unsafe fn tile(a: &[u8], vw: &VnniWeights, nb0: usize, blocks: usize, mr: usize,
         if mr == MR && blocks == NT {
             for g in 0..groups {
                 let wg = wbase.add(g * gs);
+                if prefetch {
+                    // The first row strip meets this tile's weights cold (DRAM): fetch ahead.
+                    let ahead = wg.add(PREFETCH_GROUPS * gs);
+                    for line in 0..4 {
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.add(line * 64));
+                    }
+                }
                 let w0 = _mm512_loadu_si512(wg as *const _);
                 let w1 = _mm512_loadu_si512(wg.add(64) as *const _);
                 let w2 = _mm512_loadu_si512(wg.add(128) as *const _);
@@ -360,7 +379,10 @@ impl Kernel for Avx512Vnni {
         unsafe { quantize_row_avx512(x, out) }
     }
     unsafe fn tile(a: &[u8], vw: &VnniWeights, nb0: usize, blocks: usize, mr: usize, acc: &mut [i32]) {
-        unsafe { tile(a, vw, nb0, blocks, mr, acc) }
+        unsafe { tile(a, vw, nb0, blocks, mr, acc, false) }
+    }
+    unsafe fn first_tile(a: &[u8], vw: &VnniWeights, nb0: usize, blocks: usize, mr: usize, acc: &mut [i32]) {
+        unsafe { tile(a, vw, nb0, blocks, mr, acc, true) }
     }
     unsafe fn epilogue(
         acc: &[i32],

@@ -122,7 +122,13 @@ impl CustomOp2 for AddLayerNormOp {
 pub struct F32LinearOp;
 
 impl F32LinearOp {
-    fn run(x: &[f32], xl: &Layout, wt: &[f32], wl: &Layout, bias: Option<&[f32]>) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn run(
+        x: &[f32],
+        xl: &Layout,
+        wt: &[f32],
+        wl: &Layout,
+        bias: Option<&[f32]>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (m, k) = xl.shape().dims2()?;
         let (k2, n) = wl.shape().dims2()?;
         if k != k2 || bias.is_some_and(|b| b.len() != n) {
@@ -171,7 +177,13 @@ impl CustomOp2 for F32LinearOp {
         "linear-f32"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         Self::run(contiguous_f32(s1, l1, "linear")?, l1, contiguous_f32(s2, l2, "linear")?, l2, None)
     }
 }
