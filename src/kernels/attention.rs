@@ -72,19 +72,17 @@ pub fn attention(
         let (b, h) = (bh / heads, bh % heads);
         let i0 = c * rows_per_chunk;
         let rows = rows_per_chunk.min(t - i0);
-        // Score rows padded to a multiple of 16 with -inf (probability ~1e-38, below f32's
-        // resolution of a sum >= 1) so the softmax never falls back to a scalar tail.
-        let stride = if reference { t } else { t.div_ceil(16) * 16 };
-        let mut scores = vec![f32::NEG_INFINITY; rows * stride];
-        // SAFETY: this task writes rows i0..i0+rows, columns of head h, of `out` alone.
-        unsafe { head_rows(reference, qkv, dims, b, h, i0, rows, scale, &mut scores, stride, out_ptr) };
-        if let Some(p) = probs_ptr {
+        let mut local = Vec::new();
+        let scores: &mut [f32] = match probs_ptr {
             // SAFETY: rows i0..i0+rows of head (b, h) belong to this task alone.
-            let dst = unsafe { std::slice::from_raw_parts_mut(p.ptr().add((bh * t + i0) * t), rows * t) };
-            for (d, s) in dst.chunks_mut(t).zip(scores.chunks(stride)) {
-                d.copy_from_slice(&s[..t]);
+            Some(p) => unsafe { std::slice::from_raw_parts_mut(p.ptr().add((bh * t + i0) * t), rows * t) },
+            None => {
+                local.resize(rows * t, 0f32);
+                &mut local
             }
-        }
+        };
+        // SAFETY: this task writes rows i0..i0+rows, columns of head h, of `out` alone.
+        unsafe { head_rows(reference, qkv, dims, b, h, i0, rows, scale, scores, t, out_ptr) };
     });
 }
 

@@ -160,10 +160,68 @@ fn softmax_loop(v: &mut [f32], row_len: usize) {
     }
 }
 
+/// Softmax rows in explicit AVX-512: the shared source compiled to 2.5 cycles per element
+/// (NaN-aware `max`/`clamp` become compare + blend per element); here max is `vmaxps`, the
+/// tail is masked, and exp is [`exp16`]. Same formula, within 1e-6 of the portable rows.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn softmax_rows_avx512(v: &mut [f32], row_len: usize) {
-    softmax_loop(v, row_len)
+    use std::arch::x86_64::*;
+    if row_len == 0 {
+        return;
+    }
+    let full = row_len / 16 * 16;
+    let tail: __mmask16 = ((1u32 << (row_len - full)) - 1) as __mmask16;
+    for row in v.chunks_mut(row_len) {
+        let p = row.as_mut_ptr();
+        unsafe {
+            let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+            for i in (0..full).step_by(16) {
+                m = _mm512_max_ps(m, _mm512_loadu_ps(p.add(i)));
+            }
+            m = _mm512_mask_max_ps(m, tail, m, _mm512_maskz_loadu_ps(tail, p.add(full)));
+            let max = _mm512_set1_ps(_mm512_reduce_max_ps(m));
+            let mut sum = _mm512_setzero_ps();
+            for i in (0..full).step_by(16) {
+                let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(p.add(i)), max));
+                _mm512_storeu_ps(p.add(i), e);
+                sum = _mm512_add_ps(sum, e);
+            }
+            if tail != 0 {
+                let e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, p.add(full)), max));
+                _mm512_mask_storeu_ps(p.add(full), tail, e);
+                sum = _mm512_mask_add_ps(sum, tail, sum, e);
+            }
+            let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
+            for i in (0..full).step_by(16) {
+                _mm512_storeu_ps(p.add(i), _mm512_mul_ps(_mm512_loadu_ps(p.add(i)), inv));
+            }
+            if tail != 0 {
+                _mm512_mask_storeu_ps(p.add(full), tail, _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, p.add(full)), inv));
+            }
+        }
+    }
+}
+
+/// [`exp`] on 16 lanes: the same range reduction and polynomial.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn exp16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    const MAGIC: f32 = 12_582_912.0;
+    let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3)), _mm512_set1_ps(88.3));
+    let t = _mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)), _mm512_set1_ps(MAGIC));
+    let n = _mm512_sub_ps(t, _mm512_set1_ps(MAGIC));
+    let ni = _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(MAGIC.to_bits() as i32));
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x));
+    let mut p = _mm512_set1_ps(1.987_569_1e-4);
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    let e = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0));
+    let scale = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(ni, _mm512_set1_epi32(127))));
+    _mm512_mul_ps(e, scale)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -430,6 +488,20 @@ mod tests {
                         "{rows}x{d} [{r},{j}]: {got} vs {exact}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_paths_agree_within_1e6() {
+        for len in [1, 5, 16, 197, 208] {
+            let row: Vec<f32> = (0..3 * len).map(|i| ((i * 7919 % 61) as f32 - 30.0) * 0.37).collect();
+            let mut fast = row.clone();
+            softmax_rows(&mut fast, len);
+            let mut reference = row.clone();
+            softmax_loop(&mut reference, len);
+            for (a, b) in fast.iter().zip(&reference) {
+                assert!((a - b).abs() <= 1e-6 * b.max(1e-3), "len {len}: {a} vs {b}");
             }
         }
     }
