@@ -13,7 +13,10 @@ pub fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     const MAGIC: f32 = 12_582_912.0;
-    let x = x.clamp(-87.3, 88.3);
+    // Clamped with selects rather than `clamp`: the same values (NaN stays NaN), but these map
+    // to one `vmaxps`/`vminps` each instead of a compare and blend per bound.
+    let x = if x < -87.3 { -87.3 } else { x };
+    let x = if x > 88.3 { 88.3 } else { x };
     let t = x * LOG2E + MAGIC; // n = round(x·log2 e) sits in t's low mantissa bits
     let n = t - MAGIC;
     // n as an integer from the bits, not `n as i32`: that saturating cast is scalarised.
