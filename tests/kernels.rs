@@ -104,6 +104,13 @@ fn fused_linear_paths_match_quantize_then_gemm() {
                 "{} m={m} k={k} n={n}",
                 isa.name()
             );
+            // The allocating entry point (output not zero-filled first) writes every element.
+            let fresh = gemm_i8::linear_to_vec(isa, &x, m, &w, Some(&bias), Epilogue::Gelu);
+            assert!(
+                fresh.iter().zip(&reference).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{} linear_to_vec m={m} k={k} n={n}",
+                isa.name()
+            );
         }
     }
 }

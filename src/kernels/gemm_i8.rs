@@ -208,6 +208,35 @@ pub fn linear(
     gemm(Isa::Portable, &quantize_rows(x, m, w.k), w, bias, epilogue, out)
 }
 
+/// [`linear`] into a new vector (not zero-filled first on the SIMD paths).
+pub fn linear_to_vec(
+    isa: Isa,
+    x: &[f32],
+    m: usize,
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::vnni::{self, Avx2, Avx512Vnni, AvxVnni, Kernel, VnniWeights};
+        let vw = || w.vnni.get_or_init(|| VnniWeights::pack(w));
+        match isa {
+            Isa::Avx512Vnni if Avx512Vnni::available() => {
+                return vnni::linear_to_vec::<Avx512Vnni>(x, m, w, vw(), bias, epilogue);
+            }
+            Isa::AvxVnni if AvxVnni::available() => {
+                return vnni::linear_to_vec::<AvxVnni>(x, m, w, vw(), bias, epilogue);
+            }
+            Isa::Avx2 if Avx2::available() => return vnni::linear_to_vec::<Avx2>(x, m, w, vw(), bias, epilogue),
+            _ => {}
+        }
+    }
+    let mut out = vec![0f32; m * w.n];
+    linear(isa, x, m, w, bias, epilogue, &mut out);
+    out
+}
+
 /// `out[m, n]` = dequant(a · wᵀ) + bias, then the epilogue.
 pub fn gemm(isa: Isa, a: &QuantizedRows, w: &PackedWeights, bias: Option<&[f32]>, epilogue: Epilogue, out: &mut [f32]) {
     assert_eq!(a.k, w.k, "inner dimensions differ");

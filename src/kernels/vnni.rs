@@ -155,7 +155,9 @@ pub fn gemm<K: Kernel>(
         buf.copy_from_slice(&au[m0 * vw.kp..m0 * vw.kp + buf.len()]);
         scales.copy_from_slice(&a.scales[m0..m0 + scales.len()]);
     };
-    run::<K>(a.m, &fill, w, vw, bias, epilogue, out)
+    assert_eq!(out.len(), a.m * w.n);
+    // SAFETY: `out` holds exactly m·n elements.
+    unsafe { run::<K>(a.m, &fill, w, vw, bias, epilogue, SharedMut(out.as_mut_ptr())) }
 }
 
 /// The whole linear layer on f32 input `x` `[m, k]`: rows are quantized (per-row symmetric
@@ -170,7 +172,43 @@ pub fn linear<K: Kernel>(
     epilogue: Epilogue,
     out: &mut [f32],
 ) {
+    assert_eq!(out.len(), m * w.n);
+    // SAFETY: `out` holds exactly m·n elements.
+    unsafe { linear_raw::<K>(x, m, w, vw, bias, epilogue, SharedMut(out.as_mut_ptr())) }
+}
+
+/// [`linear`] into a new vector, which is not zeroed first: every element is written by the
+/// kernel (zero-filling ViT-B's int8 outputs was 65 MB of `memset` per forward).
+pub fn linear_to_vec<K: Kernel>(
+    x: &[f32],
+    m: usize,
+    w: &PackedWeights,
+    vw: &VnniWeights,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(m * w.n);
+    // SAFETY: the capacity holds m·n elements; all are written before `set_len`.
+    unsafe {
+        linear_raw::<K>(x, m, w, vw, bias, epilogue, SharedMut(out.as_mut_ptr()));
+        out.set_len(m * w.n);
+    }
+    out
+}
+
+/// # Safety
+/// As [`run`]: `out` points to `m · w.n` writable f32s, all of which get written.
+unsafe fn linear_raw<K: Kernel>(
+    x: &[f32],
+    m: usize,
+    w: &PackedWeights,
+    vw: &VnniWeights,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+    out: SharedMut<f32>,
+) {
     let k = w.k;
+    assert_eq!(x.len(), m * k);
     let fill = |m0: usize, buf: &mut [u8], scales: &mut [f32]| {
         for (r, s) in scales.iter_mut().enumerate() {
             let xr = &x[(m0 + r) * k..(m0 + r + 1) * k];
@@ -178,7 +216,8 @@ pub fn linear<K: Kernel>(
             *s = unsafe { K::quantize_row(xr, &mut buf[r * vw.kp..r * vw.kp + k]) };
         }
     };
-    run::<K>(m, &fill, w, vw, bias, epilogue, out)
+    // SAFETY: forwarded from the caller.
+    unsafe { run::<K>(m, &fill, w, vw, bias, epilogue, out) }
 }
 
 /// Fills rows `m0..m0 + scales.len()` of the shifted activation buffer and their scales.
@@ -187,17 +226,19 @@ type FillRows<'a> = dyn Fn(usize, &mut [u8], &mut [f32]) + Sync + 'a;
 /// Rows handled by one quantization task.
 const FILL_ROWS: usize = 16;
 
-fn run<K: Kernel>(
+/// # Safety
+/// `out` must point to `m · w.n` writable f32s that nothing else accesses during the call;
+/// every one of them is written.
+unsafe fn run<K: Kernel>(
     m: usize,
     fill: &FillRows,
     w: &PackedWeights,
     vw: &VnniWeights,
     bias: Option<&[f32]>,
     epilogue: Epilogue,
-    out: &mut [f32],
+    out: SharedMut<f32>,
 ) {
     assert!(K::available(), "this int8 kernel's CPU features are missing");
-    assert_eq!(out.len(), m * w.n);
     let (n, kp) = (w.n, vw.kp);
     // 1. All rows quantized once, in parallel; the buffer (<= 1 MB for ViT-B) stays in L2.
     // Padding meets zero weights; 128 is the shifted encoding of 0.
@@ -211,7 +252,7 @@ fn run<K: Kernel>(
     //    once and sweeps every row (sweeping all columns per row chunk instead re-read the
     //    2.4 MB fc1/fc2 weights once per chunk).
     let tasks = (vw.np / NB).div_ceil(NT);
-    let out_ptr = SharedMut(out.as_mut_ptr());
+    let out_ptr = out;
     (0..tasks).into_par_iter().for_each(|task| {
         let nb = task * NT;
         let blocks = NT.min(vw.np / NB - nb);
