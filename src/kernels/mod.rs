@@ -135,7 +135,14 @@ pub use ops::gelu as gelu_erf;
 pub fn init_threads(requested: Option<usize>) -> usize {
     let n = requested.filter(|&n| n > 0).unwrap_or_else(num_cpus::get_physical).max(1);
     // SAFETY: called at start-up, before any other thread exists.
-    unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+    unsafe {
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        // candle's own element-wise pool (still used for a few small ops per forward) spins
+        // 25 000 rounds after each op by default, on a core our kernels need next.
+        if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+            std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "500");
+        }
+    }
     let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
     rayon::current_num_threads()
 }
