@@ -102,11 +102,56 @@ pub fn pad_rows(a: &QuantizedRows, kp: usize) -> Vec<u8> {
     out
 }
 
+/// The columns one task writes and what its epilogue needs, sliced to them.
+pub struct Columns<'a> {
+    /// Row stride of the output.
+    pub n: usize,
+    pub c0: usize,
+    pub c1: usize,
+    /// Row sums of these columns' weights (empty for unshifted kernels).
+    pub row_sums: &'a [i32],
+    pub sw: &'a [f32],
+    pub bias: Option<&'a [f32]>,
+    pub epilogue: Epilogue,
+}
+
+/// [`Kernel::strip`] as a tile into a buffer, then the shared epilogue row by row.
+///
+/// # Safety
+/// As [`Kernel::strip`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn strip_via_buffer<K: Kernel>(
+    a: &[u8],
+    vw: &VnniWeights,
+    nb0: usize,
+    blocks: usize,
+    mr: usize,
+    first: bool,
+    cols: &Columns,
+    sa: &[f32],
+    out: *mut f32,
+) {
+    let mut acc = [0i32; MR_MAX * NB * NT];
+    let width = cols.c1 - cols.c0;
+    unsafe {
+        if first {
+            K::first_tile(a, vw, nb0, blocks, mr, &mut acc)
+        } else {
+            K::tile(a, vw, nb0, blocks, mr, &mut acc)
+        }
+        for r in 0..mr {
+            let out_row = std::slice::from_raw_parts_mut(out.add(r * cols.n + cols.c0), width);
+            let acc_row = &acc[r * NB * NT..r * NB * NT + width];
+            K::epilogue(acc_row, cols.row_sums, sa[r], cols.sw, cols.bias, cols.epilogue, out_row);
+        }
+    }
+}
+
 /// One micro-kernel family: its activation encoding, row quantization, tile and epilogue.
 /// Every `unsafe fn` here has one safety condition: the CPU has the features
 /// [`Kernel::available`] checks (and slices are sized as documented).
 #[allow(clippy::missing_safety_doc)] // one condition for all, stated above
-pub trait Kernel: Sync {
+pub trait Kernel: Sync + Sized {
     /// Activations as `a + 128` (u8, corrected with row sums) rather than plain i8 codes.
     const SHIFTED: bool;
     /// Rows per tile (<= 8): as many as the register file holds accumulators for.
@@ -119,6 +164,23 @@ pub trait Kernel: Sync {
     /// [`Kernel::tile`] for a task's first row strip, which reads the weights from memory.
     unsafe fn first_tile(a: &[u8], vw: &VnniWeights, nb0: usize, blocks: usize, mr: usize, acc: &mut [i32]) {
         unsafe { Self::tile(a, vw, nb0, blocks, mr, acc) }
+    }
+    /// Rows `mr` of one tile, accumulated and written through the epilogue to `out` (row 0 of
+    /// the strip, column 0; row stride `cols.n`). `first`: the task's first strip. `sa`: the
+    /// strip's row scales. Caller: `out` rows × `cols.c0..c1` belong to it alone.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn strip(
+        a: &[u8],
+        vw: &VnniWeights,
+        nb0: usize,
+        blocks: usize,
+        mr: usize,
+        first: bool,
+        cols: &Columns,
+        sa: &[f32],
+        out: *mut f32,
+    ) {
+        unsafe { strip_via_buffer::<Self>(a, vw, nb0, blocks, mr, first, cols, sa, out) }
     }
     /// The shared [`epilogue_row`], compiled for this kernel's ISA.
     #[allow(clippy::too_many_arguments)]
@@ -260,37 +322,104 @@ unsafe fn run<K: Kernel>(
         if c0 >= c1 {
             return;
         }
-        let mut acc = [0i32; MR_MAX * NB * NT];
+        let cols = Columns {
+            n,
+            c0,
+            c1,
+            row_sums: if K::SHIFTED { &w.row_sums[c0..c1] } else { &[] },
+            sw: &w.scales[c0..c1],
+            bias: bias.map(|b| &b[c0..c1]),
+            epilogue,
+        };
         let mut i = 0;
         while i < m {
             let mr = K::MR.min(m - i);
-            // SAFETY: feature presence asserted above; slices are sized by construction.
+            // SAFETY: feature presence asserted above; slices are sized by construction; rows
+            // i..i+mr, columns c0..c1 of `out` belong to this task alone.
             unsafe {
-                if i == 0 {
-                    K::first_tile(&au[i * kp..], vw, nb, blocks, mr, &mut acc)
-                } else {
-                    K::tile(&au[i * kp..], vw, nb, blocks, mr, &mut acc)
-                }
+                K::strip(&au[i * kp..], vw, nb, blocks, mr, i == 0, &cols, &scales[i..i + mr], out_ptr.ptr().add(i * n))
             };
-            for r in 0..mr {
-                let acc_row = &acc[r * NB * NT..r * NB * NT + (c1 - c0)];
-                // SAFETY: row i + r, columns c0..c1 of `out` belong to this task alone.
-                unsafe {
-                    let out_row = std::slice::from_raw_parts_mut(out_ptr.ptr().add((i + r) * n + c0), c1 - c0);
-                    K::epilogue(
-                        acc_row,
-                        if K::SHIFTED { &w.row_sums[c0..c1] } else { &[] },
-                        scales[i + r],
-                        &w.scales[c0..c1],
-                        bias.map(|b| &b[c0..c1]),
-                        epilogue,
-                        out_row,
-                    )
-                };
-            }
             i += mr;
         }
     });
+}
+
+/// The k loop of a full 6 × 64 tile, accumulators left in registers.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn full_tile(a: &[u8], vw: &VnniWeights, nb0: usize, prefetch: bool) -> [[__m512i; NT]; MR] {
+    let kp = vw.kp;
+    let groups = kp / 4;
+    let (wbase, gs) = vw.tile_start(nb0, NT);
+    unsafe {
+        let mut c = [[_mm512_setzero_si512(); NT]; MR];
+        let abase = a.as_ptr();
+        for g in 0..groups {
+            let wg = wbase.add(g * gs);
+            if prefetch {
+                // The first row strip meets this tile's weights cold (DRAM): fetch ahead.
+                let ahead = wg.add(PREFETCH_GROUPS * gs);
+                for line in 0..4 {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.add(line * 64));
+                }
+            }
+            let w0 = _mm512_loadu_si512(wg as *const _);
+            let w1 = _mm512_loadu_si512(wg.add(64) as *const _);
+            let w2 = _mm512_loadu_si512(wg.add(128) as *const _);
+            let w3 = _mm512_loadu_si512(wg.add(192) as *const _);
+            for r in 0..MR {
+                let av = _mm512_set1_epi32((abase.add(r * kp + g * 4) as *const i32).read_unaligned());
+                c[r][0] = _mm512_dpbusd_epi32(c[r][0], av, w0);
+                c[r][1] = _mm512_dpbusd_epi32(c[r][1], av, w1);
+                c[r][2] = _mm512_dpbusd_epi32(c[r][2], av, w2);
+                c[r][3] = _mm512_dpbusd_epi32(c[r][3], av, w3);
+            }
+        }
+        c
+    }
+}
+
+/// A full 6 × 64 strip with the epilogue applied in registers (`vcvtdq2ps`, then the same
+/// scalar operations in the same order as [`epilogue_row`], so the same bits); other strips
+/// go through the buffer.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+unsafe fn strip_fused(
+    a: &[u8],
+    vw: &VnniWeights,
+    nb0: usize,
+    blocks: usize,
+    mr: usize,
+    first: bool,
+    cols: &Columns,
+    sa: &[f32],
+    out: *mut f32,
+) {
+    if mr != MR || blocks != NT || cols.c1 - cols.c0 != NB * NT || cols.row_sums.is_empty() {
+        return unsafe { strip_via_buffer::<Avx512Vnni>(a, vw, nb0, blocks, mr, first, cols, sa, out) };
+    }
+    unsafe {
+        let c = full_tile(a, vw, nb0, first);
+        let shift = _mm512_set1_epi32(128);
+        for r in 0..MR {
+            let sa_r = _mm512_set1_ps(sa[r]);
+            let row = out.add(r * cols.n + cols.c0);
+            for b in 0..NT {
+                let rs = _mm512_mullo_epi32(_mm512_loadu_si512(cols.row_sums.as_ptr().add(b * NB) as *const _), shift);
+                let scale = _mm512_mul_ps(sa_r, _mm512_loadu_ps(cols.sw.as_ptr().add(b * NB)));
+                let mut v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(c[r][b], rs)), scale);
+                if let Some(bias) = cols.bias {
+                    v = _mm512_add_ps(v, _mm512_loadu_ps(bias.as_ptr().add(b * NB)));
+                }
+                _mm512_storeu_ps(row.add(b * NB), v);
+            }
+            if cols.epilogue == Epilogue::Gelu {
+                for x in std::slice::from_raw_parts_mut(row, NB * NT) {
+                    *x = super::gelu_erf(*x);
+                }
+            }
+        }
+    }
 }
 
 /// The row quantization of [`super::gemm_i8::quantize_row_into`] (shifted to u8) in explicit
@@ -368,27 +497,7 @@ unsafe fn tile(a: &[u8], vw: &VnniWeights, nb0: usize, blocks: usize, mr: usize,
         let mut c = [[_mm512_setzero_si512(); NT]; MR];
         let abase = a.as_ptr();
         if mr == MR && blocks == NT {
-            for g in 0..groups {
-                let wg = wbase.add(g * gs);
-                if prefetch {
-                    // The first row strip meets this tile's weights cold (DRAM): fetch ahead.
-                    let ahead = wg.add(PREFETCH_GROUPS * gs);
-                    for line in 0..4 {
-                        _mm_prefetch::<_MM_HINT_T0>(ahead.add(line * 64));
-                    }
-                }
-                let w0 = _mm512_loadu_si512(wg as *const _);
-                let w1 = _mm512_loadu_si512(wg.add(64) as *const _);
-                let w2 = _mm512_loadu_si512(wg.add(128) as *const _);
-                let w3 = _mm512_loadu_si512(wg.add(192) as *const _);
-                for r in 0..MR {
-                    let av = _mm512_set1_epi32((abase.add(r * kp + g * 4) as *const i32).read_unaligned());
-                    c[r][0] = _mm512_dpbusd_epi32(c[r][0], av, w0);
-                    c[r][1] = _mm512_dpbusd_epi32(c[r][1], av, w1);
-                    c[r][2] = _mm512_dpbusd_epi32(c[r][2], av, w2);
-                    c[r][3] = _mm512_dpbusd_epi32(c[r][3], av, w3);
-                }
-            }
+            c = full_tile(a, vw, nb0, prefetch);
         } else {
             for g in 0..groups {
                 for b in 0..blocks {
@@ -424,6 +533,19 @@ impl Kernel for Avx512Vnni {
     }
     unsafe fn first_tile(a: &[u8], vw: &VnniWeights, nb0: usize, blocks: usize, mr: usize, acc: &mut [i32]) {
         unsafe { tile(a, vw, nb0, blocks, mr, acc, true) }
+    }
+    unsafe fn strip(
+        a: &[u8],
+        vw: &VnniWeights,
+        nb0: usize,
+        blocks: usize,
+        mr: usize,
+        first: bool,
+        cols: &Columns,
+        sa: &[f32],
+        out: *mut f32,
+    ) {
+        unsafe { strip_fused(a, vw, nb0, blocks, mr, first, cols, sa, out) }
     }
     unsafe fn epilogue(
         acc: &[i32],
