@@ -347,6 +347,7 @@ unsafe fn run<K: Kernel>(
 /// The k loop of a full 6 × 64 tile, accumulators left in registers.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
+#[allow(clippy::needless_range_loop)] // register tiles indexed by row read clearest
 unsafe fn full_tile(a: &[u8], vw: &VnniWeights, nb0: usize, prefetch: bool) -> [[__m512i; NT]; MR] {
     let kp = vw.kp;
     let groups = kp / 4;
