@@ -106,7 +106,12 @@ pub fn run(min_seconds: f64) -> Vec<KernelResult> {
         let macs = (m * k * n) as f64;
         let mut y = vec![0f32; m * n];
         for isa in available_isas() {
-            let p50 = median_us(|| gemm_i8::linear(isa, &x, m, &w, Some(&bias), Epilogue::None, &mut y), min_seconds);
+            let p50 = median_us(
+                || {
+                    std::hint::black_box(gemm_i8::linear(isa, &x, m, &w, Some(&bias), Epilogue::None));
+                },
+                min_seconds,
+            );
             let rate = macs / p50 / 1e3;
             out.push(KernelResult {
                 kernel: format!("int8 linear {name}"),

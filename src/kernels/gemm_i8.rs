@@ -179,61 +179,26 @@ pub fn abs_max(x: &[f32]) -> f32 {
     lanes.iter().fold(tail, |m, v| m.max(*v))
 }
 
-/// A whole int8 linear layer on f32 input `x` `[m, k]` -> `out` `[m, n]`: activations are
-/// quantized per row and multiplied on the chosen path.
-pub fn linear(
-    isa: Isa,
-    x: &[f32],
-    m: usize,
-    w: &PackedWeights,
-    bias: Option<&[f32]>,
-    epilogue: Epilogue,
-    out: &mut [f32],
-) {
+/// A whole int8 linear layer on f32 input `x` `[m, k]` -> `[m, n]`: activations are quantized
+/// per row and multiplied on the chosen path. The output is allocated here and, on the SIMD
+/// paths, not zero-filled first (the kernel writes every element).
+pub fn linear(isa: Isa, x: &[f32], m: usize, w: &PackedWeights, bias: Option<&[f32]>, epilogue: Epilogue) -> Vec<f32> {
     assert_eq!(x.len(), m * w.k);
-    assert_eq!(out.len(), m * w.n);
     #[cfg(target_arch = "x86_64")]
     {
         use super::vnni::{self, Avx2, Avx512Vnni, AvxVnni, Kernel, VnniWeights};
         let vw = || w.vnni.get_or_init(|| VnniWeights::pack(w));
         match isa {
             Isa::Avx512Vnni if Avx512Vnni::available() => {
-                return vnni::linear::<Avx512Vnni>(x, m, w, vw(), bias, epilogue, out);
+                return vnni::linear::<Avx512Vnni>(x, m, w, vw(), bias, epilogue);
             }
-            Isa::AvxVnni if AvxVnni::available() => return vnni::linear::<AvxVnni>(x, m, w, vw(), bias, epilogue, out),
-            Isa::Avx2 if Avx2::available() => return vnni::linear::<Avx2>(x, m, w, vw(), bias, epilogue, out),
-            _ => {}
-        }
-    }
-    gemm(Isa::Portable, &quantize_rows(x, m, w.k), w, bias, epilogue, out)
-}
-
-/// [`linear`] into a new vector (not zero-filled first on the SIMD paths).
-pub fn linear_to_vec(
-    isa: Isa,
-    x: &[f32],
-    m: usize,
-    w: &PackedWeights,
-    bias: Option<&[f32]>,
-    epilogue: Epilogue,
-) -> Vec<f32> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use super::vnni::{self, Avx2, Avx512Vnni, AvxVnni, Kernel, VnniWeights};
-        let vw = || w.vnni.get_or_init(|| VnniWeights::pack(w));
-        match isa {
-            Isa::Avx512Vnni if Avx512Vnni::available() => {
-                return vnni::linear_to_vec::<Avx512Vnni>(x, m, w, vw(), bias, epilogue);
-            }
-            Isa::AvxVnni if AvxVnni::available() => {
-                return vnni::linear_to_vec::<AvxVnni>(x, m, w, vw(), bias, epilogue);
-            }
-            Isa::Avx2 if Avx2::available() => return vnni::linear_to_vec::<Avx2>(x, m, w, vw(), bias, epilogue),
+            Isa::AvxVnni if AvxVnni::available() => return vnni::linear::<AvxVnni>(x, m, w, vw(), bias, epilogue),
+            Isa::Avx2 if Avx2::available() => return vnni::linear::<Avx2>(x, m, w, vw(), bias, epilogue),
             _ => {}
         }
     }
     let mut out = vec![0f32; m * w.n];
-    linear(isa, x, m, w, bias, epilogue, &mut out);
+    gemm(Isa::Portable, &quantize_rows(x, m, w.k), w, bias, epilogue, &mut out);
     out
 }
 

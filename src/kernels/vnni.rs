@@ -222,9 +222,11 @@ pub fn gemm<K: Kernel>(
     unsafe { run::<K>(a.m, &fill, w, vw, bias, epilogue, SharedMut(out.as_mut_ptr())) }
 }
 
-/// The whole linear layer on f32 input `x` `[m, k]`: rows are quantized (per-row symmetric
-/// int8, shifted to u8) in parallel, then multiplied. Same numbers as quantizing first and
-/// calling [`gemm`].
+/// The whole linear layer on f32 input `x` `[m, k]`, into a new vector: rows are quantized
+/// (per-row symmetric int8, in this kernel's encoding) in parallel, then multiplied. Same
+/// numbers as quantizing first and calling [`gemm`]. The vector is not zero-filled first: every
+/// element is written by the kernel (zero-filling ViT-B's int8 outputs was 65 MB of `memset`
+/// per forward).
 pub fn linear<K: Kernel>(
     x: &[f32],
     m: usize,
@@ -232,43 +234,7 @@ pub fn linear<K: Kernel>(
     vw: &VnniWeights,
     bias: Option<&[f32]>,
     epilogue: Epilogue,
-    out: &mut [f32],
-) {
-    assert_eq!(out.len(), m * w.n);
-    // SAFETY: `out` holds exactly m·n elements.
-    unsafe { linear_raw::<K>(x, m, w, vw, bias, epilogue, SharedMut(out.as_mut_ptr())) }
-}
-
-/// [`linear`] into a new vector, which is not zeroed first: every element is written by the
-/// kernel (zero-filling ViT-B's int8 outputs was 65 MB of `memset` per forward).
-pub fn linear_to_vec<K: Kernel>(
-    x: &[f32],
-    m: usize,
-    w: &PackedWeights,
-    vw: &VnniWeights,
-    bias: Option<&[f32]>,
-    epilogue: Epilogue,
 ) -> Vec<f32> {
-    let mut out = Vec::with_capacity(m * w.n);
-    // SAFETY: the capacity holds m·n elements; all are written before `set_len`.
-    unsafe {
-        linear_raw::<K>(x, m, w, vw, bias, epilogue, SharedMut(out.as_mut_ptr()));
-        out.set_len(m * w.n);
-    }
-    out
-}
-
-/// # Safety
-/// As [`run`]: `out` points to `m · w.n` writable f32s, all of which get written.
-unsafe fn linear_raw<K: Kernel>(
-    x: &[f32],
-    m: usize,
-    w: &PackedWeights,
-    vw: &VnniWeights,
-    bias: Option<&[f32]>,
-    epilogue: Epilogue,
-    out: SharedMut<f32>,
-) {
     let k = w.k;
     assert_eq!(x.len(), m * k);
     let fill = |m0: usize, buf: &mut [u8], scales: &mut [f32]| {
@@ -278,8 +244,13 @@ unsafe fn linear_raw<K: Kernel>(
             *s = unsafe { K::quantize_row(xr, &mut buf[r * vw.kp..r * vw.kp + k]) };
         }
     };
-    // SAFETY: forwarded from the caller.
-    unsafe { run::<K>(m, &fill, w, vw, bias, epilogue, out) }
+    let mut out = Vec::with_capacity(m * w.n);
+    // SAFETY: the capacity holds m·n elements; `run` writes all of them before `set_len`.
+    unsafe {
+        run::<K>(m, &fill, w, vw, bias, epilogue, SharedMut(out.as_mut_ptr()));
+        out.set_len(m * w.n);
+    }
+    out
 }
 
 /// Fills rows `m0..m0 + scales.len()` of the shifted activation buffer and their scales.

@@ -23,7 +23,7 @@ impl Int8Linear {
     /// `x` `[m, k]` row-major -> `[m, n]`.
     pub fn run(&self, x: &[f32], m: usize) -> Vec<f32> {
         let epilogue = if self.fused_gelu { Epilogue::Gelu } else { Epilogue::None };
-        gemm_i8::linear_to_vec(selected_isa(), x, m, &self.weights, self.bias.as_deref(), epilogue)
+        gemm_i8::linear(selected_isa(), x, m, &self.weights, self.bias.as_deref(), epilogue)
     }
 }
 
