@@ -4,11 +4,21 @@
 //! own f32 matmul at ViT widths 192/384, and its K-quants need widths divisible by 256; torch's
 //! `quantize_dynamic` equivalent — int8 weights per output channel, activations quantized per
 //! row on the fly, int32 accumulation, fp32 epilogue — has no candle implementation at all.
+//! For f32 products a well-kept crate does reach the goal — `gemm`, candle's own backend, once
+//! its AVX-512 kernels are enabled — so we call it rather than write one; around it we add
+//! what candle's graph lacked: attention read in place from the qkv projection, a vectorised
+//! softmax, GELU and residual-add + LayerNorm, and no hand-offs between small ops.
 //!
-//! Every kernel has a portable implementation (plain Rust the compiler auto-vectorises, run on
-//! rayon across cores) that is the reference forever: faster SIMD paths are added behind
-//! [`Isa`] and tested against it. The kernels reach candle as `CustomOp`s (see
-//! [`crate::quant::linear`]); on CUDA, candle's own ops are used instead.
+//! - [`gemm_i8`]: the int8 linear layer (entry point, portable reference, shared epilogue);
+//!   [`vnni`] (AVX-512 VNNI, and the blocked driver) and [`avx2`] (AVX-VNNI, AVX2): its SIMD paths.
+//! - [`attention`]: multi-head attention over the fused qkv projection.
+//! - [`ops`]: GELU, exp, softmax, residual add + LayerNorm.
+//! - [`bench`]: the `vit-workbench kernels` micro-benchmark.
+//!
+//! Every kernel has a portable implementation that is the reference forever: faster SIMD paths
+//! are added behind [`Isa`] (or [`ops::SimdLevel`]) and tested against it (`tests/kernels.rs`).
+//! The kernels reach candle as `CustomOp`s (`crate::model::fused`, `crate::quant::int8`); on
+//! CUDA, candle's own ops are used instead.
 
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
