@@ -13,7 +13,7 @@
 //!   [`vnni`] (AVX-512 VNNI, and the blocked driver) and [`avx2`] (AVX-VNNI, AVX2): its SIMD paths.
 //! - [`attention`]: multi-head attention over the fused qkv projection.
 //! - [`ops`]: GELU, exp, softmax, residual add + LayerNorm.
-//! - [`bench`]: the `vit-workbench kernels` micro-benchmark.
+//! - [`mod@bench`]: the `vit-workbench kernels` micro-benchmark.
 //!
 //! Every kernel has a portable implementation that is the reference forever: faster SIMD paths
 //! are added behind [`Isa`] (or [`ops::SimdLevel`]) and tested against it (`tests/kernels.rs`).

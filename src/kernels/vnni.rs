@@ -203,7 +203,7 @@ pub struct AvxVnni;
 pub struct Avx2;
 
 /// `out[m, n]` as [`super::gemm_i8::gemm`] computes it from already quantized rows. Panics if
-/// the CPU lacks AVX-512 VNNI (callers dispatch on [`available`]).
+/// the CPU lacks the kernel's features (callers dispatch on [`Kernel::available`]).
 pub fn gemm<K: Kernel>(
     a: &QuantizedRows,
     w: &PackedWeights,
@@ -224,7 +224,7 @@ pub fn gemm<K: Kernel>(
 
 /// The whole linear layer on f32 input `x` `[m, k]`, into a new vector: rows are quantized
 /// (per-row symmetric int8, in this kernel's encoding) in parallel, then multiplied. Same
-/// numbers as quantizing first and calling [`gemm`]. The vector is not zero-filled first: every
+/// numbers as quantizing first and calling [`gemm()`]. The vector is not zero-filled first: every
 /// element is written by the kernel (zero-filling ViT-B's int8 outputs was 65 MB of `memset`
 /// per forward).
 pub fn linear<K: Kernel>(
