@@ -10,7 +10,7 @@
 use std::arch::x86_64::*;
 
 use super::gemm_i8::{Epilogue, epilogue_row, quantize_one};
-use super::vnni::{Avx2, AvxVnni, Kernel, VnniWeights};
+use super::vnni::{Kernel, VnniWeights};
 
 /// Rows per tile, as in the AVX-512 kernel.
 const MR: usize = 4;
@@ -148,42 +148,24 @@ unsafe fn tile_avx2(a: &[u8], vw: &VnniWeights, nb0: usize, blocks: usize, mr: u
     }
 }
 
-impl Kernel for AvxVnni {
-    const SHIFTED: bool = true;
-    const MR: usize = MR;
-    fn available() -> bool {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("avxvnni")
-    }
-    unsafe fn quantize_row(x: &[f32], out: &mut [u8]) -> f32 {
-        unsafe { quantize_row_avx2::<true>(x, out) }
-    }
-    unsafe fn tile(a: &[u8], vw: &VnniWeights, nb0: usize, blocks: usize, mr: usize, acc: &mut [i32]) {
-        unsafe { tile_avxvnni(a, vw, nb0, blocks, mr, acc) }
-    }
-    unsafe fn epilogue(
-        acc: &[i32],
-        row_sums: &[i32],
-        sa: f32,
-        sw: &[f32],
-        bias: Option<&[f32]>,
-        epilogue: Epilogue,
-        out: &mut [f32],
-    ) {
-        unsafe { epilogue_avx2(acc, row_sums, sa, sw, bias, epilogue, out) }
-    }
-}
+/// The 256-bit kernels: AVX-VNNI when `VNNI` (shifted u8 activations, `vpdpbusd` ymm), plain
+/// AVX2 otherwise (signed activations, `vpmaddubsw` + `vpmaddwd`). Named [`super::vnni::AvxVnni`]
+/// and [`super::vnni::Avx2`].
+pub struct Ymm<const VNNI: bool>;
 
-impl Kernel for Avx2 {
-    const SHIFTED: bool = false;
+impl<const VNNI: bool> Kernel for Ymm<VNNI> {
+    const SHIFTED: bool = VNNI;
     const MR: usize = MR;
     fn available() -> bool {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && (!VNNI || is_x86_feature_detected!("avxvnni"))
     }
     unsafe fn quantize_row(x: &[f32], out: &mut [u8]) -> f32 {
-        unsafe { quantize_row_avx2::<false>(x, out) }
+        unsafe { quantize_row_avx2::<VNNI>(x, out) }
     }
     unsafe fn tile(a: &[u8], vw: &VnniWeights, nb0: usize, blocks: usize, mr: usize, acc: &mut [i32]) {
-        unsafe { tile_avx2(a, vw, nb0, blocks, mr, acc) }
+        unsafe { if VNNI { tile_avxvnni(a, vw, nb0, blocks, mr, acc) } else { tile_avx2(a, vw, nb0, blocks, mr, acc) } }
     }
     unsafe fn epilogue(
         acc: &[i32],

@@ -198,9 +198,9 @@ pub trait Kernel: Sync + Sized {
 /// AVX-512 VNNI: 16 zmm accumulators per 4×64 tile.
 pub struct Avx512Vnni;
 /// AVX-VNNI (256-bit `vpdpbusd`).
-pub struct AvxVnni;
+pub type AvxVnni = super::avx2::Ymm<true>;
 /// AVX2 without VNNI.
-pub struct Avx2;
+pub type Avx2 = super::avx2::Ymm<false>;
 
 /// `out[m, n]` as [`super::gemm_i8::gemm`] computes it from already quantized rows. Panics if
 /// the CPU lacks the kernel's features (callers dispatch on [`Kernel::available`]).
