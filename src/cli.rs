@@ -188,8 +188,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Models) => list_models(&hub),
         Some(Command::Kernels { min_seconds }) => {
             // On a pool worker, as the model's forward runs.
-            let results = rayon::scope(|_| crate::kernels::bench::run(min_seconds));
-            print!("{}", crate::kernels::bench::table(&results));
+            let report = rayon::scope(|_| crate::kernels::bench::run(min_seconds));
+            print!("{}", crate::kernels::bench::table(&report));
             Ok(())
         }
         Some(Command::Bench(args)) => bench(&hub, &args),

@@ -82,7 +82,7 @@ pub fn attention(
             }
         };
         // SAFETY: this task writes rows i0..i0+rows, columns of head h, of `out` alone.
-        unsafe { head_rows(reference, qkv, dims, b, h, i0, rows, scale, scores, t, out_ptr) };
+        unsafe { head_rows(reference, qkv, dims, b, h, i0, rows, scale, scores, out_ptr) };
     });
 }
 
@@ -101,7 +101,6 @@ unsafe fn head_rows(
     rows: usize,
     scale: f32,
     scores: &mut [f32],
-    score_stride: usize,
     out: SharedMut<f32>,
 ) {
     let AttentionDims { tokens: t, head_dim: hd, .. } = dims;
@@ -116,7 +115,7 @@ unsafe fn head_rows(
         true => {
             for i in 0..rows {
                 let qi = &qkv[q + i * stride..q + i * stride + hd];
-                let srow = &mut scores[i * score_stride..i * score_stride + t];
+                let srow = &mut scores[i * t..(i + 1) * t];
                 for (j, s) in srow.iter_mut().enumerate() {
                     let kj = &qkv[k + j * stride..k + j * stride + hd];
                     *s = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
@@ -141,7 +140,7 @@ unsafe fn head_rows(
                 hd,
                 scores.as_mut_ptr(),
                 1,
-                score_stride as isize,
+                t as isize,
                 false,
                 base.add(q),
                 1,
@@ -156,7 +155,7 @@ unsafe fn head_rows(
                 false,
                 gemm::Parallelism::None,
             );
-            ops::softmax_rows(scores, score_stride);
+            ops::softmax_rows(scores, t);
             // out[rows, hd] = P[rows, t] · V[t, hd], written at row stride D.
             gemm::gemm(
                 rows,
@@ -168,7 +167,7 @@ unsafe fn head_rows(
                 false,
                 scores.as_ptr(),
                 1,
-                score_stride as isize,
+                t as isize,
                 base.add(v),
                 1,
                 s,

@@ -8,7 +8,8 @@ use rayon::prelude::*;
 
 use super::attention::{AttentionDims, attention};
 use super::gemm_i8::{self, Epilogue, PackedWeights};
-use super::{Isa, available_isas, ops};
+use super::linear_f32::linear_f32;
+use super::{available_isas, ops};
 
 /// One measured kernel.
 #[derive(Clone, Debug)]
@@ -93,8 +94,17 @@ unsafe fn vpdpbusd_loop(iters: usize) -> i32 {
     _mm512_reduce_add_epi32(s)
 }
 
+/// All kernels measured, with the conditions they were measured under.
+#[derive(Clone, Debug)]
+pub struct KernelReport {
+    pub threads: usize,
+    /// [`peak_gmacs`] for these threads, measured once.
+    pub peak: Option<f64>,
+    pub results: Vec<KernelResult>,
+}
+
 /// Runs every kernel on ViT-B/16 shapes (197 tokens, width 768, MLP 3072, 12 heads).
-pub fn run(min_seconds: f64) -> Vec<KernelResult> {
+pub fn run(min_seconds: f64) -> KernelReport {
     let threads = rayon::current_num_threads();
     let peak = peak_gmacs(threads);
     let mut out = Vec::new();
@@ -104,7 +114,6 @@ pub fn run(min_seconds: f64) -> Vec<KernelResult> {
         let w = PackedWeights::quantize(&pseudo_random(n * k, n as u32), n, k);
         let bias = pseudo_random(n, 7);
         let macs = (m * k * n) as f64;
-        let mut y = vec![0f32; m * n];
         for isa in available_isas() {
             let p50 = median_us(
                 || {
@@ -123,32 +132,11 @@ pub fn run(min_seconds: f64) -> Vec<KernelResult> {
                 of_peak: peak.map(|p| rate / p),
             });
         }
-        // The fp32 linear layer: the `gemm` crate, as the model's F32 layers call it.
+        // The fp32 linear layer, as the model's F32 layers call it.
         let wt = pseudo_random(k * n, 3);
         let p50 = median_us(
-            || unsafe {
-                // SAFETY: row-major buffers sized above.
-                gemm::gemm(
-                    m,
-                    n,
-                    k,
-                    y.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    x.as_ptr(),
-                    1,
-                    k as isize,
-                    wt.as_ptr(),
-                    1,
-                    n as isize,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None },
-                )
+            || {
+                std::hint::black_box(linear_f32(&x, m, k, &wt, n, Some(&bias)));
             },
             min_seconds,
         );
@@ -191,8 +179,7 @@ pub fn run(min_seconds: f64) -> Vec<KernelResult> {
     let mut sm = pseudo_random(12 * m * 208, 9);
     let p50 = median_us(|| sm.par_chunks_mut(208 * 16).for_each(|c| ops::softmax_rows(c, 208)), min_seconds);
     out.push(elementwise("softmax rows of 208", "best", sm.len(), p50));
-    let _ = Isa::Portable;
-    out
+    KernelReport { threads, peak, results: out }
 }
 
 fn elementwise(kernel: &str, path: &str, elements: usize, p50_us: f64) -> KernelResult {
@@ -208,15 +195,15 @@ fn elementwise(kernel: &str, path: &str, elements: usize, p50_us: f64) -> Kernel
 }
 
 /// The results as a table, with the peak it compares against.
-pub fn table(results: &[KernelResult]) -> String {
-    let threads = rayon::current_num_threads();
+pub fn table(report: &KernelReport) -> String {
     let mut s = format!(
-        "threads: {threads} | cpu features: {} | int8 peak (vpdpbusd only): {}\n",
+        "threads: {} | cpu features: {} | int8 peak (vpdpbusd only): {}\n",
+        report.threads,
         super::cpu_features().join(" "),
-        peak_gmacs(threads).map_or("n/a".into(), |p| format!("{p:.0} GMAC/s"))
+        report.peak.map_or("n/a".into(), |p| format!("{p:.0} GMAC/s"))
     );
     s += &format!("{:<24} {:<26} {:<18} {:>10} {:>14} {:>8}\n", "kernel", "path", "shape", "p50 us", "rate", "of peak");
-    for r in results {
+    for r in &report.results {
         s += &format!(
             "{:<24} {:<26} {:<18} {:>10.1} {:>7.1} {:<6} {:>8}\n",
             r.kernel,

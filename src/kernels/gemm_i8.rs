@@ -143,25 +143,23 @@ pub fn quantize_rows(x: &[f32], m: usize, k: usize) -> QuantizedRows {
     let mut data = vec![0u8; m * k];
     let mut scales = vec![0f32; m];
     data.par_chunks_mut(k.max(1)).zip(scales.par_iter_mut()).zip(x.par_chunks(k.max(1))).for_each(|((q, s), xr)| {
-        *s = quantize_row_into(xr, q, false).0;
+        *s = quantize_row_into(xr, q);
     });
     // i8 and u8 have the same layout; the bytes above are two's-complement i8 codes.
     let data = data.into_iter().map(|b| b as i8).collect();
     QuantizedRows { m, k, data, scales }
 }
 
-/// Quantizes one row into `out` as i8 codes (stored as bytes), or shifted to u8 (`code + 128`)
-/// when `shifted`. Returns the row's scale and max |x|. The one place activation rounding is
-/// defined, so every kernel path sees the same codes.
+/// Quantizes one row into `out` as i8 codes (stored as bytes); returns the row's scale. The
+/// definition of activation rounding every SIMD quantizer reproduces (and is tested against).
 #[inline(always)]
-pub fn quantize_row_into(x: &[f32], out: &mut [u8], shifted: bool) -> (f32, f32) {
+pub fn quantize_row_into(x: &[f32], out: &mut [u8]) -> f32 {
     let amax = abs_max(x);
     let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-    let offset: i16 = if shifted { 128 } else { 0 };
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = (quantize_one(v, inv) as i16 + offset) as u8;
+        *o = quantize_one(v, inv) as u8;
     }
-    (amax / 127.0, amax)
+    amax / 127.0
 }
 
 /// max |x| with 16 independent lanes, so it vectorises (a single running `max` is a serial

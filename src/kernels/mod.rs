@@ -11,6 +11,7 @@
 //!
 //! - [`gemm_i8`]: the int8 linear layer (entry point, portable reference, shared epilogue);
 //!   [`vnni`] (AVX-512 VNNI, and the blocked driver) and [`avx2`] (AVX-VNNI, AVX2): its SIMD paths.
+//! - [`linear_f32`]: the fp32 linear layer through the `gemm` crate.
 //! - [`attention`]: multi-head attention over the fused qkv projection.
 //! - [`ops`]: GELU, exp, softmax, residual add + LayerNorm.
 //! - [`mod@bench`]: the `vit-workbench kernels` micro-benchmark.
@@ -25,6 +26,7 @@ pub mod attention;
 pub mod avx2;
 pub mod bench;
 pub mod gemm_i8;
+pub mod linear_f32;
 pub mod ops;
 #[cfg(target_arch = "x86_64")]
 pub mod vnni;
@@ -117,8 +119,10 @@ pub fn selected_isa() -> Isa {
 
 /// Whether `VITWB_ISA=portable` asks for the reference kernels everywhere (also for the f32
 /// kernels that have no [`Isa`] levels of their own).
+/// Read once: it is asked on every kernel call.
 pub fn reference_only() -> bool {
-    selected_isa() == Isa::Portable && std::env::var("VITWB_ISA").is_ok_and(|v| v == Isa::Portable.name())
+    static REFERENCE: OnceLock<bool> = OnceLock::new();
+    *REFERENCE.get_or_init(|| std::env::var("VITWB_ISA").is_ok_and(|v| v == Isa::Portable.name()))
 }
 
 /// A raw pointer for parallel tasks that each write a disjoint part of one output buffer.

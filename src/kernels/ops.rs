@@ -5,29 +5,33 @@
 //! `vfmadd` where the CPU has FMA, libm's exact `fmaf` in the baseline build (slow, but that
 //! build is the reference, used only where no SIMD path applies).
 
+// The constants of [`exp`], shared with its 16-lane form `exp16`.
+const EXP_MIN: f32 = -87.3;
+const EXP_MAX: f32 = 88.3;
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// 1.5·2^23: adding it rounds to an integer kept in the low mantissa bits.
+const MAGIC: f32 = 12_582_912.0;
+/// Polynomial for (e^r - 1 - r) / r², highest degree first.
+const EXP_POLY: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
+
 /// e^x with relative error ~2e-7 (Cephes `expf`: range reduction by ln 2, degree-5 polynomial,
 /// exponent set through the bits). Clamped to the f32 range.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const MAGIC: f32 = 12_582_912.0;
     // Clamped with selects rather than `clamp`: the same values (NaN stays NaN), but these map
     // to one `vmaxps`/`vminps` each instead of a compare and blend per bound.
-    let x = if x < -87.3 { -87.3 } else { x };
-    let x = if x > 88.3 { 88.3 } else { x };
-    let t = x * LOG2E + MAGIC; // n = round(x·log2 e) sits in t's low mantissa bits
+    let x = if x < EXP_MIN { EXP_MIN } else { x };
+    let x = if x > EXP_MAX { EXP_MAX } else { x };
+    let t = x * std::f32::consts::LOG2_E + MAGIC; // n = round(x·log2 e) sits in t's low bits
     let n = t - MAGIC;
     // n as an integer from the bits, not `n as i32`: that saturating cast is scalarised.
     let ni = t.to_bits() as i32 - MAGIC.to_bits() as i32;
     let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
-    let mut p = 1.987_569_1e-4f32;
-    p = p.mul_add(r, 1.398_199_9e-3);
-    p = p.mul_add(r, 8.333_452e-3);
-    p = p.mul_add(r, 4.166_579_6e-2);
-    p = p.mul_add(r, 1.666_666_5e-1);
-    p = p.mul_add(r, 0.5);
+    let mut p = EXP_POLY[0];
+    for c in &EXP_POLY[1..] {
+        p = p.mul_add(r, *c);
+    }
     let e = (p * r).mul_add(r, r) + 1.0;
     e * f32::from_bits(((ni + 127) << 23) as u32)
 }
@@ -212,15 +216,14 @@ unsafe fn softmax_rows_avx512(v: &mut [f32], row_len: usize) {
 #[inline]
 unsafe fn exp16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
-    const MAGIC: f32 = 12_582_912.0;
-    let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3)), _mm512_set1_ps(88.3));
+    let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(EXP_MIN)), _mm512_set1_ps(EXP_MAX));
     let t = _mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)), _mm512_set1_ps(MAGIC));
     let n = _mm512_sub_ps(t, _mm512_set1_ps(MAGIC));
     let ni = _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(MAGIC.to_bits() as i32));
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x));
-    let mut p = _mm512_set1_ps(1.987_569_1e-4);
-    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x));
+    let mut p = _mm512_set1_ps(EXP_POLY[0]);
+    for c in &EXP_POLY[1..] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
     }
     let e = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0));
     let scale = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(ni, _mm512_set1_epi32(127))));
@@ -233,8 +236,8 @@ unsafe fn softmax_rows_avx2(v: &mut [f32], row_len: usize) {
     softmax_loop(v, row_len)
 }
 
-/// Σ x and Σ (x - mean)² in f64 over 8 independent lanes (vectorises; a single running sum
-/// is a serial chain). f64 because LayerNorm rows of the residual stream can carry a mean far
+/// Σ (x - mean)² in f64 over 8 independent lanes (vectorises; a single running sum is a
+/// serial chain). f64 because LayerNorm rows of the residual stream can carry a mean far
 /// larger than their spread, and an f32 sum of 768 such values is off by more than 1e-6 after
 /// normalising.
 #[inline(always)]

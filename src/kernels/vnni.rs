@@ -13,7 +13,8 @@
 //! Weights are repacked once per layer into blocks of 16 output channels: for every group of 4
 //! consecutive k, 64 bytes hold `w[n0..n0+16][k..k+4]` — one zmm, or two ymm (channels 0–7 and
 //! 8–15), the operand `vpdpbusd` wants. The driver quantizes all rows once, then runs tasks over
-//! 64-column tiles; each kernel accumulates 4-row × 64-column tiles of i32.
+//! 64-column tiles; each kernel accumulates `MR`-row × 64-column tiles of i32 (6 rows for
+//! AVX-512, 4 for the 16-register ymm kernels).
 //! x86-64 only (the module is compiled there alone).
 
 use std::arch::x86_64::*;
@@ -78,28 +79,6 @@ impl VnniWeights {
         });
         VnniWeights { n, k, kp, np, data }
     }
-}
-
-/// Activation rows shifted to u8 and zero-padded to `kp` (the padding meets zero weights).
-pub fn shift_rows(a: &QuantizedRows, kp: usize) -> Vec<u8> {
-    let mut out = vec![128u8; a.m * kp];
-    out.par_chunks_mut(kp).zip(a.data.par_chunks(a.k.max(1))).for_each(|(o, r)| {
-        for (d, &v) in o.iter_mut().zip(r) {
-            *d = (v as i16 + 128) as u8;
-        }
-    });
-    out
-}
-
-/// Activation rows as plain i8 codes (bytes), zero-padded to `kp`.
-pub fn pad_rows(a: &QuantizedRows, kp: usize) -> Vec<u8> {
-    let mut out = vec![0u8; a.m * kp];
-    out.par_chunks_mut(kp).zip(a.data.par_chunks(a.k.max(1))).for_each(|(o, r)| {
-        for (d, &v) in o.iter_mut().zip(r) {
-            *d = v as u8;
-        }
-    });
-    out
 }
 
 /// The columns one task writes and what its epilogue needs, sliced to them.
@@ -195,7 +174,7 @@ pub trait Kernel: Sync + Sized {
     );
 }
 
-/// AVX-512 VNNI: 16 zmm accumulators per 4×64 tile.
+/// AVX-512 VNNI: 24 zmm accumulators per 6×64 tile.
 pub struct Avx512Vnni;
 /// AVX-VNNI (256-bit `vpdpbusd`).
 pub type AvxVnni = super::avx2::Ymm<true>;
@@ -212,10 +191,17 @@ pub fn gemm<K: Kernel>(
     epilogue: Epilogue,
     out: &mut [f32],
 ) {
-    let au = if K::SHIFTED { shift_rows(a, vw.kp) } else { pad_rows(a, vw.kp) };
+    let k = a.k;
+    // The codes in this kernel's encoding, written straight into `run`'s (padded) buffer.
+    let offset: i16 = if K::SHIFTED { 128 } else { 0 };
     let fill = |m0: usize, buf: &mut [u8], scales: &mut [f32]| {
-        buf.copy_from_slice(&au[m0 * vw.kp..m0 * vw.kp + buf.len()]);
-        scales.copy_from_slice(&a.scales[m0..m0 + scales.len()]);
+        for (r, s) in scales.iter_mut().enumerate() {
+            let codes = &a.data[(m0 + r) * k..(m0 + r + 1) * k];
+            for (d, &c) in buf[r * vw.kp..r * vw.kp + k].iter_mut().zip(codes) {
+                *d = (c as i16 + offset) as u8;
+            }
+            *s = a.scales[m0 + r];
+        }
     };
     assert_eq!(out.len(), a.m * w.n);
     // SAFETY: `out` holds exactly m·n elements.
@@ -253,7 +239,8 @@ pub fn linear<K: Kernel>(
     out
 }
 
-/// Fills rows `m0..m0 + scales.len()` of the shifted activation buffer and their scales.
+/// Fills rows `m0..m0 + scales.len()` of the activation buffer (in the kernel's encoding,
+/// row stride `kp`) and their scales.
 type FillRows<'a> = dyn Fn(usize, &mut [u8], &mut [f32]) + Sync + 'a;
 
 /// Rows handled by one quantization task.
@@ -285,7 +272,6 @@ unsafe fn run<K: Kernel>(
     //    once and sweeps every row (sweeping all columns per row chunk instead re-read the
     //    2.4 MB fc1/fc2 weights once per chunk).
     let tasks = (vw.np / NB).div_ceil(NT);
-    let out_ptr = out;
     (0..tasks).into_par_iter().for_each(|task| {
         let nb = task * NT;
         let blocks = NT.min(vw.np / NB - nb);
@@ -308,7 +294,7 @@ unsafe fn run<K: Kernel>(
             // SAFETY: feature presence asserted above; slices are sized by construction; rows
             // i..i+mr, columns c0..c1 of `out` belong to this task alone.
             unsafe {
-                K::strip(&au[i * kp..], vw, nb, blocks, mr, i == 0, &cols, &scales[i..i + mr], out_ptr.ptr().add(i * n))
+                K::strip(&au[i * kp..], vw, nb, blocks, mr, i == 0, &cols, &scales[i..i + mr], out.ptr().add(i * n))
             };
             i += mr;
         }
@@ -394,7 +380,7 @@ unsafe fn strip_fused(
     }
 }
 
-/// The row quantization of [`super::gemm_i8::quantize_row_into`] (shifted to u8) in explicit
+/// The row quantization of [`super::gemm_i8::quantize_row_into`], shifted to u8 (+128), in explicit
 /// AVX-512: compiled from the shared source, the saturating f32→i8 cast became one `vpinsrb` per
 /// element (perf: 11% of an int8 forward). Same codes: max|x| ignores NaN like `f32::max`, NaN
 /// products become 0 like `NaN as i8`, `vcvtps2dq` rounds half to even (the default MXCSR mode,

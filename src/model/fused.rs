@@ -114,11 +114,8 @@ impl CustomOp2 for AddLayerNormOp {
     }
 }
 
-/// The fp32 linear layer `x·Wᵀ + b` as one call of the `gemm` crate (AVX-512 kernels, rayon
-/// threads), the bias preloaded into the output. candle's `matmul` + `broadcast_add` computes
-/// the same, but its add runs on candle's separate barrier thread pool, whose worker then spins
-/// for ~25 000 iterations on a core our kernels need (perf: 16% of an fp32 forward).
-/// Inputs: `x` `[m, k]`, `Wᵀ` `[k, n]` (both contiguous), optional bias `[n]`.
+/// The fp32 linear layer ([`crate::kernels::linear_f32`]) as a candle op. Inputs: `x` `[m, k]`,
+/// `Wᵀ` `[k, n]` (both contiguous), optional bias `[n]`.
 pub struct F32LinearOp;
 
 impl F32LinearOp {
@@ -134,40 +131,7 @@ impl F32LinearOp {
         if k != k2 || bias.is_some_and(|b| b.len() != n) {
             candle_core::bail!("linear: shapes {:?} x {:?} do not fit", xl.shape(), wl.shape());
         }
-        let mut out = vec![0f32; m * n];
-        if let Some(b) = bias {
-            for row in out.chunks_mut(n.max(1)) {
-                row.copy_from_slice(b);
-            }
-        }
-        if m > 0 && n > 0 {
-            let threads = rayon::current_num_threads();
-            let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-            // SAFETY: pointers and strides describe the row-major buffers sized above.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    k,
-                    out.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    bias.is_some(),
-                    x.as_ptr(),
-                    1,
-                    k as isize,
-                    wt.as_ptr(),
-                    1,
-                    n as isize,
-                    1.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    parallelism,
-                )
-            };
-        }
+        let out = crate::kernels::linear_f32::linear_f32(x, m, k, wt, n, bias);
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }

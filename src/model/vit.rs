@@ -228,7 +228,8 @@ pub fn forward(w: &VitWeights, heads: usize, patch: usize, pixels: &Tensor, capt
     prefix.push(x);
     let mut x = Tensor::cat(&prefix, 1)?.broadcast_add(&w.pos_embed)?;
 
-    let scale = ((d / heads) as f64).powf(-0.5);
+    // Mobile's weights already carry the scale in q.
+    let scale = if w.attention_scale_folded { 1.0 } else { ((d / heads) as f64).powf(-0.5) };
     let mut attentions = capture.attentions.then(Vec::new);
     let mut block_outputs = capture.block_outputs.then(Vec::new);
     // Each norm is computed together with the residual add before it; `normed` is always the
@@ -236,7 +237,6 @@ pub fn forward(w: &VitWeights, heads: usize, patch: usize, pixels: &Tensor, capt
     let mut normed = w.blocks.first().map_or(&w.norm, |b| &b.norm1).forward(&x)?;
     for (i, blk) in w.blocks.iter().enumerate() {
         let qkv = blk.qkv.forward(&normed)?;
-        let scale = if w.attention_scale_folded { 1.0 } else { scale };
         let (o, att) = if qkv.device().is_cpu() {
             attention_cpu(&qkv, heads, scale, attentions.is_some())?
         } else {
