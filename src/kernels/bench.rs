@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use super::attention::{AttentionDims, attention};
 use super::gemm_i8::{self, Epilogue, PackedWeights};
 use super::linear_f32::linear_f32;
-use super::{available_isas, ops};
+use super::{Isa, available_isas, ops};
 
 /// One measured kernel.
 #[derive(Clone, Debug)]
@@ -21,7 +21,7 @@ pub struct KernelResult {
     /// Useful work per second: GMAC/s for products, G elements/s for elementwise kernels.
     pub rate: f64,
     pub unit: &'static str,
-    /// Fraction of the peak measured by [`peak_gmacs`] (products only).
+    /// Fraction of the measured peak of this path's own instruction sequence (int8 products).
     pub of_peak: Option<f64>,
 }
 
@@ -39,7 +39,13 @@ fn median_us(mut f: impl FnMut(), min_seconds: f64) -> f64 {
             break;
         }
     }
-    crate::bench::stats(&samples).p50
+    median(&mut samples)
+}
+
+fn median(samples: &mut [f64]) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    let n = samples.len();
+    if n % 2 == 1 { samples[n / 2] } else { (samples[n / 2 - 1] + samples[n / 2]) / 2.0 }
 }
 
 fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
@@ -54,59 +60,35 @@ fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
-/// Peak int8 multiply-accumulates per second of `threads` cores running nothing but
-/// independent `vpdpbusd` (AVX-512 VNNI), or `None` where the instruction is missing.
-pub fn peak_gmacs(threads: usize) -> Option<f64> {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512vnni") {
-        let per_core: Vec<f64> = (0..threads)
-            .into_par_iter()
-            .map(|_| {
-                let iters = 2_000_000;
-                let t = Instant::now();
-                // SAFETY: the feature was detected above.
-                let sink = unsafe { vpdpbusd_loop(iters) };
-                std::hint::black_box(sink);
-                iters as f64 * 12.0 * 64.0 / t.elapsed().as_secs_f64() / 1e9
-            })
-            .collect();
-        return Some(per_core.iter().sum());
-    }
-    let _ = threads;
-    None
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn vpdpbusd_loop(iters: usize) -> i32 {
-    use std::arch::x86_64::*;
-    let (a, b) = (_mm512_set1_epi8(3), _mm512_set1_epi8(-5));
-    let mut c = [_mm512_setzero_si512(); 12];
-    for _ in 0..iters {
-        for acc in c.iter_mut() {
-            *acc = _mm512_dpbusd_epi32(*acc, a, b);
-        }
-    }
-    let mut s = _mm512_setzero_si512();
-    for acc in c {
-        s = _mm512_add_epi32(s, acc);
-    }
-    _mm512_reduce_add_epi32(s)
+/// Peak int8 GMAC/s of `threads` cores each running `isa`'s inner instruction sequence from
+/// registers only ([`gemm_i8::peak_macs_per_second`]), or `None` (portable, or missing here).
+pub fn peak_gmacs(isa: Isa, threads: usize) -> Option<f64> {
+    gemm_i8::peak_macs_per_second(isa)?;
+    let per_thread: Vec<Option<f64>> =
+        (0..threads).into_par_iter().map(|_| gemm_i8::peak_macs_per_second(isa)).collect();
+    Some(per_thread.into_iter().flatten().sum::<f64>() / 1e9)
 }
 
 /// All kernels measured, with the conditions they were measured under.
 #[derive(Clone, Debug)]
 pub struct KernelReport {
     pub threads: usize,
-    /// [`peak_gmacs`] for these threads, measured once.
-    pub peak: Option<f64>,
+    /// [`peak_gmacs`] of each SIMD path for these threads, measured once.
+    pub peaks: Vec<(Isa, f64)>,
+    /// The AVX2 candidate sequences' peaks for these threads (GMAC/s).
+    pub avx2_candidates: Vec<(&'static str, f64)>,
     pub results: Vec<KernelResult>,
 }
 
 /// Runs every kernel on ViT-B/16 shapes (197 tokens, width 768, MLP 3072, 12 heads).
 pub fn run(min_seconds: f64) -> KernelReport {
     let threads = rayon::current_num_threads();
-    let peak = peak_gmacs(threads);
+    let peaks: Vec<(Isa, f64)> =
+        available_isas().into_iter().filter_map(|isa| peak_gmacs(isa, threads).map(|p| (isa, p))).collect();
+    let avx2_candidates = gemm_i8::avx2_candidate_peaks()
+        .into_iter()
+        .map(|(name, per_core)| (name, per_core * threads as f64 / 1e9))
+        .collect();
     let mut out = Vec::new();
     let m = 197;
     for (name, k, n) in [("qkv", 768, 2304), ("proj", 768, 768), ("fc1", 768, 3072), ("fc2", 3072, 768)] {
@@ -129,7 +111,7 @@ pub fn run(min_seconds: f64) -> KernelReport {
                 p50_us: p50,
                 rate,
                 unit: "GMAC/s",
-                of_peak: peak.map(|p| rate / p),
+                of_peak: peaks.iter().find(|(i, _)| *i == isa).map(|(_, p)| rate / p),
             });
         }
         // The fp32 linear layer, as the model's F32 layers call it.
@@ -179,7 +161,7 @@ pub fn run(min_seconds: f64) -> KernelReport {
     let mut sm = pseudo_random(12 * m * 208, 9);
     let p50 = median_us(|| sm.par_chunks_mut(208 * 16).for_each(|c| ops::softmax_rows(c, 208)), min_seconds);
     out.push(elementwise("softmax rows of 208", "best", sm.len(), p50));
-    KernelReport { threads, peak, results: out }
+    KernelReport { threads, peaks, avx2_candidates, results: out }
 }
 
 fn elementwise(kernel: &str, path: &str, elements: usize, p50_us: f64) -> KernelResult {
@@ -196,12 +178,17 @@ fn elementwise(kernel: &str, path: &str, elements: usize, p50_us: f64) -> Kernel
 
 /// The results as a table, with the peak it compares against.
 pub fn table(report: &KernelReport) -> String {
-    let mut s = format!(
-        "threads: {} | cpu features: {} | int8 peak (vpdpbusd only): {}\n",
-        report.threads,
-        super::cpu_features().join(" "),
-        report.peak.map_or("n/a".into(), |p| format!("{p:.0} GMAC/s"))
-    );
+    let mut s = format!("threads: {} | cpu features: {}\n", report.threads, super::cpu_features().join(" "));
+    s += "int8 peaks, each path's inner instruction sequence from registers only, all threads:\n";
+    for (isa, p) in &report.peaks {
+        s += &format!("  {:<14} {p:>7.0} GMAC/s\n", isa.name());
+    }
+    if !report.avx2_candidates.is_empty() {
+        s += "AVX2 candidate sequences (same measurement):\n";
+        for (name, p) in &report.avx2_candidates {
+            s += &format!("  {name:<66} {p:>7.0} GMAC/s\n");
+        }
+    }
     s += &format!("{:<24} {:<26} {:<18} {:>10} {:>14} {:>8}\n", "kernel", "path", "shape", "p50 us", "rate", "of peak");
     for r in &report.results {
         s += &format!(

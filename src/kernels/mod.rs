@@ -9,27 +9,26 @@
 //! what candle's graph lacked: attention read in place from the qkv projection, a vectorised
 //! softmax, GELU and residual-add + LayerNorm, and no hand-offs between small ops.
 //!
-//! - [`gemm_i8`]: the int8 linear layer (entry point, portable reference, shared epilogue);
-//!   [`vnni`] (AVX-512 VNNI, and the blocked driver) and [`avx2`] (AVX-VNNI, AVX2): its SIMD paths.
+//! - [`gemm_i8`]: the int8 linear layer — types, `Kernel` trait, blocked driver, dispatch and
+//!   portable path in the parent; one leaf file per SIMD family (`avx512`, `ymm`).
 //! - [`linear_f32`]: the fp32 linear layer through the `gemm` crate.
 //! - [`attention`]: multi-head attention over the fused qkv projection.
 //! - [`ops`]: GELU, exp, softmax, residual add + LayerNorm.
 //! - [`mod@bench`]: the `vit-workbench kernels` micro-benchmark.
 //!
 //! Every kernel has a portable implementation that is the reference forever: faster SIMD paths
-//! are added behind [`Isa`] (or [`ops::SimdLevel`]) and tested against it (`tests/kernels.rs`).
+//! are added behind [`Isa`] and tested against it (`tests/kernels.rs`). The path is resolved once
+//! per process into a [`CpuPath`] that every kernel honours, so `VITWB_ISA=portable` runs the
+//! portable code everywhere and `VITWB_ISA=avx2` runs what an AVX2-only CPU would (except the
+//! `gemm` crate's f32 products, which choose their own instructions).
 //! The kernels reach candle as `CustomOp`s (`crate::model::fused`, `crate::quant::int8`); on
 //! CUDA, candle's own ops are used instead.
 
 pub mod attention;
-#[cfg(target_arch = "x86_64")]
-pub mod avx2;
 pub mod bench;
 pub mod gemm_i8;
 pub mod linear_f32;
 pub mod ops;
-#[cfg(target_arch = "x86_64")]
-pub mod vnni;
 
 use std::sync::OnceLock;
 
@@ -40,6 +39,9 @@ pub enum Isa {
     Portable,
     Avx2,
     AvxVnni,
+    /// The AVX-VNNI kernel in the EVEX (AVX-512 VL) encoding of the same instruction: CPUs with
+    /// AVX-512 VNNI but without AVX-VNNI (Zen 4, Ice Lake) run and test the 256-bit kernel.
+    AvxVnniEvex,
     Avx512Vnni,
 }
 
@@ -49,8 +51,88 @@ impl Isa {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2",
             Isa::AvxVnni => "avx-vnni",
+            Isa::AvxVnniEvex => "avx-vnni-evex",
             Isa::Avx512Vnni => "avx512-vnni",
         }
+    }
+
+    pub const ALL: [Isa; 5] = [Isa::Portable, Isa::Avx2, Isa::AvxVnni, Isa::AvxVnniEvex, Isa::Avx512Vnni];
+
+    /// The compilation of the elementwise kernels that goes with this path.
+    pub fn simd_level(self) -> SimdLevel {
+        match self {
+            Isa::Portable => SimdLevel::None,
+            Isa::Avx2 | Isa::AvxVnni | Isa::AvxVnniEvex => SimdLevel::Avx2Fma,
+            Isa::Avx512Vnni => SimdLevel::Avx512,
+        }
+    }
+}
+
+/// Which compilation of the elementwise kernels (GELU, softmax, LayerNorm) runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimdLevel {
+    None,
+    Avx2Fma,
+    Avx512,
+}
+
+/// The kernel paths of this process, resolved once ([`cpu_path`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuPath {
+    /// The int8 GEMM path.
+    pub int8: Isa,
+    /// The elementwise kernels' compilation (GELU, softmax, LayerNorm); `None` with the
+    /// portable path, so `VITWB_ISA=portable` means plain Rust everywhere.
+    pub simd: SimdLevel,
+}
+
+/// The best elementwise compilation this CPU runs.
+fn best_simd_level() -> SimdLevel {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return SimdLevel::Avx512;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            return SimdLevel::Avx2Fma;
+        }
+    }
+    SimdLevel::None
+}
+
+/// The paths every kernel uses: the best this CPU has, or `VITWB_ISA=<name>` to force one
+/// (for comparisons, and for testing a path on a machine that has better ones). Read once.
+pub fn cpu_path() -> CpuPath {
+    static PATH: OnceLock<CpuPath> = OnceLock::new();
+    *PATH.get_or_init(|| {
+        let available = available_isas();
+        let best = *available.iter().max().unwrap();
+        let int8 = match std::env::var("VITWB_ISA") {
+            Ok(want) => match available.iter().find(|i| i.name() == want) {
+                Some(isa) => *isa,
+                None => {
+                    eprintln!("warning: VITWB_ISA={want} is not available here; using {}", best.name());
+                    best
+                }
+            },
+            Err(_) => best,
+        };
+        // The elementwise kernels follow a forced path down, never above what the CPU has.
+        let simd = if int8 == best { best_simd_level() } else { int8.simd_level().min_with(best_simd_level()) };
+        CpuPath { int8, simd }
+    })
+}
+
+impl SimdLevel {
+    fn rank(self) -> u8 {
+        match self {
+            SimdLevel::None => 0,
+            SimdLevel::Avx2Fma => 1,
+            SimdLevel::Avx512 => 2,
+        }
+    }
+    fn min_with(self, other: SimdLevel) -> SimdLevel {
+        if self.rank() <= other.rank() { self } else { other }
     }
 }
 
@@ -74,6 +156,9 @@ pub fn cpu_features() -> Vec<&'static str> {
         if is_x86_feature_detected!("avx512vnni") {
             f.push("avx512vnni");
         }
+        if is_x86_feature_detected!("avx512vl") {
+            f.push("avx512vl");
+        }
         if is_x86_feature_detected!("avxvnni") {
             f.push("avxvnni");
         }
@@ -81,48 +166,19 @@ pub fn cpu_features() -> Vec<&'static str> {
     f
 }
 
-/// The kernel paths this build has implementations for, that this CPU can run.
+/// The int8 kernel paths this build has that this CPU can run.
 pub fn available_isas() -> Vec<Isa> {
-    #[allow(unused_mut)]
-    let mut v = vec![Isa::Portable];
-    #[cfg(target_arch = "x86_64")]
-    {
-        use vnni::Kernel;
-        if vnni::Avx2::available() {
-            v.push(Isa::Avx2);
-        }
-        if vnni::AvxVnni::available() {
-            v.push(Isa::AvxVnni);
-        }
-        if vnni::Avx512Vnni::available() {
-            v.push(Isa::Avx512Vnni);
-        }
-    }
-    v
+    Isa::ALL.into_iter().filter(|&isa| gemm_i8::isa_available(isa)).collect()
 }
 
-/// The path used by default: the best available, or `VITWB_ISA=<name>` to force one (for
-/// comparisons and for testing a path on a machine that has better ones).
+/// The int8 path in use ([`cpu_path`]).
 pub fn selected_isa() -> Isa {
-    static SELECTED: OnceLock<Isa> = OnceLock::new();
-    *SELECTED.get_or_init(|| {
-        let available = available_isas();
-        if let Ok(want) = std::env::var("VITWB_ISA") {
-            if let Some(isa) = available.iter().find(|i| i.name() == want) {
-                return *isa;
-            }
-            eprintln!("warning: VITWB_ISA={want} is not available here; using {}", available.last().unwrap().name());
-        }
-        *available.iter().max().unwrap()
-    })
+    cpu_path().int8
 }
 
-/// Whether `VITWB_ISA=portable` asks for the reference kernels everywhere (also for the f32
-/// kernels that have no [`Isa`] levels of their own).
-/// Read once: it is asked on every kernel call.
+/// Whether the portable code runs everywhere (`VITWB_ISA=portable`).
 pub fn reference_only() -> bool {
-    static REFERENCE: OnceLock<bool> = OnceLock::new();
-    *REFERENCE.get_or_init(|| std::env::var("VITWB_ISA").is_ok_and(|v| v == Isa::Portable.name()))
+    cpu_path().int8 == Isa::Portable
 }
 
 /// A raw pointer for parallel tasks that each write a disjoint part of one output buffer.

@@ -90,25 +90,11 @@ unsafe fn gelu_slice_avx2(v: &mut [f32]) {
     gelu_loop(v)
 }
 
-/// Which compilation of the elementwise kernels this CPU runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SimdLevel {
-    None,
-    Avx2Fma,
-    Avx512,
-}
+pub use super::SimdLevel;
 
+/// Which compilation of the elementwise kernels runs ([`super::cpu_path`]).
 pub fn simd_level() -> SimdLevel {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return SimdLevel::Avx512;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            return SimdLevel::Avx2Fma;
-        }
-    }
-    SimdLevel::None
+    super::cpu_path().simd
 }
 
 /// Softmax of one row, in place: `e^(x - max) / Σ`. Max and sum use 16 independent lanes so

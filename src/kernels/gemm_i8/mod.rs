@@ -1,0 +1,709 @@
+//! int8 GEMM for dynamically quantized linear layers:
+//! `y[i, n] = (Σ_k qa[i, k] · qw[n, k]) · sa[i] · sw[n] + bias[n]`, optionally followed by GELU.
+//!
+//! Scheme (torch `quantize_dynamic` with per-channel weights, but with per-row rather than
+//! per-tensor activation scales, which loses less and costs nothing extra here):
+//! - weights: symmetric int8 per output channel, `sw = max|w| / 127`, values in [-127, 127];
+//! - activations: symmetric int8 per row (token), `sa = max|x| / 127`, quantized on every call;
+//! - int32 accumulation (exact: |Σ| <= 127·127·k fits i32 for k < 133 000), fp32 epilogue.
+//!
+//! Rounding is half-to-even, as `torch.quantize_per_*` does.
+//!
+//! This module owns what every path shares — the types, the [`Kernel`] trait, the blocked
+//! weight layout, the tiled driver, the dispatch, the epilogue — and the portable path. Each
+//! SIMD path is a leaf file that imports only this module (the shape of candle's `cpu/mod.rs`
+//! + `avx.rs`, and of the gemm crate's common/micro-kernel split):
+//! - [`avx512`]: AVX-512 VNNI (`vpdpbusd` zmm, 6 rows x 64 columns);
+//! - [`ymm`]: the 256-bit kernels — AVX-VNNI (`vpdpbusd` ymm), its EVEX twin for CPUs that
+//!   have AVX-512 VNNI but not AVX-VNNI, and plain AVX2 (`vpmaddubsw` on |a| and w·sign(a)).
+//!
+//! Every path produces the same integer sums and applies the same scalar epilogue, so all are
+//! bit-identical (tests/kernels.rs checks each, the portable one included, against a naive loop).
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
+#[cfg(target_arch = "x86_64")]
+pub mod ymm;
+
+use std::sync::{Arc, OnceLock};
+
+use rayon::prelude::*;
+
+pub use super::Isa;
+use super::{SharedMut, gelu_erf};
+
+/// Weight bytes: owned, or a range of a memory-mapped export file (loaded without copying).
+#[derive(Clone)]
+pub enum Bytes {
+    Owned(Arc<Vec<i8>>),
+    Mapped { map: Arc<memmap2::Mmap>, offset: usize, len: usize },
+}
+
+impl Bytes {
+    pub fn as_slice(&self) -> &[i8] {
+        match self {
+            Bytes::Owned(v) => v,
+            Bytes::Mapped { map, offset, len } => {
+                let b = &map[*offset..*offset + *len];
+                // SAFETY: i8 and u8 have the same size and alignment.
+                unsafe { std::slice::from_raw_parts(b.as_ptr() as *const i8, b.len()) }
+            }
+        }
+    }
+    pub fn is_mapped(&self) -> bool {
+        matches!(self, Bytes::Mapped { .. })
+    }
+}
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bytes({} {})", if self.is_mapped() { "mapped" } else { "owned" }, self.as_slice().len())
+    }
+}
+
+/// Quantized weights of one layer in the kernel's layout: row-major `[n, k]` int8, one scale
+/// per output channel, and each row's sum (used by unsigned-activation SIMD paths).
+#[derive(Clone, Debug)]
+pub struct PackedWeights {
+    pub n: usize,
+    pub k: usize,
+    pub data: Bytes,
+    pub scales: Vec<f32>,
+    pub row_sums: Vec<i32>,
+    /// The SIMD paths' block layout, packed on first use by one of them.
+    pub blocked: Arc<OnceLock<BlockedWeights>>,
+    /// The portable path's layout (i16), packed on first use by it.
+    pub widened: Arc<OnceLock<WidenedWeights>>,
+}
+
+/// The one layout the portable kernel reads; recorded in export files so a file packed for
+/// another layout is repacked, not misread.
+pub const LAYOUT: &str = "rowmajor-i8-v1";
+
+/// Round half to even, as `f32::round_ties_even`, for |v| < 2^22. Adding and subtracting
+/// 1.5·2^23 makes the FPU round at the units place in its default (ties-to-even) mode; unlike
+/// `round_ties_even`, which compiles to a libm `rintf` call on baseline x86-64 (no SSE4.1), this
+/// vectorises — it was a quarter of the int8 forward's time.
+#[inline(always)]
+fn round_half_even(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    (v + MAGIC) - MAGIC
+}
+
+#[inline(always)]
+pub(crate) fn quantize_one(x: f32, inv_scale: f32) -> i8 {
+    // Clamp first: the magic-number rounding is exact only for small magnitudes.
+    round_half_even((x * inv_scale).clamp(-127.0, 127.0)) as i8
+}
+
+impl PackedWeights {
+    /// Quantizes f32 weights `[n, k]` (row-major, one row per output channel).
+    pub fn quantize(w: &[f32], n: usize, k: usize) -> PackedWeights {
+        assert_eq!(w.len(), n * k);
+        let mut q = vec![0i8; n * k];
+        let mut scales = vec![0f32; n];
+        q.par_chunks_mut(k).zip(scales.par_iter_mut()).zip(w.par_chunks(k)).for_each(|((qr, s), wr)| {
+            let amax = wr.iter().fold(0f32, |m, v| m.max(v.abs()));
+            *s = amax / 127.0;
+            let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+            for (o, &v) in qr.iter_mut().zip(wr) {
+                *o = quantize_one(v, inv);
+            }
+        });
+        Self::from_parts(n, k, Bytes::Owned(Arc::new(q)), scales)
+    }
+
+    /// From already quantized parts (an export file), computing the row sums.
+    pub fn from_parts(n: usize, k: usize, data: Bytes, scales: Vec<f32>) -> PackedWeights {
+        let row_sums = data.as_slice().chunks(k).map(|r| r.iter().map(|&v| v as i32).sum()).collect();
+        PackedWeights { n, k, data, scales, row_sums, blocked: Default::default(), widened: Default::default() }
+    }
+
+    /// Dequantized weights `[n, k]` (for error analysis and the CUDA path).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let d = self.data.as_slice();
+        (0..self.n * self.k).map(|i| d[i] as f32 * self.scales[i / self.k]).collect()
+    }
+
+    pub fn bytes_in_memory(&self) -> usize {
+        self.n * self.k + 4 * self.scales.len() + 4 * self.row_sums.len()
+    }
+}
+
+/// What happens to each output after dequantization and bias.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue {
+    None,
+    /// GELU (erf) fused into the output loop: saves a full pass over the fc1 output.
+    Gelu,
+}
+
+/// Rows quantized for one call.
+#[derive(Clone, Debug)]
+pub struct QuantizedRows {
+    pub m: usize,
+    pub k: usize,
+    pub data: Vec<i8>,
+    pub scales: Vec<f32>,
+}
+
+/// Per-row symmetric int8 quantization of activations `[m, k]`.
+pub fn quantize_rows(x: &[f32], m: usize, k: usize) -> QuantizedRows {
+    assert_eq!(x.len(), m * k);
+    let mut data = vec![0u8; m * k];
+    let mut scales = vec![0f32; m];
+    data.par_chunks_mut(k.max(1)).zip(scales.par_iter_mut()).zip(x.par_chunks(k.max(1))).for_each(|((q, s), xr)| {
+        *s = quantize_row_into(xr, q);
+    });
+    // i8 and u8 have the same layout; the bytes above are two's-complement i8 codes.
+    let data = data.into_iter().map(|b| b as i8).collect();
+    QuantizedRows { m, k, data, scales }
+}
+
+/// Quantizes one row into `out` as i8 codes (stored as bytes); returns the row's scale. The
+/// definition of activation rounding every SIMD quantizer reproduces (and is tested against).
+#[inline(always)]
+pub fn quantize_row_into(x: &[f32], out: &mut [u8]) -> f32 {
+    let amax = abs_max(x);
+    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = quantize_one(v, inv) as u8;
+    }
+    amax / 127.0
+}
+
+/// max |x| with 16 independent lanes, so it vectorises (a single running `max` is a serial
+/// dependency the compiler may not reorder).
+#[inline(always)]
+pub fn abs_max(x: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l = l.max(v.abs());
+        }
+    }
+    let tail = chunks.remainder().iter().fold(0f32, |m, v| m.max(v.abs()));
+    lanes.iter().fold(tail, |m, v| m.max(*v))
+}
+
+/// What a call multiplies: f32 rows to quantize, or rows quantized already.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    F32(&'a [f32]),
+    Codes(&'a QuantizedRows),
+}
+
+/// A whole int8 linear layer on f32 input `x` `[m, k]` -> `[m, n]`: activations are quantized
+/// per row and multiplied on the path `isa` (the portable one where this CPU lacks it). The
+/// output is allocated here and not zero-filled first (every path writes every element).
+pub fn linear(isa: Isa, x: &[f32], m: usize, w: &PackedWeights, bias: Option<&[f32]>, epilogue: Epilogue) -> Vec<f32> {
+    assert_eq!(x.len(), m * w.k);
+    run_on(isa, m, Source::F32(x), w, bias, epilogue)
+}
+
+/// `out[m, n]` = dequant(a · wᵀ) + bias, then the epilogue, from already quantized rows.
+pub fn gemm(isa: Isa, a: &QuantizedRows, w: &PackedWeights, bias: Option<&[f32]>, epilogue: Epilogue, out: &mut [f32]) {
+    assert_eq!(a.k, w.k, "inner dimensions differ");
+    assert_eq!(out.len(), a.m * w.n);
+    out.copy_from_slice(&run_on(isa, a.m, Source::Codes(a), w, bias, epilogue));
+}
+
+fn run_on(isa: Isa, m: usize, src: Source, w: &PackedWeights, bias: Option<&[f32]>, epilogue: Epilogue) -> Vec<f32> {
+    if let Some(b) = bias {
+        assert_eq!(b.len(), w.n);
+    }
+    let mut out = Vec::with_capacity(m * w.n);
+    let dst = SharedMut(out.as_mut_ptr());
+    // SAFETY: the capacity holds m·n elements, and every path writes all of them before
+    // `set_len`; `run::<K>` is only reached where `K::available()`.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use self::avx512::Avx512Vnni;
+            use self::ymm::{Avx2, AvxVnni, AvxVnniEvex};
+            match isa {
+                Isa::Avx512Vnni if Avx512Vnni::available() => run::<Avx512Vnni>(m, src, w, bias, epilogue, dst),
+                Isa::AvxVnniEvex if AvxVnniEvex::available() => run::<AvxVnniEvex>(m, src, w, bias, epilogue, dst),
+                Isa::AvxVnni if AvxVnni::available() => run::<AvxVnni>(m, src, w, bias, epilogue, dst),
+                Isa::Avx2 if Avx2::available() => run::<Avx2>(m, src, w, bias, epilogue, dst),
+                _ => portable(m, src, w, bias, epilogue, dst),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = isa;
+            portable(m, src, w, bias, epilogue, dst);
+        }
+        out.set_len(m * w.n);
+    }
+    out
+}
+
+/// Whether this CPU can run `isa`'s int8 kernel.
+pub fn isa_available(isa: Isa) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match isa {
+            Isa::Portable => true,
+            Isa::Avx2 => ymm::Avx2::available(),
+            Isa::AvxVnni => ymm::AvxVnni::available(),
+            Isa::AvxVnniEvex => ymm::AvxVnniEvex::available(),
+            Isa::Avx512Vnni => avx512::Avx512Vnni::available(),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        isa == Isa::Portable
+    }
+}
+
+/// A register-only loop of some instruction sequence: given an iteration count, it returns the
+/// MACs it performed ([`Kernel::peak_sequence`], [`ymm::CANDIDATES`]).
+pub type PeakSequence = unsafe fn(usize) -> u64;
+
+/// MACs per second of one core running `seq`.
+fn time_sequence(seq: PeakSequence) -> f64 {
+    // SAFETY (both calls): callers pass sequences whose CPU features were detected.
+    unsafe { seq(200_000) }; // the core's clock settles
+    let t = std::time::Instant::now();
+    let macs = unsafe { seq(4_000_000) };
+    macs as f64 / t.elapsed().as_secs_f64()
+}
+
+/// The register-only peak of `isa`'s inner instruction sequence on one core, in int8
+/// multiply-accumulates per second ([`Kernel::peak_sequence`]); `None` for the portable path
+/// (its instructions are the compiler's choice) and for paths this CPU lacks.
+pub fn peak_macs_per_second(isa: Isa) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use self::avx512::Avx512Vnni;
+        use self::ymm::{Avx2, AvxVnni, AvxVnniEvex};
+        if !isa_available(isa) {
+            return None;
+        }
+        match isa {
+            Isa::Portable => None,
+            Isa::Avx2 => Some(time_sequence(Avx2::peak_sequence)),
+            Isa::AvxVnni => Some(time_sequence(AvxVnni::peak_sequence)),
+            Isa::AvxVnniEvex => Some(time_sequence(AvxVnniEvex::peak_sequence)),
+            Isa::Avx512Vnni => Some(time_sequence(Avx512Vnni::peak_sequence)),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (isa, time_sequence);
+        None
+    }
+}
+
+/// Register-only peaks (name, MACs per second on one core) of the AVX2 int8 instruction
+/// sequences the AVX2 path was chosen from ([`ymm::CANDIDATES`]); empty without AVX2.
+pub fn avx2_candidate_peaks() -> Vec<(&'static str, f64)> {
+    #[cfg(target_arch = "x86_64")]
+    if ymm::Avx2::available() {
+        return ymm::CANDIDATES.iter().map(|&(name, seq)| (name, time_sequence(seq))).collect();
+    }
+    Vec::new()
+}
+
+/// The dequantize + bias (+ GELU) epilogue of one output row segment, shared by every path so
+/// they agree to the bit. `acc` holds Σ (a+128)·w when `row_sums` corrects the shift, or Σ a·w
+/// with `row_sums` empty.
+#[inline(always)]
+pub fn epilogue_row(
+    acc: &[i32],
+    row_sums: &[i32],
+    sa: f32,
+    sw: &[f32],
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+    out: &mut [f32],
+) {
+    let n = out.len();
+    let (acc, sw) = (&acc[..n], &sw[..n]);
+    // Straight loops without per-element branches, so each one vectorises.
+    if row_sums.is_empty() {
+        for j in 0..n {
+            out[j] = acc[j] as f32 * (sa * sw[j]);
+        }
+    } else {
+        let row_sums = &row_sums[..n];
+        for j in 0..n {
+            out[j] = (acc[j] - 128 * row_sums[j]) as f32 * (sa * sw[j]);
+        }
+    }
+    if let Some(b) = bias {
+        for (o, b) in out.iter_mut().zip(&b[..n]) {
+            *o += b;
+        }
+    }
+    if epilogue == Epilogue::Gelu {
+        for o in out.iter_mut() {
+            *o = gelu_erf(*o);
+        }
+    }
+}
+
+// ---- The portable path -------------------------------------------------------------------
+
+/// The portable path's weight layout: the rows widened to i16, zero rows padding `n` to a
+/// multiple of [`PANEL`]. i16 because every target's vector unit has a 16 x 16 -> 32-bit
+/// multiply-add (SSE2 `pmaddwd`, NEON `smlal`) that the compiler emits for [`dot_panel`]; the
+/// i8 x i8 loops it replaces compiled to one scalar multiply per element on x86-64's baseline.
+#[derive(Debug)]
+pub struct WidenedWeights {
+    data: Vec<i16>,
+}
+
+/// Output channels per portable micro-kernel: one activation load serves this many dot
+/// products (SSE2, ViT-B fc1 shape: 8 ran ~15 GMAC/s a core, 4 ~13, 16 ~11 with spills).
+const PANEL: usize = 8;
+
+impl WidenedWeights {
+    pub fn pack(w: &PackedWeights) -> WidenedWeights {
+        let k = w.k.max(1);
+        let mut data = vec![0i16; w.n.div_ceil(PANEL) * PANEL * w.k];
+        data.par_chunks_mut(k).zip(w.data.as_slice().par_chunks(k)).for_each(|(dst, row)| {
+            for (d, &v) in dst.iter_mut().zip(row) {
+                *d = v as i16;
+            }
+        });
+        WidenedWeights { data }
+    }
+}
+
+/// [`PANEL`] dot products of one activation row with `PANEL` consecutive weight rows, as plain
+/// loops the compiler vectorises on any target (the `k` loop becomes multiply-adds of 16-bit
+/// lanes into 32-bit ones; slicing every row to `k` first removes the bounds checks).
+#[inline(always)]
+fn dot_panel(a: &[i16], rows: &[i16]) -> [i32; PANEL] {
+    let k = a.len();
+    let w: [&[i16]; PANEL] = std::array::from_fn(|c| &rows[c * k..(c + 1) * k]);
+    let mut acc = [0i32; PANEL];
+    for i in 0..k {
+        let x = a[i] as i32;
+        for c in 0..PANEL {
+            acc[c] += x * w[c][i] as i32;
+        }
+    }
+    acc
+}
+
+/// Columns per portable task: its widened weights (64 x k x 2 bytes) stay in L2 while it sweeps
+/// every row.
+const PORTABLE_COLUMNS: usize = 8 * PANEL;
+
+/// The portable path: rows quantized by the shared rule and widened to i16 once, then tasks
+/// over column blocks, each sweeping every row with [`dot_panel`]; exact integer sums and the
+/// shared epilogue.
+///
+/// # Safety
+/// `out` must point to `m · w.n` writable f32s that nothing else accesses during the call.
+unsafe fn portable(
+    m: usize,
+    src: Source,
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+    out: SharedMut<f32>,
+) {
+    let (n, k) = (w.n, w.k);
+    let owned;
+    let a = match src {
+        Source::Codes(a) => a,
+        Source::F32(x) => {
+            owned = quantize_rows(x, m, k);
+            &owned
+        }
+    };
+    let a16: Vec<i16> = a.data.iter().map(|&c| c as i16).collect();
+    let widened = w.widened.get_or_init(|| WidenedWeights::pack(w));
+    (0..n.div_ceil(PORTABLE_COLUMNS)).into_par_iter().for_each(|task| {
+        let (c0, c1) = (task * PORTABLE_COLUMNS, ((task + 1) * PORTABLE_COLUMNS).min(n));
+        let mut acc = vec![0i32; c1 - c0];
+        for i in 0..m {
+            let row_codes = &a16[i * k..(i + 1) * k];
+            for (p, dots) in acc.chunks_mut(PANEL).enumerate() {
+                let first = (c0 + p * PANEL) * k;
+                dots.copy_from_slice(&dot_panel(row_codes, &widened.data[first..first + PANEL * k])[..dots.len()]);
+            }
+            // SAFETY: row i, columns c0..c1 of `out` belong to this task alone.
+            let row = unsafe { std::slice::from_raw_parts_mut(out.ptr().add(i * n + c0), c1 - c0) };
+            epilogue_row(&acc, &[], a.scales[i], &w.scales[c0..c1], bias.map(|b| &b[c0..c1]), epilogue, row);
+        }
+    });
+}
+
+// ---- The blocked SIMD driver ------------------------------------------------------------
+
+/// Output channels per weight block (one zmm of i32, two ymm).
+pub const NB: usize = 16;
+/// Weight blocks per task tile (64 columns).
+pub const NT: usize = 4;
+/// The most rows any micro-kernel's tile has.
+pub const MR_MAX: usize = 8;
+
+/// Weights in the SIMD paths' block layout, zero-padded: for every group of 4 consecutive k,
+/// 64 bytes hold `w[n0..n0+16][k..k+4]` — one zmm, or two ymm (channels 0-7 and 8-15), the
+/// operand `vpdpbusd` wants. Per tile of [`NT`] blocks (64 output channels) the layout is
+/// `[k groups][block in tile][16][4]`, so a task reads its weights as one stream.
+#[derive(Debug)]
+pub struct BlockedWeights {
+    pub n: usize,
+    pub k: usize,
+    /// k rounded up to a multiple of 4.
+    pub kp: usize,
+    /// n rounded up to a multiple of 16.
+    pub np: usize,
+    data: Vec<i8>,
+}
+
+impl BlockedWeights {
+    /// Start of the tile whose first block is `nb0`, and the bytes between its consecutive k
+    /// groups.
+    ///
+    /// # Safety
+    /// `nb0` must be a multiple of [`NT`] below `np / NB`; reads from the pointer must stay
+    /// within the tile's `kp / 4` groups of `blocks · 64` bytes.
+    #[inline(always)]
+    pub unsafe fn tile_start(&self, nb0: usize, blocks: usize) -> (*const i8, usize) {
+        debug_assert!(nb0.is_multiple_of(NT) && nb0 < self.np / NB);
+        // SAFETY: tiles before this one hold nb0 full blocks of 16·kp bytes (caller's bounds).
+        (unsafe { self.data.as_ptr().add(nb0 * NB * self.kp) }, blocks * 64)
+    }
+
+    pub fn pack(w: &PackedWeights) -> BlockedWeights {
+        let (n, k) = (w.n, w.k);
+        let kp = k.div_ceil(4) * 4;
+        let np = n.div_ceil(NB) * NB;
+        let blocks = np / NB;
+        let src = w.data.as_slice();
+        let mut data = vec![0i8; np * kp];
+        data.par_chunks_mut(NT * NB * kp).enumerate().for_each(|(t, tile)| {
+            let bt = NT.min(blocks - t * NT);
+            for b in 0..bt {
+                for j in 0..NB {
+                    let row = (t * NT + b) * NB + j;
+                    if row >= n {
+                        break;
+                    }
+                    for kk in 0..k {
+                        let (g, r) = (kk / 4, kk % 4);
+                        tile[g * bt * 64 + b * 64 + j * 4 + r] = src[row * k + kk];
+                    }
+                }
+            }
+        });
+        BlockedWeights { n, k, kp, np, data }
+    }
+}
+
+/// The columns one task writes and what its epilogue needs, sliced to them.
+pub struct Columns<'a> {
+    /// Row stride of the output.
+    pub n: usize,
+    pub c0: usize,
+    pub c1: usize,
+    /// Row sums of these columns' weights (empty for unshifted kernels).
+    pub row_sums: &'a [i32],
+    pub sw: &'a [f32],
+    pub bias: Option<&'a [f32]>,
+    pub epilogue: Epilogue,
+}
+
+/// One tile's activations as a kernel reads them: `mr` rows from `data`, `stride` bytes apart,
+/// each `kp` bytes of codes in the kernel's encoding, then (kernels with [`Kernel::ABS_COPY`])
+/// `kp` bytes of their absolute values.
+#[derive(Clone, Copy)]
+pub struct Rows<'a> {
+    pub data: &'a [u8],
+    pub stride: usize,
+    pub kp: usize,
+}
+
+/// One micro-kernel family: its activation encoding, row quantization, tile and epilogue.
+/// Every `unsafe fn` here has one safety condition: the CPU has the features
+/// [`Kernel::available`] checks (and slices are sized as documented).
+#[allow(clippy::missing_safety_doc)] // one condition for all, stated above
+pub trait Kernel: Sync + Sized {
+    /// Activations as `a + 128` (u8, corrected with row sums) rather than plain i8 codes.
+    const SHIFTED: bool;
+    /// Each activation row is followed by its absolute values (see [`Rows`]).
+    const ABS_COPY: bool = false;
+    /// Rows per tile (<= [`MR_MAX`]): as many as the register file holds accumulators for.
+    const MR: usize;
+    fn available() -> bool;
+    /// Quantizes one row into `out` (`x.len()` bytes) in this kernel's encoding; returns the scale.
+    unsafe fn quantize_row(x: &[f32], out: &mut [u8]) -> f32;
+    /// Rows `mr` (<= `MR`) x `blocks` (<= [`NT`]) weight blocks of one tile, through the
+    /// epilogue, into `out` (row 0 of the strip, column 0; row stride `cols.n`). `first`: the
+    /// task's first strip (its weights come from memory). `sa`: the strip's row scales.
+    /// Caller: `out` rows x `cols.c0..c1` belong to it alone.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn strip(
+        a: Rows,
+        w: &BlockedWeights,
+        nb0: usize,
+        blocks: usize,
+        mr: usize,
+        first: bool,
+        cols: &Columns,
+        sa: &[f32],
+        out: *mut f32,
+    );
+    /// The register-only loop of this kernel's inner instruction sequence (no memory operands,
+    /// independent accumulators): the MACs it performed in `iters` iterations. Its rate is the
+    /// peak the kernel's tile is measured against.
+    unsafe fn peak_sequence(iters: usize) -> u64;
+}
+
+/// Rows handled by one quantization task.
+const FILL_ROWS: usize = 16;
+
+/// The blocked driver: every row quantized once in the kernel's encoding, in parallel (the
+/// buffer, <= 1 MB for ViT-B, stays in L2), then tasks over 64-column tiles; each task streams
+/// its slice of the weights from memory once and sweeps every row (sweeping all columns per
+/// row chunk instead re-read the 2.4 MB fc1/fc2 weights once per chunk).
+///
+/// # Safety
+/// `K::available()`; `out` must point to `m · w.n` writable f32s that nothing else accesses
+/// during the call; every one of them is written.
+unsafe fn run<K: Kernel>(
+    m: usize,
+    src: Source,
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+    out: SharedMut<f32>,
+) {
+    let bw = w.blocked.get_or_init(|| BlockedWeights::pack(w));
+    let (n, k, kp) = (w.n, w.k, bw.kp);
+    let stride = if K::ABS_COPY { 2 * kp } else { kp };
+    // Padding meets zero weights; 128 is the shifted encoding of 0 (and |0| = 0).
+    let zero = if K::SHIFTED { 128u8 } else { 0 };
+    let mut au = vec![zero; m * stride];
+    let mut scales = vec![0f32; m];
+    au.par_chunks_mut(FILL_ROWS * stride).zip(scales.par_chunks_mut(FILL_ROWS)).enumerate().for_each(
+        |(c, (rows, s))| {
+            for (r, (row, scale)) in rows.chunks_mut(stride).zip(s.iter_mut()).enumerate() {
+                let i = c * FILL_ROWS + r;
+                match src {
+                    // SAFETY: the caller checked the kernel's features.
+                    Source::F32(x) => *scale = unsafe { K::quantize_row(&x[i * k..(i + 1) * k], &mut row[..k]) },
+                    Source::Codes(a) => {
+                        let offset: i16 = if K::SHIFTED { 128 } else { 0 };
+                        for (d, &c) in row[..k].iter_mut().zip(&a.data[i * k..(i + 1) * k]) {
+                            *d = (c as i16 + offset) as u8;
+                        }
+                        *scale = a.scales[i];
+                    }
+                }
+                if K::ABS_COPY {
+                    let (codes, abs) = row.split_at_mut(kp);
+                    for (d, &c) in abs[..k].iter_mut().zip(&codes[..k]) {
+                        *d = (c as i8).unsigned_abs();
+                    }
+                }
+            }
+        },
+    );
+    let tasks = (bw.np / NB).div_ceil(NT);
+    (0..tasks).into_par_iter().for_each(|task| {
+        let nb = task * NT;
+        let blocks = NT.min(bw.np / NB - nb);
+        let (c0, c1) = (nb * NB, ((nb + blocks) * NB).min(n));
+        if c0 >= c1 {
+            return;
+        }
+        let cols = Columns {
+            n,
+            c0,
+            c1,
+            row_sums: if K::SHIFTED { &w.row_sums[c0..c1] } else { &[] },
+            sw: &w.scales[c0..c1],
+            bias: bias.map(|b| &b[c0..c1]),
+            epilogue,
+        };
+        let mut i = 0;
+        while i < m {
+            let mr = K::MR.min(m - i);
+            let rows = Rows { data: &au[i * stride..], stride, kp };
+            // SAFETY: features checked by the caller; slices are sized by construction; rows
+            // i..i+mr, columns c0..c1 of `out` belong to this task alone.
+            unsafe { K::strip(rows, bw, nb, blocks, mr, i == 0, &cols, &scales[i..i + mr], out.ptr().add(i * n)) };
+            i += mr;
+        }
+    });
+}
+
+/// The tail of a [`Kernel::strip`]: accumulators stored in `acc` (row stride `NB·NT`), then the
+/// shared epilogue row by row through `epilogue` (the kernel's compilation of [`epilogue_row`]).
+///
+/// # Safety
+/// As [`Kernel::strip`].
+pub unsafe fn epilogue_rows(acc: &[i32], mr: usize, cols: &Columns, sa: &[f32], out: *mut f32, epilogue: EpilogueFn) {
+    let width = cols.c1 - cols.c0;
+    for r in 0..mr {
+        // SAFETY: the caller owns these output elements.
+        let out_row = unsafe { std::slice::from_raw_parts_mut(out.add(r * cols.n + cols.c0), width) };
+        let acc_row = &acc[r * NB * NT..r * NB * NT + width];
+        // SAFETY: `epilogue` is compiled for features the caller checked.
+        unsafe { epilogue(acc_row, cols.row_sums, sa[r], cols.sw, cols.bias, cols.epilogue, out_row) };
+    }
+}
+
+/// [`epilogue_row`] compiled for some ISA.
+pub type EpilogueFn = unsafe fn(&[i32], &[i32], f32, &[f32], Option<&[f32]>, Epilogue, &mut [f32]);
+
+/// GELU (erf), for kernels that apply the epilogue in registers.
+#[inline(always)]
+pub fn gelu(x: f32) -> f32 {
+    gelu_erf(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantization_is_symmetric_per_row_and_rounds_half_to_even() {
+        // max 127 -> scale 1: values land exactly on .5 and must round to even.
+        let x = [127.0, 0.5, 1.5, 2.5, -2.5, -127.0];
+        let q = quantize_rows(&x, 1, 6);
+        assert_eq!(q.scales, vec![1.0]);
+        assert_eq!(q.data, vec![127, 0, 2, 2, -2, -127]);
+        let zero = quantize_rows(&[0.0; 4], 1, 4);
+        assert_eq!(zero.data, vec![0; 4]);
+    }
+
+    #[test]
+    fn gemm_matches_a_hand_computed_product() {
+        // a = [[127, 0], [0, -127]] (scale 1 per row), w = [[1, 0], [0, 1], [1, 1]] (scale 1/127).
+        let a = quantize_rows(&[127.0, 0.0, 0.0, -127.0], 2, 2);
+        let w = PackedWeights::quantize(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], 3, 2);
+        let mut out = vec![0f32; 6];
+        gemm(Isa::Portable, &a, &w, Some(&[0.5, 0.0, -1.0]), Epilogue::None, &mut out);
+        assert_eq!(out, vec![127.5, 0.0, 126.0, 0.5, -127.0, -128.0]);
+        assert_eq!(w.row_sums, vec![127, 127, 254]);
+    }
+}
+
+#[cfg(test)]
+mod rounding_tests {
+    use super::round_half_even;
+
+    #[test]
+    fn magic_rounding_equals_round_ties_even_on_the_quantized_range() {
+        // Every quarter step in [-128, 128] and a dense sweep of arbitrary values.
+        for i in -512..=512 {
+            let v = i as f32 / 4.0;
+            assert_eq!(round_half_even(v), v.round_ties_even(), "{v}");
+        }
+        let mut x = -127.9f32;
+        while x < 127.9 {
+            assert_eq!(round_half_even(x), x.round_ties_even(), "{x}");
+            x += 0.0137;
+        }
+    }
+}

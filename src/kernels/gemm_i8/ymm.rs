@@ -1,0 +1,436 @@
+//! The 256-bit int8 micro-kernels, for CPUs without AVX-512 VNNI, over the same 16-channel
+//! weight blocks as the AVX-512 kernel (one block is two ymm per group of 4 k):
+//!
+//! - **AVX-VNNI** (Alder Lake and later, Zen 5): `vpdpbusd` on ymm, VEX-encoded; activations
+//!   shifted to u8 like the AVX-512 kernel. 6 rows x 16 channels in 12 accumulators.
+//! - **its EVEX twin**: the same tile with the AVX-512 VL encoding of the same instruction, for
+//!   CPUs that have AVX-512 VNNI but not AVX-VNNI (Zen 4, Ice Lake): there the 256-bit kernel
+//!   can be run, tested and measured although the VEX form is missing.
+//! - **AVX2**: no dot-product instruction. `vpmaddubsw` (u8 x i8, adjacent pairs summed into
+//!   i16) would saturate on shifted activations (2·255·127 > 32767), so this path feeds it
+//!   `|a|` and `w·sign(a)` instead: pair sums stay within 2·127·127 = 32258, exact; `vpmaddwd`
+//!   by ones widens the pairs into i32. `|a|` is computed once per row by the driver
+//!   ([`Kernel::ABS_COPY`]) rather than once per tile and k group. Of the sequences measured
+//!   register-only ([`CANDIDATES`]), this is the fastest exact one; the saturating u8 x s8 form
+//!   (ONNX Runtime's and fbgemm's on AVX2) needs one instruction fewer but changes results.
+//!
+//! Every tile is compiled for a constant row count, so its accumulators stay in registers
+//! (a row loop with a run-time bound kept them on the stack).
+
+use std::arch::asm;
+use std::arch::x86_64::*;
+
+use super::{
+    BlockedWeights, Columns, Epilogue, Kernel, MR_MAX, NB, NT, PeakSequence, Rows, epilogue_row, epilogue_rows,
+    quantize_one,
+};
+
+/// Row quantization in AVX2, the same codes as [`super::quantize_row_into`]:
+/// `vcvtps2dq` rounds half to even (the default MXCSR mode) like the magic-number rounding,
+/// NaN products are zeroed like `NaN as i8`, and max|x| ignores NaN like `f32::max`.
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_row_avx2<const SHIFTED: bool>(x: &[f32], out: &mut [u8]) -> f32 {
+    let k = x.len();
+    assert!(out.len() >= k);
+    unsafe {
+        let abs_bits = _mm256_set1_epi32(0x7fff_ffff);
+        let abs = |v: __m256| _mm256_castsi256_ps(_mm256_and_si256(_mm256_castps_si256(v), abs_bits));
+        let mut acc = _mm256_setzero_ps();
+        let full8 = k / 8 * 8;
+        for i in (0..full8).step_by(8) {
+            // max(a, b) returns b when a is NaN: NaN never wins.
+            acc = _mm256_max_ps(abs(_mm256_loadu_ps(x.as_ptr().add(i))), acc);
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+        let mut amax = 0f32;
+        for v in lanes.iter().chain(&x[full8..]) {
+            amax = amax.max(v.abs());
+        }
+        let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        let (inv_v, lo, hi) = (_mm256_set1_ps(inv), _mm256_set1_ps(-127.0), _mm256_set1_ps(127.0));
+        let codes = |p: *const f32| {
+            let p = _mm256_mul_ps(_mm256_loadu_ps(p), inv_v);
+            let p = _mm256_and_ps(p, _mm256_cmp_ps::<_CMP_ORD_Q>(p, p));
+            _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(p, lo), hi))
+        };
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let full32 = k / 32 * 32;
+        for i in (0..full32).step_by(32) {
+            let p = x.as_ptr().add(i);
+            let w16a = _mm256_packs_epi32(codes(p), codes(p.add(8)));
+            let w16b = _mm256_packs_epi32(codes(p.add(16)), codes(p.add(24)));
+            // packs interleave 128-bit lanes; the permutation restores element order.
+            let mut b = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w16a, w16b), order);
+            if SHIFTED {
+                b = _mm256_xor_si256(b, _mm256_set1_epi8(-128)); // i8 + 128 as u8
+            }
+            _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, b);
+        }
+        let offset: i16 = if SHIFTED { 128 } else { 0 };
+        for (o, &v) in out[full32..k].iter_mut().zip(&x[full32..]) {
+            *o = (quantize_one(v, inv) as i16 + offset) as u8;
+        }
+        amax / 127.0
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn epilogue_avx2(
+    acc: &[i32],
+    row_sums: &[i32],
+    sa: f32,
+    sw: &[f32],
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+    out: &mut [f32],
+) {
+    // Rust never contracts a·b + c into an FMA, so enabling it here cannot change the bits.
+    epilogue_row(acc, row_sums, sa, sw, bias, epilogue, out)
+}
+
+/// Stores one block's `R` x 16 accumulators into `acc` (row stride 64) at block `b`.
+#[inline(always)]
+unsafe fn store_block<const R: usize>(c: &[[__m256i; 2]; R], b: usize, acc: &mut [i32]) {
+    for (r, row) in c.iter().enumerate() {
+        for (h, v) in row.iter().enumerate() {
+            unsafe { _mm256_storeu_si256(acc.as_mut_ptr().add(r * NB * NT + b * NB + h * 8) as *mut __m256i, *v) };
+        }
+    }
+}
+
+/// The 4 bytes at `p`, broadcast to every 32-bit lane.
+#[inline(always)]
+unsafe fn broadcast4(p: *const u8) -> __m256i {
+    unsafe { _mm256_set1_epi32((p as *const i32).read_unaligned()) }
+}
+
+/// A `vpdpbusd` ymm tile, `R` rows x each block of the tile, compiled for one encoding.
+macro_rules! vnni_tile {
+    ($name:ident, $features:literal, $dpbusd:ident) => {
+        #[target_feature(enable = $features)]
+        #[allow(clippy::needless_range_loop)] // register tiles indexed by row read clearest
+        unsafe fn $name<const R: usize>(a: Rows, w: &BlockedWeights, nb0: usize, blocks: usize, acc: &mut [i32]) {
+            unsafe {
+                let (wbase, gs) = w.tile_start(nb0, blocks);
+                let abase = a.data.as_ptr();
+                for b in 0..blocks {
+                    let wb = wbase.add(b * 64);
+                    let mut c = [[_mm256_setzero_si256(); 2]; R];
+                    for g in 0..a.kp / 4 {
+                        let w0 = _mm256_loadu_si256(wb.add(g * gs) as *const __m256i);
+                        let w1 = _mm256_loadu_si256(wb.add(g * gs + 32) as *const __m256i);
+                        for r in 0..R {
+                            let av = broadcast4(abase.add(r * a.stride + g * 4));
+                            c[r][0] = $dpbusd(c[r][0], av, w0);
+                            c[r][1] = $dpbusd(c[r][1], av, w1);
+                        }
+                    }
+                    store_block(&c, b, acc);
+                }
+            }
+        }
+    };
+}
+
+vnni_tile!(tile_avxvnni, "avx2,avxvnni", _mm256_dpbusd_avx_epi32);
+vnni_tile!(tile_avxvnni_evex, "avx2,avx512f,avx512vl,avx512vnni", _mm256_dpbusd_epi32);
+
+/// The AVX2 tile: `R` rows x each block, `|a|` (the row's second half) times `w·sign(a)`.
+#[target_feature(enable = "avx2")]
+#[allow(clippy::needless_range_loop)]
+unsafe fn tile_avx2<const R: usize>(a: Rows, w: &BlockedWeights, nb0: usize, blocks: usize, acc: &mut [i32]) {
+    unsafe {
+        let (wbase, gs) = w.tile_start(nb0, blocks);
+        let abase = a.data.as_ptr();
+        let ones = _mm256_set1_epi16(1);
+        for b in 0..blocks {
+            let wb = wbase.add(b * 64);
+            let mut c = [[_mm256_setzero_si256(); 2]; R];
+            for g in 0..a.kp / 4 {
+                let w0 = _mm256_loadu_si256(wb.add(g * gs) as *const __m256i);
+                let w1 = _mm256_loadu_si256(wb.add(g * gs + 32) as *const __m256i);
+                for r in 0..R {
+                    let row = abase.add(r * a.stride + g * 4);
+                    let (av, abs_a) = (broadcast4(row), broadcast4(row.add(a.kp)));
+                    let p0 = _mm256_maddubs_epi16(abs_a, _mm256_sign_epi8(w0, av));
+                    let p1 = _mm256_maddubs_epi16(abs_a, _mm256_sign_epi8(w1, av));
+                    c[r][0] = _mm256_add_epi32(c[r][0], _mm256_madd_epi16(p0, ones));
+                    c[r][1] = _mm256_add_epi32(c[r][1], _mm256_madd_epi16(p1, ones));
+                }
+            }
+            store_block(&c, b, acc);
+        }
+    }
+}
+
+/// Calls `$tile::<R>` for the run-time row count `$mr` (1..=6).
+macro_rules! with_rows {
+    ($tile:ident, $mr:expr, $($arg:expr),*) => {
+        match $mr {
+            1 => $tile::<1>($($arg),*),
+            2 => $tile::<2>($($arg),*),
+            3 => $tile::<3>($($arg),*),
+            4 => $tile::<4>($($arg),*),
+            5 => $tile::<5>($($arg),*),
+            6 => $tile::<6>($($arg),*),
+            _ => unreachable!("tiles have at most 6 rows"),
+        }
+    };
+}
+
+/// The AVX-VNNI kernel (VEX `vpdpbusd` ymm). 6 rows: 12 accumulators, 2 weight vectors and a
+/// broadcast fill the 16 ymm registers.
+pub struct AvxVnni;
+/// [`AvxVnni`]'s tile in the EVEX encoding (AVX-512 VL + VNNI); same operations, same results.
+pub struct AvxVnniEvex;
+/// Plain AVX2: 4 rows, 8 accumulators (+ 2 weights, a, |a|, a product and the ones vector).
+pub struct Avx2;
+
+/// [`Kernel::strip`] for the ymm kernels: the tile into a buffer, then the epilogue row by row.
+macro_rules! ymm_strip {
+    ($tile:ident) => {
+        unsafe fn strip(
+            a: Rows,
+            w: &BlockedWeights,
+            nb0: usize,
+            blocks: usize,
+            mr: usize,
+            _first: bool,
+            cols: &Columns,
+            sa: &[f32],
+            out: *mut f32,
+        ) {
+            let mut acc = [0i32; MR_MAX * NB * NT];
+            unsafe {
+                with_rows!($tile, mr, a, w, nb0, blocks, &mut acc);
+                epilogue_rows(&acc, mr, cols, sa, out, epilogue_avx2)
+            }
+        }
+    };
+}
+
+impl Kernel for AvxVnni {
+    const SHIFTED: bool = true;
+    const MR: usize = 6;
+    fn available() -> bool {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("avxvnni")
+    }
+    unsafe fn quantize_row(x: &[f32], out: &mut [u8]) -> f32 {
+        unsafe { quantize_row_avx2::<true>(x, out) }
+    }
+    ymm_strip!(tile_avxvnni);
+    unsafe fn peak_sequence(iters: usize) -> u64 {
+        unsafe { dpbusd_ymm_loop::<true>(iters) }
+    }
+}
+
+impl Kernel for AvxVnniEvex {
+    const SHIFTED: bool = true;
+    const MR: usize = 6;
+    fn available() -> bool {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+    }
+    unsafe fn quantize_row(x: &[f32], out: &mut [u8]) -> f32 {
+        unsafe { quantize_row_avx2::<true>(x, out) }
+    }
+    ymm_strip!(tile_avxvnni_evex);
+    unsafe fn peak_sequence(iters: usize) -> u64 {
+        unsafe { dpbusd_ymm_loop::<false>(iters) }
+    }
+}
+
+impl Kernel for Avx2 {
+    const SHIFTED: bool = false;
+    const ABS_COPY: bool = true;
+    const MR: usize = 4;
+    fn available() -> bool {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    unsafe fn quantize_row(x: &[f32], out: &mut [u8]) -> f32 {
+        unsafe { quantize_row_avx2::<false>(x, out) }
+    }
+    ymm_strip!(tile_avx2);
+    unsafe fn peak_sequence(iters: usize) -> u64 {
+        unsafe { sign_maddubs_loop(iters) }
+    }
+}
+
+// ---- Register-only peaks --------------------------------------------------------------------
+// Written in assembly: the same loops in intrinsics have loop-invariant products, which the
+// compiler hoists out of the loop (only the accumulating instruction would be timed).
+
+/// 12 independent `vpdpbusd` ymm chains (`VEX`: the AVX-VNNI encoding, else EVEX).
+#[target_feature(enable = "avx2")]
+unsafe fn dpbusd_ymm_loop<const VEX: bool>(iters: usize) -> u64 {
+    macro_rules! chains {
+        ($prefix:literal) => {
+            concat!(
+                $prefix,
+                " vpdpbusd ymm4, ymm0, ymm1\n",
+                $prefix,
+                " vpdpbusd ymm5, ymm0, ymm2\n",
+                $prefix,
+                " vpdpbusd ymm6, ymm0, ymm3\n",
+                $prefix,
+                " vpdpbusd ymm7, ymm0, ymm1\n",
+                $prefix,
+                " vpdpbusd ymm8, ymm0, ymm2\n",
+                $prefix,
+                " vpdpbusd ymm9, ymm0, ymm3\n",
+                $prefix,
+                " vpdpbusd ymm10, ymm0, ymm1\n",
+                $prefix,
+                " vpdpbusd ymm11, ymm0, ymm2\n",
+                $prefix,
+                " vpdpbusd ymm12, ymm0, ymm3\n",
+                $prefix,
+                " vpdpbusd ymm13, ymm0, ymm1\n",
+                $prefix,
+                " vpdpbusd ymm14, ymm0, ymm2\n",
+                $prefix,
+                " vpdpbusd ymm15, ymm0, ymm3\n",
+            )
+        };
+    }
+    // SAFETY: registers only; the caller checked the instruction's features.
+    unsafe {
+        if VEX {
+            asm!("2:", chains!("{{vex}}"), "dec {n}", "jnz 2b", n = inout(reg) iters.max(1) => _,
+                out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _,
+                out("ymm10") _, out("ymm11") _, out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
+                options(nostack, nomem));
+        } else {
+            asm!("2:", chains!("{{evex}}"), "dec {n}", "jnz 2b", n = inout(reg) iters.max(1) => _,
+                out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _,
+                out("ymm10") _, out("ymm11") _, out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
+                options(nostack, nomem));
+        }
+    }
+    (iters.max(1) * 12 * 32) as u64
+}
+
+/// The AVX2 path's sequence: `vpsignb`, `vpmaddubsw`, `vpmaddwd` by ones, `vpaddd`; 8 chains.
+#[target_feature(enable = "avx2")]
+unsafe fn sign_maddubs_loop(iters: usize) -> u64 {
+    macro_rules! chain {
+        ($acc:literal, $w:literal, $t:literal) => {
+            concat!(
+                "vpsignb ",
+                $t,
+                ", ",
+                $w,
+                ", ymm0\n",
+                "vpmaddubsw ",
+                $t,
+                ", ymm1, ",
+                $t,
+                "\n",
+                "vpmaddwd ",
+                $t,
+                ", ",
+                $t,
+                ", ymm2\n",
+                "vpaddd ",
+                $acc,
+                ", ",
+                $acc,
+                ", ",
+                $t,
+                "\n",
+            )
+        };
+    }
+    // SAFETY: registers only; AVX2 checked by the caller.
+    unsafe {
+        asm!("vpcmpeqw ymm2, ymm2, ymm2", "vpsrlw ymm2, ymm2, 15", "2:",
+            chain!("ymm5", "ymm3", "ymm13"), chain!("ymm6", "ymm4", "ymm14"),
+            chain!("ymm7", "ymm3", "ymm15"), chain!("ymm8", "ymm4", "ymm13"),
+            chain!("ymm9", "ymm3", "ymm14"), chain!("ymm10", "ymm4", "ymm15"),
+            chain!("ymm11", "ymm3", "ymm13"), chain!("ymm12", "ymm4", "ymm14"),
+            "dec {n}", "jnz 2b", n = inout(reg) iters.max(1) => _,
+            out("ymm2") _, out("ymm5") _, out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _,
+            out("ymm10") _, out("ymm11") _, out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
+            options(nostack, nomem));
+    }
+    (iters.max(1) * 8 * 32) as u64
+}
+
+/// ONNX Runtime's and fbgemm's AVX2 sequence on u8 x s8: `vpmaddubsw`, `vpmaddwd`, `vpaddd`.
+/// One instruction fewer than ours, but `vpmaddubsw` saturates on large pairs (inexact).
+#[target_feature(enable = "avx2")]
+unsafe fn u8s8_loop(iters: usize) -> u64 {
+    macro_rules! chain {
+        ($acc:literal, $w:literal, $t:literal) => {
+            concat!(
+                "vpmaddubsw ",
+                $t,
+                ", ymm1, ",
+                $w,
+                "\n",
+                "vpmaddwd ",
+                $t,
+                ", ",
+                $t,
+                ", ymm2\n",
+                "vpaddd ",
+                $acc,
+                ", ",
+                $acc,
+                ", ",
+                $t,
+                "\n"
+            )
+        };
+    }
+    // SAFETY: registers only; AVX2 checked by the caller.
+    unsafe {
+        asm!("vpcmpeqw ymm2, ymm2, ymm2", "vpsrlw ymm2, ymm2, 15", "2:",
+            chain!("ymm5", "ymm3", "ymm13"), chain!("ymm6", "ymm4", "ymm14"),
+            chain!("ymm7", "ymm3", "ymm15"), chain!("ymm8", "ymm4", "ymm13"),
+            chain!("ymm9", "ymm3", "ymm14"), chain!("ymm10", "ymm4", "ymm15"),
+            chain!("ymm11", "ymm3", "ymm13"), chain!("ymm12", "ymm4", "ymm14"),
+            "dec {n}", "jnz 2b", n = inout(reg) iters.max(1) => _,
+            out("ymm2") _, out("ymm5") _, out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _,
+            out("ymm10") _, out("ymm11") _, out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
+            options(nostack, nomem));
+    }
+    (iters.max(1) * 8 * 32) as u64
+}
+
+/// `vpmaddwd` on i16 operands (weights and activations widened) and `vpaddd`: exact, but half
+/// the products per instruction and twice the weight bytes.
+#[target_feature(enable = "avx2")]
+unsafe fn i16_madd_loop(iters: usize) -> u64 {
+    macro_rules! chain {
+        ($acc:literal, $w:literal, $t:literal) => {
+            concat!("vpmaddwd ", $t, ", ymm0, ", $w, "\n", "vpaddd ", $acc, ", ", $acc, ", ", $t, "\n")
+        };
+    }
+    // SAFETY: registers only; AVX2 checked by the caller.
+    unsafe {
+        asm!("2:",
+            chain!("ymm5", "ymm3", "ymm13"), chain!("ymm6", "ymm4", "ymm14"),
+            chain!("ymm7", "ymm3", "ymm15"), chain!("ymm8", "ymm4", "ymm13"),
+            chain!("ymm9", "ymm3", "ymm14"), chain!("ymm10", "ymm4", "ymm15"),
+            chain!("ymm11", "ymm3", "ymm13"), chain!("ymm12", "ymm4", "ymm14"),
+            "dec {n}", "jnz 2b", n = inout(reg) iters.max(1) => _,
+            out("ymm5") _, out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _,
+            out("ymm10") _, out("ymm11") _, out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
+            options(nostack, nomem));
+    }
+    (iters.max(1) * 8 * 16) as u64
+}
+
+/// The AVX2 int8 sequences the AVX2 path was chosen from, each as a register-only loop
+/// (name, loop returning its MACs). Each needs AVX2.
+pub const CANDIDATES: [(&str, PeakSequence); 3] = [
+    ("avx2 |a|·sign: vpsignb+vpmaddubsw+vpmaddwd+vpaddd (exact, ours)", sign_maddubs_loop),
+    ("avx2 u8s8: vpmaddubsw+vpmaddwd+vpaddd (saturates)", u8s8_loop),
+    ("avx2 i16: vpmaddwd+vpaddd (exact)", i16_madd_loop),
+];
