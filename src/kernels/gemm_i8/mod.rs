@@ -440,13 +440,17 @@ unsafe fn portable(
     }
     let widened = w.widened.get_or_init(|| WidenedWeights::pack(w));
     let row_of = |i: usize| &a16[i * kv..(i + 1) * kv];
-    (0..n.div_ceil(PORTABLE_COLUMNS)).into_par_iter().for_each(|task| {
+    let col_tasks = n.div_ceil(PORTABLE_COLUMNS);
+    let (row_chunks, chunk_rows) = row_split(m, col_tasks, PORTABLE_ROWS);
+    (0..col_tasks * row_chunks).into_par_iter().for_each(|task| {
+        let (task, chunk) = (task / row_chunks, task % row_chunks);
+        let (r0, r1) = (chunk * chunk_rows, ((chunk + 1) * chunk_rows).min(m));
         let (c0, c1) = (task * PORTABLE_COLUMNS, ((task + 1) * PORTABLE_COLUMNS).min(n));
         let weight_row = |j: usize| &widened.rows[j.min(n - 1) * kv..(j.min(n - 1) + 1) * kv];
         let mut acc = [[0i32; PORTABLE_COLUMNS]; PORTABLE_ROWS];
-        let mut i = 0;
-        while i < m {
-            let rows = PORTABLE_ROWS.min(m - i);
+        let mut i = r0;
+        while i < r1 {
+            let rows = PORTABLE_ROWS.min(r1 - i);
             for j in (c0..c1).step_by(PORTABLE_CHANNELS) {
                 // Channels past c1 repeat the last row (computed, never stored).
                 let w4: [&[i16x8]; PORTABLE_CHANNELS] = std::array::from_fn(|c| weight_row(j + c));
@@ -621,32 +625,46 @@ unsafe fn run<K: Kernel>(
     let zero = if K::SHIFTED { 128u8 } else { 0 };
     let mut au = vec![zero; m * stride];
     let mut scales = vec![0f32; m];
-    au.par_chunks_mut(FILL_ROWS * stride).zip(scales.par_chunks_mut(FILL_ROWS)).enumerate().for_each(
-        |(c, (rows, s))| {
-            for (r, (row, scale)) in rows.chunks_mut(stride).zip(s.iter_mut()).enumerate() {
-                let i = c * FILL_ROWS + r;
-                match src {
-                    // SAFETY: the caller checked the kernel's features.
-                    Source::F32(x) => *scale = unsafe { K::quantize_row(&x[i * k..(i + 1) * k], &mut row[..k]) },
-                    Source::Codes(a) => {
-                        let offset: i16 = if K::SHIFTED { 128 } else { 0 };
-                        for (d, &c) in row[..k].iter_mut().zip(&a.data[i * k..(i + 1) * k]) {
-                            *d = (c as i16 + offset) as u8;
-                        }
-                        *scale = a.scales[i];
+    let fill = |c: usize, rows: &mut [u8], s: &mut [f32]| {
+        for (r, (row, scale)) in rows.chunks_mut(stride).zip(s.iter_mut()).enumerate() {
+            let i = c * FILL_ROWS + r;
+            match src {
+                // SAFETY: the caller checked the kernel's features.
+                Source::F32(x) => *scale = unsafe { K::quantize_row(&x[i * k..(i + 1) * k], &mut row[..k]) },
+                Source::Codes(a) => {
+                    let offset: i16 = if K::SHIFTED { 128 } else { 0 };
+                    for (d, &c) in row[..k].iter_mut().zip(&a.data[i * k..(i + 1) * k]) {
+                        *d = (c as i16 + offset) as u8;
                     }
-                }
-                if K::ABS_COPY {
-                    let (codes, abs) = row.split_at_mut(kp);
-                    for (d, &c) in abs[..k].iter_mut().zip(&codes[..k]) {
-                        *d = (c as i8).unsigned_abs();
-                    }
+                    *scale = a.scales[i];
                 }
             }
-        },
-    );
-    let tasks = (bw.np / NB).div_ceil(NT);
-    (0..tasks).into_par_iter().for_each(|task| {
+            if K::ABS_COPY {
+                let (codes, abs) = row.split_at_mut(kp);
+                for (d, &c) in abs[..k].iter_mut().zip(&codes[..k]) {
+                    *d = (c as i8).unsigned_abs();
+                }
+            }
+        }
+    };
+    // A hand-off to another core costs microseconds: small layers (DeiT-Ti: 197 x 192) are
+    // quantized by the calling thread alone.
+    if m * k < SERIAL_FILL_ELEMENTS {
+        au.chunks_mut(FILL_ROWS * stride)
+            .zip(scales.chunks_mut(FILL_ROWS))
+            .enumerate()
+            .for_each(|(c, (r, s))| fill(c, r, s));
+    } else {
+        au.par_chunks_mut(FILL_ROWS * stride)
+            .zip(scales.par_chunks_mut(FILL_ROWS))
+            .enumerate()
+            .for_each(|(c, (r, s))| fill(c, r, s));
+    }
+    let col_tasks = (bw.np / NB).div_ceil(NT);
+    let (row_chunks, chunk_rows) = row_split(m, col_tasks, K::MR);
+    (0..col_tasks * row_chunks).into_par_iter().for_each(|task| {
+        let (task, chunk) = (task / row_chunks, task % row_chunks);
+        let (r0, r1) = (chunk * chunk_rows, ((chunk + 1) * chunk_rows).min(m));
         let nb = task * NT;
         let blocks = NT.min(bw.np / NB - nb);
         let (c0, c1) = (nb * NB, ((nb + blocks) * NB).min(n));
@@ -662,16 +680,30 @@ unsafe fn run<K: Kernel>(
             bias: bias.map(|b| &b[c0..c1]),
             epilogue,
         };
-        let mut i = 0;
-        while i < m {
-            let mr = K::MR.min(m - i);
+        let mut i = r0;
+        while i < r1 {
+            let mr = K::MR.min(r1 - i);
             let rows = Rows { data: &au[i * stride..], stride, kp };
             // SAFETY: features checked by the caller; slices are sized by construction; rows
             // i..i+mr, columns c0..c1 of `out` belong to this task alone.
-            unsafe { K::strip(rows, bw, nb, blocks, mr, i == 0, &cols, &scales[i..i + mr], out.ptr().add(i * n)) };
+            unsafe { K::strip(rows, bw, nb, blocks, mr, i == r0, &cols, &scales[i..i + mr], out.ptr().add(i * n)) };
             i += mr;
         }
     });
+}
+
+/// Below this many activation elements a layer's rows are quantized without a parallel hand-off.
+const SERIAL_FILL_ELEMENTS: usize = 64 * 1024;
+
+/// How to split `m` rows so that `col_tasks` column tiles make enough tasks for every thread
+/// to get several (narrow layers — DeiT-Ti's proj and fc2 have 3 tiles — left a core idle):
+/// `(chunks, rows per chunk)`, chunks a multiple of `mr` rows. Wide layers keep one chunk, so
+/// each task streams its weights once.
+fn row_split(m: usize, col_tasks: usize, mr: usize) -> (usize, usize) {
+    let want = 4 * rayon::current_num_threads();
+    let chunks = want.div_ceil(col_tasks.max(1)).clamp(1, m.div_ceil(mr).max(1));
+    let rows = m.div_ceil(chunks).next_multiple_of(mr).max(mr);
+    (m.div_ceil(rows).max(1), rows)
 }
 
 /// The tail of a [`Kernel::strip`]: accumulators stored in `acc` (row stride `NB·NT`), then the
