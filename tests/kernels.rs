@@ -193,3 +193,31 @@ fn f32_linear_matches_a_portable_f64_loop() {
     }
     println!("f32 linear (gemm crate, AVX-512 where present) vs f64 loops: {worst:.2e} relative");
 }
+
+#[test]
+fn layer_norm_fused_into_the_int8_layer_equals_the_two_ops() {
+    use vit_workbench::kernels::gemm_i8::{layer_norm_linear, linear};
+    use vit_workbench::kernels::ops::add_layer_norm;
+    // 197 x 192 is quantized serially, 197 x 768 by parallel chunks: both fill paths.
+    for &(m, k, n) in &[(197usize, 192usize, 576usize), (197, 768, 3072), (7, 100, 37), (1, 45, 20)] {
+        let x = pseudo_random(m * k, 5 + k as u64, 3.0);
+        let y = pseudo_random(m * k, 9 + k as u64, 1.0);
+        let gamma = pseudo_random(k, 13, 1.0);
+        let beta = pseudo_random(k, 17, 0.5);
+        let w = PackedWeights::quantize(&pseudo_random(n * k, 3 + n as u64, 0.1), n, k);
+        let bias = pseudo_random(n, 11, 0.5);
+        for &isa in &available_isas() {
+            for y in [Some(&y[..]), None] {
+                let (mut sum, mut norm) = (vec![0f32; m * k], vec![0f32; m * k]);
+                add_layer_norm(isa == Isa::Portable, &x, y, &gamma, &beta, 1e-6, &mut sum, &mut norm);
+                let expected = linear(isa, &norm, m, &w, Some(&bias), Epilogue::Gelu);
+                let mut fused_sum = vec![f32::NAN; m * k];
+                let fused =
+                    layer_norm_linear(isa, &x, y, &gamma, &beta, 1e-6, &mut fused_sum, &w, Some(&bias), Epilogue::Gelu);
+                let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
+                assert!(same(&fused_sum, &sum), "{} sum m={m} k={k}", isa.name());
+                assert!(same(&fused, &expected), "{} output m={m} k={k} n={n} y={}", isa.name(), y.is_some());
+            }
+        }
+    }
+}

@@ -325,16 +325,32 @@ pub fn add_layer_norm(
     sum.par_chunks_mut(chunk).zip(norm.par_chunks_mut(chunk)).enumerate().for_each(|(c, (s, n))| {
         let xs = &x[c * chunk..c * chunk + s.len()];
         let ys = y.map(|y| &y[c * chunk..c * chunk + s.len()]);
-        #[cfg(target_arch = "x86_64")]
-        match level {
-            // SAFETY: the features were detected.
-            SimdLevel::Avx512 => return unsafe { add_layer_norm_rows_avx512(xs, ys, gamma, beta, eps, s, n) },
-            SimdLevel::Avx2Fma => return unsafe { add_layer_norm_rows_avx2(xs, ys, gamma, beta, eps, s, n) },
-            SimdLevel::None => {}
-        }
-        let _ = level;
-        add_layer_norm_rows(xs, ys, gamma, beta, eps, s, n);
+        add_layer_norm_serial(level, xs, ys, gamma, beta, eps, s, n);
     });
+}
+
+/// [`add_layer_norm`] on the calling thread, compiled for `level` (which the CPU must have:
+/// a level from [`simd_level`] or `None`). For callers that are already one parallel task.
+#[allow(clippy::too_many_arguments)]
+pub fn add_layer_norm_serial(
+    level: SimdLevel,
+    x: &[f32],
+    y: Option<&[f32]>,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    sum: &mut [f32],
+    norm: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    match level {
+        // SAFETY: the level's features were detected (`simd_level` never reports more).
+        SimdLevel::Avx512 => return unsafe { add_layer_norm_rows_avx512(x, y, gamma, beta, eps, sum, norm) },
+        SimdLevel::Avx2Fma => return unsafe { add_layer_norm_rows_avx2(x, y, gamma, beta, eps, sum, norm) },
+        SimdLevel::None => {}
+    }
+    let _ = level;
+    add_layer_norm_rows(x, y, gamma, beta, eps, sum, norm);
 }
 
 #[inline(always)]

@@ -114,6 +114,62 @@ impl CustomOp2 for AddLayerNormOp {
     }
 }
 
+/// `(x + y, int8_linear(LayerNorm(x + y)))` in one op: the residual add, the norm and the next
+/// int8 layer ([`crate::kernels::gemm_i8::layer_norm_linear`], the norm computed as rows are
+/// quantized). Without `y` (a [`CustomOp1`]), the norm of `x`. The result is the flat sum
+/// followed by the flat linear output; equal to the unfused ops to the bit.
+pub struct AddLayerNormInt8Op<'a> {
+    pub norm: &'a AddLayerNormOp,
+    pub linear: &'a crate::quant::int8::Int8Linear,
+}
+
+impl AddLayerNormInt8Op<'_> {
+    fn run(&self, x: &[f32], y: Option<&[f32]>, shape: &Shape) -> candle_core::Result<(CpuStorage, Shape)> {
+        let k = self.norm.gamma.len();
+        if shape.dims().last() != Some(&k) || self.linear.weights.k != k {
+            candle_core::bail!(
+                "layer-norm-linear: input {shape:?}, norm width {k}, layer input {}",
+                self.linear.weights.k
+            );
+        }
+        let mut sum = vec![0f32; x.len()];
+        let out = self.linear.run_normed(x, y, &self.norm.gamma, &self.norm.beta, self.norm.eps, &mut sum);
+        sum.extend_from_slice(&out);
+        let len = sum.len();
+        Ok((CpuStorage::F32(sum), Shape::from(len)))
+    }
+}
+
+impl CustomOp1 for AddLayerNormInt8Op<'_> {
+    fn name(&self) -> &'static str {
+        "layer-norm-int8-linear"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run(contiguous_f32(storage, layout, "layer-norm-linear")?, None, layout.shape())
+    }
+}
+
+impl CustomOp2 for AddLayerNormInt8Op<'_> {
+    fn name(&self) -> &'static str {
+        "add-layer-norm-int8-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("add-layer-norm-linear: shapes differ, {:?} vs {:?}", l1.shape(), l2.shape());
+        }
+        let x = contiguous_f32(s1, l1, "add-layer-norm-linear")?;
+        self.run(x, Some(contiguous_f32(s2, l2, "add-layer-norm-linear")?), l1.shape())
+    }
+}
+
 /// The fp32 linear layer ([`crate::kernels::linear_f32`]) as a candle op. Inputs: `x` `[m, k]`,
 /// `Wᵀ` `[k, n]` (both contiguous), optional bias `[n]`.
 pub struct F32LinearOp;

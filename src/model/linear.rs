@@ -54,10 +54,12 @@ impl Linear {
     /// The layer followed by GELU, fused where the layer supports it.
     pub fn forward_gelu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = self.forward(x)?;
-        if self.fuses_gelu() {
-            Ok(y)
-        } else if y.device().is_cpu() {
-            // `y` is this call's fresh output, shared with no one: safe to overwrite.
+        if self.fuses_gelu() { Ok(y) } else { Self::gelu_in_place(y) }
+    }
+
+    /// GELU of a layer's fresh output `y` (shared with no one: overwritten on the CPU).
+    pub fn gelu_in_place(y: Tensor) -> candle_core::Result<Tensor> {
+        if y.device().is_cpu() {
             let y = y.contiguous()?;
             y.inplace_op1(&super::fused::GeluOp)?;
             Ok(y)

@@ -36,6 +36,42 @@ impl LayerNorm {
         let n = x.elem_count();
         Ok((flat.narrow(0, 0, n)?.reshape(x.shape())?, flat.narrow(0, n, n)?.reshape(x.shape())?))
     }
+
+    /// `(x + y, linear(LayerNorm(x + y)))` (`x` alone without `y`), GELU after the layer when
+    /// `gelu`. On the CPU with an int8 layer this is one op: the norm is computed as the layer
+    /// quantizes its rows, never stored (small models paid a parallel hand-off per norm).
+    pub fn add_forward_linear(
+        &self,
+        x: &Tensor,
+        y: Option<&Tensor>,
+        linear: &Linear,
+        gelu: bool,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let (Linear::Int8(q), true) = (linear, x.device().is_cpu()) else {
+            let (sum, norm) = match y {
+                Some(y) => self.add_forward(x, y)?,
+                None => (x.clone(), self.forward(x)?),
+            };
+            let out = if gelu { linear.forward_gelu(&norm)? } else { linear.forward(&norm)? };
+            return Ok((sum, out));
+        };
+        let dims = x.dims();
+        let (k, rows) = (dims[dims.len() - 1], x.elem_count() / dims[dims.len() - 1].max(1));
+        let norm = self.fused_op()?;
+        let op = super::fused::AddLayerNormInt8Op { norm: &norm, linear: q };
+        let x2 = x.contiguous()?.reshape((rows, k))?;
+        let flat = match y {
+            Some(y) => x2.apply_op2_no_bwd(&y.contiguous()?.reshape((rows, k))?, &op)?,
+            None => x2.apply_op1_no_bwd(&op)?,
+        };
+        let n = x.elem_count();
+        let sum = flat.narrow(0, 0, n)?.reshape(x.shape())?;
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().unwrap() = q.weights.n;
+        let out = flat.narrow(0, n, rows * q.weights.n)?.reshape(out_dims)?;
+        let out = if gelu && !linear.fuses_gelu() { Linear::gelu_in_place(out)? } else { out };
+        Ok((sum, out))
+    }
 }
 
 impl Module for LayerNorm {
@@ -232,11 +268,17 @@ pub fn forward(w: &VitWeights, heads: usize, patch: usize, pixels: &Tensor, capt
     let scale = if w.attention_scale_folded { 1.0 } else { ((d / heads) as f64).powf(-0.5) };
     let mut attentions = capture.attentions.then(Vec::new);
     let mut block_outputs = capture.block_outputs.then(Vec::new);
-    // Each norm is computed together with the residual add before it; `normed` is always the
-    // input of the next linear layer (norm1 of the next block, or the final norm).
-    let mut normed = w.blocks.first().map_or(&w.norm, |b| &b.norm1).forward(&x)?;
+    // Each norm is computed together with the residual add before it and the linear layer after
+    // it (`add_forward_linear`): `qkv` is the input of the next attention.
+    let mut normed = None;
+    let mut qkv = match w.blocks.first() {
+        Some(first) => first.norm1.add_forward_linear(&x, None, &first.qkv, false)?.1,
+        None => {
+            normed = Some(w.norm.forward(&x)?);
+            x.clone() // unused: no block reads it
+        }
+    };
     for (i, blk) in w.blocks.iter().enumerate() {
-        let qkv = blk.qkv.forward(&normed)?;
         let (o, att) = if qkv.device().is_cpu() {
             attention_cpu(&qkv, heads, scale, attentions.is_some())?
         } else {
@@ -245,15 +287,20 @@ pub fn forward(w: &VitWeights, heads: usize, patch: usize, pixels: &Tensor, capt
         if let (Some(a), Some(att)) = (attentions.as_mut(), att) {
             a.push(att);
         }
-        let (x1, n2) = blk.norm2.add_forward(&x, &blk.proj.forward(&o)?)?;
-        let hmid = blk.fc1.forward_gelu(&n2)?;
-        let next_norm = w.blocks.get(i + 1).map_or(&w.norm, |b| &b.norm1);
-        (x, normed) = next_norm.add_forward(&x1, &blk.fc2.forward(&hmid)?)?;
+        let (x1, hmid) = blk.norm2.add_forward_linear(&x, Some(&blk.proj.forward(&o)?), &blk.fc1, true)?;
+        let mlp = blk.fc2.forward(&hmid)?;
+        match w.blocks.get(i + 1) {
+            Some(next) => (x, qkv) = next.norm1.add_forward_linear(&x1, Some(&mlp), &next.qkv, false)?,
+            None => {
+                let (sum, n) = w.norm.add_forward(&x1, &mlp)?;
+                (x, normed) = (sum, Some(n));
+            }
+        }
         if let Some(o) = block_outputs.as_mut() {
             o.push(x.clone());
         }
     }
-    let x = normed;
+    let x = normed.expect("the final norm follows the last block");
     let mut logits: Option<Tensor> = None;
     for (head, token) in &w.heads {
         let l = head.forward(&x.narrow(1, *token, 1)?.squeeze(1)?)?;

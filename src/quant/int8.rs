@@ -20,10 +20,28 @@ impl Int8Linear {
         Int8Linear { weights: PackedWeights::quantize(weight, n, k), bias, fused_gelu }
     }
 
+    fn epilogue(&self) -> Epilogue {
+        if self.fused_gelu { Epilogue::Gelu } else { Epilogue::None }
+    }
+
     /// `x` `[m, k]` row-major -> `[m, n]`.
     pub fn run(&self, x: &[f32], m: usize) -> Vec<f32> {
-        let epilogue = if self.fused_gelu { Epilogue::Gelu } else { Epilogue::None };
-        gemm_i8::linear(selected_isa(), x, m, &self.weights, self.bias.as_deref(), epilogue)
+        gemm_i8::linear(selected_isa(), x, m, &self.weights, self.bias.as_deref(), self.epilogue())
+    }
+
+    /// This layer on `LayerNorm(x + y)` (`x` alone without `y`), normalised row by row as rows
+    /// are quantized; `sum` receives `x + y`.
+    pub fn run_normed(
+        &self,
+        x: &[f32],
+        y: Option<&[f32]>,
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f32,
+        sum: &mut [f32],
+    ) -> Vec<f32> {
+        let (w, bias) = (&self.weights, self.bias.as_deref());
+        gemm_i8::layer_norm_linear(selected_isa(), x, y, gamma, beta, eps, sum, w, bias, self.epilogue())
     }
 }
 

@@ -31,7 +31,7 @@ use rayon::prelude::*;
 use wide::{i16x8, i32x4};
 
 pub use super::Isa;
-use super::{SharedMut, gelu_erf};
+use super::{SharedMut, SimdLevel, gelu_erf, ops};
 
 /// Weight bytes: owned, or a range of a memory-mapped export file (loaded without copying).
 #[derive(Clone)]
@@ -188,11 +188,42 @@ pub fn abs_max(x: &[f32]) -> f32 {
     lanes.iter().fold(tail, |m, v| m.max(*v))
 }
 
-/// What a call multiplies: f32 rows to quantize, or rows quantized already.
+/// What a call multiplies: f32 rows to quantize, rows quantized already, or rows to
+/// normalise first.
 #[derive(Clone, Copy)]
 enum Source<'a> {
     F32(&'a [f32]),
     Codes(&'a QuantizedRows),
+    Normed(NormInput<'a>),
+}
+
+/// Rows `LayerNorm(x + y)` (or of `x` alone), as [`super::ops::add_layer_norm`] computes them,
+/// with the sum `x + y` written to `sum`.
+#[derive(Clone, Copy)]
+struct NormInput<'a> {
+    x: &'a [f32],
+    y: Option<&'a [f32]>,
+    gamma: &'a [f32],
+    beta: &'a [f32],
+    eps: f32,
+    level: SimdLevel,
+    /// `[m, k]`; rows are written by whichever task normalises them.
+    sum: SharedMut<f32>,
+}
+
+impl NormInput<'_> {
+    /// Rows `i0..i0 + rows`: their sums into `sum`, their norms into `norm` (`rows · k`).
+    ///
+    /// # Safety
+    /// No other task may touch these rows of `sum` during the call.
+    unsafe fn rows(&self, i0: usize, rows: usize, norm: &mut [f32]) {
+        let k = self.gamma.len();
+        let span = i0 * k..(i0 + rows) * k;
+        // SAFETY: `sum` holds m·k elements; these rows are the caller's alone.
+        let sum = unsafe { std::slice::from_raw_parts_mut(self.sum.ptr().add(span.start), rows * k) };
+        let y = self.y.map(|y| &y[span.clone()]);
+        ops::add_layer_norm_serial(self.level, &self.x[span], y, self.gamma, self.beta, self.eps, sum, norm);
+    }
 }
 
 /// A whole int8 linear layer on f32 input `x` `[m, k]` -> `[m, n]`: activations are quantized
@@ -201,6 +232,33 @@ enum Source<'a> {
 pub fn linear(isa: Isa, x: &[f32], m: usize, w: &PackedWeights, bias: Option<&[f32]>, epilogue: Epilogue) -> Vec<f32> {
     assert_eq!(x.len(), m * w.k);
     run_on(isa, m, Source::F32(x), w, bias, epilogue)
+}
+
+/// `LayerNorm(x + y)` (or of `x` alone, `y` absent) followed by this int8 linear layer, the norm
+/// computed row by row as rows are quantized instead of as a pass of its own: the result
+/// equals [`super::ops::add_layer_norm`] then [`linear`] to the bit. `sum` `[m, k]` receives
+/// `x + y` (the residual stream). Saves small models a parallel hand-off and a pass over
+/// memory per norm.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_linear(
+    isa: Isa,
+    x: &[f32],
+    y: Option<&[f32]>,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    sum: &mut [f32],
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+) -> Vec<f32> {
+    let k = w.k;
+    assert!(gamma.len() == k && beta.len() == k && x.len().is_multiple_of(k.max(1)) && sum.len() == x.len());
+    assert!(y.is_none_or(|y| y.len() == x.len()));
+    let m = x.len() / k.max(1);
+    let level = if isa == Isa::Portable { SimdLevel::None } else { ops::simd_level() };
+    let norm = NormInput { x, y, gamma, beta, eps, level, sum: SharedMut(sum.as_mut_ptr()) };
+    run_on(isa, m, Source::Normed(norm), w, bias, epilogue)
 }
 
 /// `out[m, n]` = dequant(a · wᵀ) + bias, then the epilogue, from already quantized rows.
@@ -433,6 +491,13 @@ unsafe fn portable(
             owned = quantize_rows(x, m, k);
             &owned
         }
+        Source::Normed(norm) => {
+            let mut normed = vec![0f32; m * k];
+            // SAFETY: this call owns every row of `sum`.
+            unsafe { norm.rows(0, m, &mut normed) };
+            owned = quantize_rows(&normed, m, k);
+            &owned
+        }
     };
     let mut a16 = vec![i16x8::ZERO; m * kv];
     if kv > 0 {
@@ -626,11 +691,19 @@ unsafe fn run<K: Kernel>(
     let mut au = vec![zero; m * stride];
     let mut scales = vec![0f32; m];
     let fill = |c: usize, rows: &mut [u8], s: &mut [f32]| {
+        let mut normed = Vec::new();
+        if let Source::Normed(norm) = &src {
+            normed.resize(s.len() * k, 0f32);
+            // SAFETY: rows of chunk c are this call's alone.
+            unsafe { norm.rows(c * FILL_ROWS, s.len(), &mut normed) };
+        }
         for (r, (row, scale)) in rows.chunks_mut(stride).zip(s.iter_mut()).enumerate() {
             let i = c * FILL_ROWS + r;
             match src {
                 // SAFETY: the caller checked the kernel's features.
                 Source::F32(x) => *scale = unsafe { K::quantize_row(&x[i * k..(i + 1) * k], &mut row[..k]) },
+                // SAFETY: as above.
+                Source::Normed(_) => *scale = unsafe { K::quantize_row(&normed[r * k..(r + 1) * k], &mut row[..k]) },
                 Source::Codes(a) => {
                     let offset: i16 = if K::SHIFTED { 128 } else { 0 };
                     for (d, &c) in row[..k].iter_mut().zip(&a.data[i * k..(i + 1) * k]) {
