@@ -20,6 +20,7 @@ die() { echo "gpu-check: $*" >&2; exit 1; }
 usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 payload="$repo/gpu-payload"
+work=""
 # What the run tool of the GPU machine carries along with a command.
 carry_limit=$((64 * 1024 * 1024))
 
@@ -85,6 +86,7 @@ run() {
   model="${model:-$payload/models/vit-tiny-patch16-224}"
   images="${images:-$payload/images}"
   [ -x "$bin" ] || die "$bin: no executable (run \`tools/gpu-check.sh prepare\` first, or pass --bin)"
+  bin="$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")"
   [ -f "$model/config.json" ] || die "$model: no config.json (pass --model DIR)"
   [ -d "$images" ] || die "$images: no such folder of photos (pass --images DIR)"
   mkdir -p "$out" || die "cannot create $out"
@@ -123,18 +125,16 @@ run() {
   else
     presets=vit-base-patch16-224-random,deit-tiny-patch16-224-random batches="1 32" warmup=10 runs=50 seconds=2
   fi
-  local work
+  # Made in a temporary folder and benchmarked from inside it, so reports name them as the README does.
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
   "$bin" random-models --out "$work" --presets "$presets" || failed+=(random-models)
-  local models
-  models=$(echo "$presets" | tr ',' '\n' | sed "s|^|$work/|" | paste -sd,)
   local csvs=()
   for b in $batches; do
     echo "== bench: batch $b"
-    if "$bin" bench --device "$device" --models "$models" --variants fp32,int8,mobile --batch "$b" \
+    if (cd "$work" && "$bin" bench --device "$device" --models "$presets" --variants fp32,int8,mobile --batch "$b" \
       --warmup "$warmup" --runs "$runs" --min-seconds "$seconds" \
-      --csv "$out/bench-b$b.csv" --raw "$out/bench-b$b-raw.csv" | tee "$out/bench-b$b.txt"; then
+      --csv "$out/bench-b$b.csv" --raw "$out/bench-b$b-raw.csv") | tee "$out/bench-b$b.txt"; then
       csvs+=("$out/bench-b$b.csv")
     else
       failed+=("bench-b$b")
@@ -143,15 +143,13 @@ run() {
   if [ ${#csvs[@]} -gt 0 ]; then
     { head -n 1 "${csvs[0]}"; for c in "${csvs[@]}"; do tail -n +2 "$c"; done; } > "$out/bench.csv.tmp"
     mv "$out/bench.csv.tmp" "$out/bench.csv"
-    # Random models live in a temporary folder: name them as the README does.
-    sed -i "s|$work/||g" "$out/bench.csv"
   fi
 
   {
     echo "gpu-check $(date -u +%FT%TZ), device $device, $((SECONDS - t0)) s"
     [ -s "$out/nvidia-smi.csv" ] && cat "$out/nvidia-smi.csv"
     grep -E 'PASS|FAIL|vs cpu|note:' "$out/parity.txt" 2>/dev/null || true
-    for b in $batches; do grep -E '^(cpu:|model|/|note)' "$out/bench-b$b.txt" 2>/dev/null | sed "s|$work/||g" || true; done
+    for b in $batches; do grep -E "^(cpu:|model|${presets//,/|}|note)" "$out/bench-b$b.txt" 2>/dev/null || true; done
     if [ ${#failed[@]} -eq 0 ]; then echo "gpu-check: PASS"; else echo "gpu-check: FAIL (${failed[*]})"; fi
   } > "$out/summary.txt"
   cat "$out/summary.txt"
