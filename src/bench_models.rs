@@ -155,7 +155,7 @@ impl RandomVit {
     /// Writes `dir/<name>/{config.json, model.safetensors}` (each file atomically) and returns
     /// the model folder.
     pub fn write(&self, dir: &Path, seed: u64) -> Result<PathBuf> {
-        if self.hidden % self.heads != 0 || self.image % self.patch != 0 {
+        if !self.hidden.is_multiple_of(self.heads) || !self.image.is_multiple_of(self.patch) {
             bail!("{}: hidden must divide by heads and image by patch", self.name);
         }
         let out = dir.join(self.name);

@@ -54,10 +54,12 @@ prepare() {
     cc -shared -fPIC -Wl,-soname,"$soname" -o "$libs/lib$lib.so" "$libs/$lib-stub.c"
   done
   export LIBRARY_PATH="$libs${LIBRARY_PATH:+:$LIBRARY_PATH}"
-  (cd "$repo" && CARGO_TARGET_DIR="$repo/target/cuda" nice -n 10 cargo build --release --features cuda --bin vit-workbench)
+  # Its own target folder (VITWB_CUDA_TARGET), so the CPU build is not invalidated.
+  local target="${VITWB_CUDA_TARGET:-$repo/target/cuda}"
+  (cd "$repo" && CARGO_TARGET_DIR="$target" nice -n 10 cargo build --release --features cuda --bin vit-workbench)
   rm -rf "$payload"
   mkdir -p "$payload/models" "$payload/images"
-  strip -o "$payload/vit-workbench" "$repo/target/cuda/release/vit-workbench"
+  strip -o "$payload/vit-workbench" "$target/release/vit-workbench"
   cp -r "$shared/models/vit-tiny-patch16-224" "$payload/models/"
   cp "$shared/images/"* "$payload/images/"
   local bytes
