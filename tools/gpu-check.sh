@@ -4,7 +4,7 @@
 #   tools/gpu-check.sh prepare [--payload DIR]
 #       Here, no GPU needed: builds the release binary with `--features cuda` (nvcc from PyPI, see
 #       tools/cuda-toolchain.sh), strips it, and puts it beside the shared ViT-Ti and photos in DIR
-#       (default gpu-payload/, ignored by git), checking the whole stays under 64 MiB.
+#       (default gpu-payload/, ignored by git; the binary gzip'd), checking the whole stays under 64 MiB.
 #   tools/gpu-check.sh run OUT [--device cuda|cpu] [--payload DIR] [--bin FILE] [--model DIR]
 #                              [--images DIR] [--quick]
 #       On the GPU machine: CPU-vs-device parity of fp32/int8/mobile on the photos, then
@@ -59,7 +59,10 @@ prepare() {
   (cd "$repo" && CARGO_TARGET_DIR="$target" nice -n 10 cargo build --release --features cuda --bin vit-workbench)
   rm -rf "$payload"
   mkdir -p "$payload/models" "$payload/images"
+  # Stripped, then gzip'd: the ~10 MB of PTX text and the kernels' fatbins the binary embeds make
+  # it too big to carry beside the ViT-Ti otherwise. `run` unpacks it (gzip is everywhere).
   strip -o "$payload/vit-workbench" "$target/release/vit-workbench"
+  gzip -9 "$payload/vit-workbench"
   cp -r "$shared/models/vit-tiny-patch16-224" "$payload/models/"
   cp "$shared/images/"* "$payload/images/"
   local bytes
@@ -84,9 +87,15 @@ run() {
       *) usage ;;
     esac
   done
-  bin="${bin:-$payload/vit-workbench}"
   model="${model:-$payload/models/vit-tiny-patch16-224}"
   images="${images:-$payload/images}"
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  if [ -z "$bin" ] && [ -f "$payload/vit-workbench.gz" ]; then
+    bin="$work/vit-workbench"
+    gunzip -c "$payload/vit-workbench.gz" > "$bin" && chmod +x "$bin" || die "cannot unpack $payload/vit-workbench.gz"
+  fi
+  bin="${bin:-$payload/vit-workbench}"
   [ -x "$bin" ] || die "$bin: no executable (run \`tools/gpu-check.sh prepare\` first, or pass --bin)"
   bin="$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")"
   [ -f "$model/config.json" ] || die "$model: no config.json (pass --model DIR)"
@@ -109,7 +118,7 @@ run() {
         while read -r sp; do ls -d "$sp"/nvidia/*/lib 2>/dev/null; done; ls -d /usr/local/cuda*/lib64 2>/dev/null || true)
       export LD_LIBRARY_PATH="$(echo "$dirs" | paste -sd:)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
       missing=$(ldd "$bin" | awk '/not found/ {print $1}' | sort -u | tr '\n' ' ')
-      [ -z "$missing" ] || die "$bin needs CUDA 13 libraries this machine lacks: $missing(pip: nvidia-cublas nvidia-curand nvidia-cuda-nvrtc nvidia-cuda-runtime)"
+      [ -z "$missing" ] || die "the binary needs CUDA libraries this machine lacks: $missing(libcuda.so.1 comes with the NVIDIA driver; the others with a CUDA 13 toolkit or pip's nvidia-cublas, nvidia-curand, nvidia-cuda-nvrtc, nvidia-cuda-runtime)"
     fi
   fi
   "$bin" --version
@@ -128,8 +137,6 @@ run() {
     presets=vit-base-patch16-224-random,deit-tiny-patch16-224-random batches="1 32" warmup=10 runs=50 seconds=2
   fi
   # Made in a temporary folder and benchmarked from inside it, so reports name them as the README does.
-  work=$(mktemp -d)
-  trap 'rm -rf "$work"' EXIT
   "$bin" random-models --out "$work" --presets "$presets" || failed+=(random-models)
   local csvs=()
   for b in $batches; do
