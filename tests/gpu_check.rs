@@ -171,3 +171,26 @@ fn random_models_load_and_run_like_downloaded_ones() {
     assert!(String::from_utf8_lossy(&r.stderr).contains("unknown random model `vit-huge`"));
     assert!(!dir.path().join("vit-huge").exists());
 }
+
+#[test]
+fn gpu_check_unpacks_a_gzipped_payload() {
+    // The layout `prepare` writes: vit-workbench.gz, models/vit-tiny-patch16-224, images/. The
+    // binary here is a gzip'd launcher of the test build (the real one is built with CUDA).
+    let dir = tempfile::tempdir().unwrap();
+    let payload = dir.path().join("payload");
+    std::fs::create_dir_all(payload.join("images")).unwrap();
+    copy_fixture("hf_vit", &payload.join("models").join("vit-tiny-patch16-224"));
+    std::fs::copy(repo().join("assets").join("chelsea.png"), payload.join("images").join("chelsea.png")).unwrap();
+    let launcher = payload.join("vit-workbench");
+    std::fs::write(&launcher, format!("#!/bin/sh\nexec '{}' \"$@\"\n", bin().display())).unwrap();
+    assert!(Command::new("gzip").arg(&launcher).status().unwrap().success());
+    let out = dir.path().join("out");
+    let r = gpu_check(&out, &["--device", "cpu", "--quick", "--payload", payload.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&r.stderr));
+    assert!(stdout.contains("vit-workbench 0.1.0"), "the unpacked binary ran: {stdout}");
+    let parity: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("parity.json")).unwrap()).unwrap();
+    assert_eq!(parity["pass"], true);
+    assert!(parity["images"][0].as_str().unwrap().ends_with("chelsea.png"));
+    assert!(std::fs::read_to_string(out.join("summary.txt")).unwrap().contains("gpu-check: PASS"));
+}
