@@ -12,7 +12,7 @@ VITWB_CUDA_HOME="${VITWB_CUDA_HOME:-/opt/vitwb-cuda-13.5}"
 vitwb_cuda_root="$VITWB_CUDA_HOME/nvidia/cu13"
 if ! "$vitwb_cuda_root/bin/nvcc" --version >/dev/null 2>&1; then
   echo "cuda-toolchain: installing nvcc 13.5 from PyPI into $VITWB_CUDA_HOME" >&2
-  python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location --upgrade \
+  python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location --root-user-action=ignore --upgrade \
     --target "$VITWB_CUDA_HOME" \
     nvidia-cuda-nvcc==13.5.37 nvidia-cuda-runtime==13.5.37 nvidia-cuda-cccl==13.3.5.0.6 ||
     { echo "cuda-toolchain: pip could not install nvcc into $VITWB_CUDA_HOME" >&2; return 1; }
