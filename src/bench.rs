@@ -191,7 +191,10 @@ pub struct Environment {
     /// Kernel path used and the CPU's SIMD features.
     pub simd: String,
     pub threads: usize,
+    /// `cpu` or `cuda`.
     pub device: String,
+    /// The GPU's name on CUDA (`NVIDIA H200`); empty on the CPU.
+    pub gpu: String,
     pub os: String,
     pub app_version: String,
     pub git_rev: String,
@@ -218,11 +221,22 @@ impl Environment {
             .unwrap_or_else(|| std::env::consts::OS.to_string());
         let kernel =
             std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default();
+        // On CUDA the int8 layers are candle's Q8_0, not our CPU kernel: do not name the latter.
+        let simd = if device.is_cpu() {
+            simd_summary()
+        } else {
+            format!(
+                "int8 kernel: {}; cpu: {}",
+                crate::device::Int8Kernel::CudaQ8_0.id(),
+                crate::kernels::cpu_features().join(" ")
+            )
+        };
         Environment {
             cpu,
-            simd: simd_summary(),
+            simd,
             threads: rayon::current_num_threads(),
             device: device_name(device),
+            gpu: crate::device::gpu_name(device).unwrap_or_default(),
             os: if kernel.is_empty() { os_name } else { format!("{os_name} (Linux {kernel})") },
             app_version: env!("CARGO_PKG_VERSION").to_string(),
             git_rev: env!("VITWB_GIT_REV").to_string(),
@@ -297,6 +311,9 @@ pub struct BenchResult {
     pub peak_rss_bytes: u64,
     /// Against fp32 on the benchmark images; `None` when there is no fp32 to compare with.
     pub accuracy: Option<AgreementSummary>,
+    /// Which int8 numerics the quantized layers used (`cpu-per-channel-rowwise`, `cuda-q8_0`);
+    /// `None` for fp32, which has none.
+    pub int8_kernel: Option<String>,
     pub samples_ms: Vec<f64>,
     pub env: Environment,
 }
@@ -465,6 +482,8 @@ pub fn bench_model(
                 weight_bytes: m.weight_bytes(),
                 peak_rss_bytes: peak,
                 accuracy: accuracy[i].clone(),
+                int8_kernel: (m.variant != Variant::Fp32)
+                    .then(|| crate::device::Int8Kernel::for_device(&m.device).id().to_string()),
                 samples_ms: samples[i].clone(),
                 env: env.clone(),
             }

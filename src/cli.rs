@@ -106,6 +106,18 @@ pub enum Command {
         #[arg(long, default_value_t = 1.0)]
         min_seconds: f64,
     },
+    /// Run a model on the CPU and on DEVICE over the same images: fp32 logit parity, int8/mobile
+    /// top-1 agreement (exit status 1 when a bound is exceeded). Used by tools/gpu-check.sh.
+    DeviceCheck(DeviceCheckArgs),
+    /// Write random-weight checkpoints with real shapes (ViT-B/16, DeiT-Ti), for speed only.
+    RandomModels {
+        /// Folder to write `<name>/{config.json,model.safetensors}` into.
+        #[arg(long, default_value = "target/bench-models")]
+        out: PathBuf,
+        /// Comma-separated: vit-base-patch16-224-random, deit-tiny-patch16-224-random, tiny-random.
+        #[arg(long, default_value = "vit-base-patch16-224-random,deit-tiny-patch16-224-random")]
+        presets: String,
+    },
     /// List the model zoo and what is already cached.
     Models,
     /// Download a model into the Hugging Face cache.
@@ -150,6 +162,24 @@ pub struct BenchArgs {
     raw: Option<PathBuf>,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct DeviceCheckArgs {
+    /// Image files or folders.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// An fp32 checkpoint: hub id or folder.
+    #[arg(long, short, default_value = DEFAULT_MODEL)]
+    model: String,
+    /// The device compared with the CPU (cpu compares the CPU with itself: a test of the tool).
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    #[arg(long, default_value = "fp32,int8,mobile")]
+    variants: String,
+    /// Also write the report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -186,6 +216,14 @@ pub fn run(cli: Cli) -> Result<()> {
             hub: None,
         }),
         Some(Command::Models) => list_models(&hub),
+        Some(Command::DeviceCheck(args)) => device_check(&hub, &args),
+        Some(Command::RandomModels { out, presets }) => {
+            for name in presets.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                let dir = crate::bench_models::preset(name)?.write(&out, 0)?;
+                println!("wrote {}", dir.display());
+            }
+            Ok(())
+        }
         Some(Command::Kernels { min_seconds }) => {
             // On a pool worker, as the model's forward runs.
             let report = rayon::scope(|_| crate::kernels::bench::run(min_seconds));
@@ -287,7 +325,7 @@ fn classify(
         println!("{}", serde_json::to_string_pretty(&results)?);
     } else {
         for r in &results {
-            println!("{}  ({}, {}, {})", r.image, r.model, r.variant, if device.is_cpu() { "cpu" } else { "cuda" });
+            println!("{}  ({}, {}, {})", r.image, r.model, r.variant, crate::device::describe(&device));
             for (i, p) in r.top.iter().enumerate() {
                 println!("  {:>2}. {:<40} {:>7.3}%  [{}]", i + 1, p.label, p.probability * 100.0, p.index);
             }
@@ -481,7 +519,8 @@ fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
 fn print_bench_table(results: &[crate::bench::BenchResult]) {
     let Some(first) = results.first() else { return };
     let e = &first.env;
-    println!("cpu: {} | {} | threads: {} | device: {} | batch {}", e.cpu, e.simd, e.threads, e.device, first.batch);
+    let device = if e.gpu.is_empty() { e.device.clone() } else { format!("{} ({})", e.device, e.gpu) };
+    println!("cpu: {} | {} | threads: {} | device: {device} | batch {}", e.cpu, e.simd, e.threads, first.batch);
     println!(
         "{:<44} {:<7} {:>9} {:>9} {:>9} {:>8} {:>10} {:>7} {:>6} {:>6} {:>9}",
         "model", "variant", "p50 ms", "p90 ms", "first ms", "speedup", "file", "size", "top-1", "top-5", "KL"
@@ -514,7 +553,31 @@ fn print_bench_table(results: &[crate::bench::BenchResult]) {
         "(p50/p90 over {} timed runs after {} warm-up; speed-up = fp32 p50 / variant p50)",
         first.stats.n, first.warmup
     );
+    if results.iter().any(|r| r.int8_kernel.as_deref() == Some(crate::device::Int8Kernel::CudaQ8_0.id())) {
+        notes.push(crate::device::Int8Kernel::CudaQ8_0.describe().to_string());
+    }
     for n in notes {
         println!("note: {n}");
     }
+}
+
+fn device_check(hub: &Hub, a: &DeviceCheckArgs) -> Result<()> {
+    if let Some(p) = &a.json {
+        crate::fsutil::check_writable(p)?;
+    }
+    let variants = parse_variants(&a.variants)?;
+    let device = device_from_name(&a.device)?;
+    let files = expand_images(&a.images)?;
+    let images = files.iter().map(|f| Ok((f.display().to_string(), load_image(f)?))).collect::<Result<Vec<_>>>()?;
+    let report = crate::parity::check(&a.model, hub, &device, &variants, &images)?;
+    print!("{}", crate::parity::table(&report));
+    if let Some(p) = &a.json {
+        crate::fsutil::write_atomic(p, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        println!("wrote {}", p.display());
+    }
+    let failed: Vec<&str> = report.variants.iter().filter(|v| !v.pass).map(|v| v.verdict.as_str()).collect();
+    if !failed.is_empty() {
+        anyhow::bail!("device check failed on {}: {}", report.device, failed.join("; "));
+    }
+    Ok(())
 }

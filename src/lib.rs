@@ -2,6 +2,7 @@
 //! fp32, int8 and mobile variants cost and lose.
 //!
 //! Layers, bottom up (each only uses the ones above it in this list):
+//! - [`device`]: CPU or CUDA, and why CUDA is unavailable when it is.
 //! - [`preprocess`]: image files -> model input, pixel-exact with the PIL pipelines models were
 //!   evaluated with.
 //! - [`model`]: configs and checkpoints of every supported layout -> one canonical weight set and
@@ -12,13 +13,16 @@
 
 pub mod app;
 pub mod bench;
+pub mod bench_models;
 pub mod cli;
+pub mod device;
 pub mod explain;
 pub mod fsutil;
 pub mod hub;
 pub mod kernels;
 pub mod labels;
 pub mod model;
+pub mod parity;
 pub mod preprocess;
 pub mod quant;
 pub mod report;

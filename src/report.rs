@@ -48,6 +48,8 @@ pub const COLUMNS: &[&str] = &[
     "size_vs_fp32",
     "min_cosine",
     "agreement_images",
+    "int8_kernel",
+    "gpu",
 ];
 
 /// Columns of the per-run samples CSV.
@@ -106,6 +108,8 @@ pub fn row(r: &BenchResult, all: &[BenchResult]) -> Vec<String> {
         opt(fp32.filter(|f| f.file_bytes > 0).map(|f| r.file_bytes as f64 / f.file_bytes as f64)),
         opt(acc.map(|a| a.min_cosine)),
         acc.map(|a| a.images.to_string()).unwrap_or_default(),
+        r.int8_kernel.clone().unwrap_or_default(),
+        r.env.gpu.clone(),
     ]
 }
 

@@ -19,7 +19,9 @@ fn csv_header_starts_with_the_documented_schema_in_order() {
     assert!(header.starts_with(CORE_SCHEMA), "{header}");
     assert_eq!(
         header,
-        format!("{CORE_SCHEMA},warmup,measured_s,speedup_vs_fp32,size_vs_fp32,min_cosine,agreement_images")
+        format!(
+            "{CORE_SCHEMA},warmup,measured_s,speedup_vs_fp32,size_vs_fp32,min_cosine,agreement_images,int8_kernel,gpu"
+        )
     );
     // The README documents every column.
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
@@ -44,12 +46,14 @@ fn fake(variant: Variant, p50: f64, file_bytes: u64, accuracy: Option<AgreementS
         weight_bytes: 1234,
         peak_rss_bytes: 99_000_000,
         accuracy,
+        int8_kernel: (variant != Variant::Fp32).then(|| "cpu-per-channel-rowwise".to_string()),
         samples_ms: samples,
         env: Environment {
             cpu: "Test CPU".into(),
             simd: "int8 kernel: portable; cpu: avx2".into(),
             threads: 2,
             device: "cpu".into(),
+            gpu: String::new(),
             os: "TestOS".into(),
             app_version: "0.1.0".into(),
             git_rev: "abc".into(),
@@ -96,6 +100,9 @@ fn csv_values_round_trip_through_a_csv_parser() {
     assert_eq!(f(int8, "size_vs_fp32"), 0.25);
     assert_eq!(get(int8, "agreement_images"), "4");
     assert_eq!(get(int8, "timestamp"), "2026-11-29T00:00:00Z");
+    assert_eq!(get(int8, "int8_kernel"), "cpu-per-channel-rowwise");
+    assert_eq!(get(&rows[0], "int8_kernel"), "", "fp32 uses no int8 kernel");
+    assert_eq!(get(int8, "gpu"), "");
     // fp32 has no comparison of its own: agreement cells are empty, not invented.
     assert_eq!(get(&rows[0], "top1_agreement"), "");
     assert_eq!(f(&rows[0], "speedup_vs_fp32"), 1.0);
@@ -145,7 +152,11 @@ fn bench_command_on_real_vit_tiny_writes_consistent_reports() {
         |r: &csv::StringRecord, c: &str| r[col(c)].parse::<f64>().unwrap_or_else(|_| panic!("{c}: `{}`", &r[col(c)]));
     let variants: Vec<&str> = rows.iter().map(|r| &r[col("variant")]).collect();
     assert_eq!(variants, ["fp32", "int8", "mobile"]);
+    // Which int8 a row used: none for fp32, our per-channel kernel on the CPU; no GPU named.
+    let kernels: Vec<&str> = rows.iter().map(|r| &r[col("int8_kernel")]).collect();
+    assert_eq!(kernels, ["", "cpu-per-channel-rowwise", "cpu-per-channel-rowwise"]);
     for r in &rows {
+        assert_eq!(&r[col("gpu")], "");
         assert_eq!(&r[col("threads")], "2");
         assert_eq!(&r[col("device")], "cpu");
         assert!(num(r, "runs") >= 3.0);

@@ -307,3 +307,36 @@ fn a_cancelled_download_leaves_consistent_state() {
         a.state.model.is_some() && a.state.result(Variant::Fp32).is_some()
     });
 }
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_remembered_in_a_cpu_build_falls_back_and_the_toggle_says_why() {
+    let settings =
+        Settings { model: fixture("hf_vit").display().to_string(), device: "cuda".into(), ..Settings::default() };
+    let app = WorkbenchApp::new(settings, &GuiOptions { offline: true, ..Default::default() });
+    let mut h = Harness::builder()
+        .with_size(egui::Vec2::new(1280.0, 820.0))
+        .build_ui_state(|ui, app: &mut WorkbenchApp| app.show(ui), app);
+    wait_for(&mut h, "the model", |a| a.state.model.is_some());
+    let s = &h.state().state;
+    assert_eq!(s.settings.device, "cpu");
+    let notice = s.notices.iter().find(|n| n.text.contains("CUDA is not available")).expect("no fallback notice");
+    assert!(
+        notice.text.contains("built without CUDA support") && notice.text.contains("using the CPU"),
+        "{}",
+        notice.text
+    );
+    assert_eq!(s.model.as_ref().unwrap().device, "cpu");
+    h.get_by_label_contains("device: CPU");
+    h.get_by_label_contains("int8 kernel:");
+    // The CUDA button is there but disabled; hovering it says why.
+    use egui_kittest::kittest::NodeT;
+    let cuda = h.get_by_label("CUDA");
+    assert!(cuda.accesskit_node().is_disabled());
+    cuda.hover();
+    for _ in 0..60 {
+        h.step();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    h.get_by_label_contains("CUDA is not available: this binary was built without CUDA support");
+}

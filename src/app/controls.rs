@@ -83,14 +83,25 @@ impl ControlsPanel {
             }
             ui.separator();
             ui.label("Device:");
-            let cuda = candle_core::utils::cuda_is_available();
+            let cuda_unavailable = state.cuda.unavailable_reason();
             for d in ["cpu", "cuda"] {
+                let hover = match (&state.cuda, d) {
+                    (_, "cpu") => "Run on the CPU (our int8 kernels)".to_string(),
+                    (crate::device::CudaStatus::Ready { name }, _) => {
+                        format!("Run on GPU 0: {name} ({})", crate::device::Int8Kernel::CudaQ8_0.describe())
+                    }
+                    _ => String::new(),
+                };
                 if ui
                     .add_enabled(
-                        d == "cpu" || cuda,
+                        d == "cpu" || cuda_unavailable.is_none(),
                         egui::Button::selectable(state.settings.device == d, d.to_uppercase()),
                     )
-                    .on_disabled_hover_text("this build has no CUDA support")
+                    .on_hover_text(hover)
+                    .on_disabled_hover_text(format!(
+                        "CUDA is not available: {}",
+                        cuda_unavailable.as_deref().unwrap_or("")
+                    ))
                     .clicked()
                     && state.settings.device != d
                 {

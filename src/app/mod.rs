@@ -107,6 +107,12 @@ impl WorkbenchApp {
         if settings.compare == Some(settings.variant) {
             settings.compare = None;
         }
+        // A GPU remembered from another run or build may not be here now: start on the CPU and say why.
+        let cuda = crate::device::cuda_status().clone();
+        let cuda_fallback = (settings.device != "cpu").then(|| cuda.unavailable_reason()).flatten();
+        if cuda_fallback.is_some() {
+            settings.device = "cpu".into();
+        }
         let wake_ctx: Arc<std::sync::OnceLock<egui::Context>> = Default::default();
         let wake = wake_ctx.clone();
         let hub = opts.hub.clone().unwrap_or_else(|| Hub::from_env(opts.offline));
@@ -120,8 +126,12 @@ impl WorkbenchApp {
             None => ImageSource::Bytes { name: "chelsea.png (sample)".into(), bytes: Arc::new(SAMPLE_IMAGE.to_vec()) },
         }));
         worker.send(Command::SetModel { spec: settings.model.clone(), device: settings.device.clone() });
+        let mut state = AppState::with_cuda(settings, cuda);
+        if let Some(why) = cuda_fallback {
+            state.notify(Level::Info, format!("CUDA is not available ({why}); using the CPU"));
+        }
         WorkbenchApp {
-            state: AppState::new(settings),
+            state,
             worker,
             wake_ctx,
             controls: controls::ControlsPanel,
@@ -292,6 +302,12 @@ impl WorkbenchApp {
                 self.analyze();
             }
             Action::SetDevice(d) => {
+                if d != "cpu"
+                    && let Some(why) = s.cuda.unavailable_reason()
+                {
+                    s.notify(Level::Error, format!("CUDA is not available: {why}"));
+                    return;
+                }
                 s.settings.device = d.clone();
                 self.worker.send(Command::SetModel { spec: s.settings.model.clone(), device: d });
             }

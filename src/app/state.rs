@@ -157,10 +157,17 @@ pub struct AppState {
     /// Set when the model changed and results must be recomputed once it is loaded.
     pub needs_analysis: bool,
     pub last_export: Option<PathBuf>,
+    /// Whether CUDA can be used here, probed once at start.
+    pub cuda: crate::device::CudaStatus,
 }
 
 impl AppState {
     pub fn new(settings: Settings) -> AppState {
+        Self::with_cuda(settings, crate::device::cuda_status().clone())
+    }
+
+    /// A state for a machine where CUDA is as `cuda` says (tests pass each case).
+    pub fn with_cuda(settings: Settings, cuda: crate::device::CudaStatus) -> AppState {
         AppState {
             model_input: settings.model.clone(),
             settings,
@@ -176,6 +183,7 @@ impl AppState {
             path_input: String::new(),
             needs_analysis: false,
             last_export: None,
+            cuda,
         }
     }
 

@@ -4,17 +4,23 @@ use egui::{Color32, Ui};
 
 use super::Action;
 use super::state::{AppState, Level};
+use crate::device::Int8Kernel;
 
 pub struct StatusBar;
 
 impl StatusBar {
     pub fn ui(&mut self, ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
         ui.horizontal(|ui| {
-            ui.label(format!("device: {}", state.settings.device.to_uppercase()));
+            // The loaded model's device, not the one asked for: they differ while loading or after a failure.
+            let device = state.model.as_ref().map_or_else(|| state.settings.device.clone(), |m| m.device.clone());
+            ui.label(format!("device: {}", device.to_uppercase()));
             ui.separator();
             ui.label(format!("threads: {}", rayon::current_num_threads()));
             ui.separator();
-            ui.label(crate::bench::simd_summary());
+            match state.model.as_ref().map(|m| m.int8_kernel) {
+                Some(k @ Int8Kernel::CudaQ8_0) => ui.label(k.describe()),
+                _ => ui.label(crate::bench::simd_summary()).on_hover_text(Int8Kernel::CpuPerChannelRowwise.describe()),
+            };
             ui.separator();
             match &state.model {
                 Some(m) => ui.label(format!(

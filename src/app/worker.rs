@@ -92,6 +92,10 @@ pub struct ModelSummary {
     pub prefix_tokens: usize,
     pub recipe: String,
     pub stored_variant: Variant,
+    /// Where it runs: `cpu` or `cuda:0 (NVIDIA H200)`.
+    pub device: String,
+    /// How its int8/mobile variants compute there.
+    pub int8_kernel: crate::device::Int8Kernel,
 }
 
 /// An RGBA image ready for a texture.
@@ -385,6 +389,8 @@ impl State {
             prefix_tokens: c.num_prefix_tokens(),
             recipe: model.recipe.describe(),
             stored_variant: model.variant,
+            device: crate::device::describe(&model.device),
+            int8_kernel: crate::device::Int8Kernel::for_device(&model.device),
         };
         self.variants.clear();
         self.attentions.clear();

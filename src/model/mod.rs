@@ -174,20 +174,5 @@ pub fn top_indices(v: &[f32], k: usize) -> Vec<usize> {
     idx
 }
 
-/// `cpu` or `cuda` (`cuda:N`) -> a candle device, with a clear error when CUDA is not built in.
-pub fn device_from_name(name: &str) -> Result<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        n if n == "cuda" || n.starts_with("cuda:") => {
-            let ordinal: usize =
-                n.strip_prefix("cuda:").map(str::parse).transpose().context("bad CUDA device number")?.unwrap_or(0);
-            if !candle_core::utils::cuda_is_available() {
-                bail!(
-                    "CUDA is not available: this binary was built without the `cuda` feature (cargo build --release --features cuda)"
-                );
-            }
-            Device::new_cuda(ordinal).with_context(|| format!("cannot open CUDA device {ordinal}"))
-        }
-        other => bail!("unknown device `{other}` (expected cpu or cuda)"),
-    }
-}
+/// `cpu` or `cuda` (`cuda:N`) -> a candle device; see [`crate::device::open`].
+pub use crate::device::open as device_from_name;
