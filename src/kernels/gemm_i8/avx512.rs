@@ -220,20 +220,24 @@ impl Kernel for Avx512Vnni {
 }
 
 /// 12 independent `vpdpbusd` zmm chains, registers only: the tile's inner instruction at its
-/// throughput. Returns the MACs performed.
+/// throughput. Returns the MACs performed. In assembly, like the ymm peaks: the same loop in
+/// intrinsics ran at ~60% of this rate on AMD Zen 4.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn vpdpbusd_loop(iters: usize) -> u64 {
-    let (a, b) = (_mm512_set1_epi8(3), _mm512_set1_epi8(-5));
-    let mut c = [_mm512_setzero_si512(); 12];
-    for _ in 0..iters {
-        for acc in c.iter_mut() {
-            *acc = _mm512_dpbusd_epi32(*acc, a, b);
-        }
+    // SAFETY: registers only; the caller checked the features.
+    unsafe {
+        std::arch::asm!(
+            "2:",
+            "vpdpbusd zmm4, zmm0, zmm1", "vpdpbusd zmm5, zmm0, zmm2", "vpdpbusd zmm6, zmm0, zmm3",
+            "vpdpbusd zmm7, zmm0, zmm1", "vpdpbusd zmm8, zmm0, zmm2", "vpdpbusd zmm9, zmm0, zmm3",
+            "vpdpbusd zmm10, zmm0, zmm1", "vpdpbusd zmm11, zmm0, zmm2", "vpdpbusd zmm12, zmm0, zmm3",
+            "vpdpbusd zmm13, zmm0, zmm1", "vpdpbusd zmm14, zmm0, zmm2", "vpdpbusd zmm15, zmm0, zmm3",
+            "dec {n}", "jnz 2b",
+            n = inout(reg) iters.max(1) => _,
+            out("zmm4") _, out("zmm5") _, out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _,
+            out("zmm10") _, out("zmm11") _, out("zmm12") _, out("zmm13") _, out("zmm14") _, out("zmm15") _,
+            options(nostack, nomem),
+        );
     }
-    let mut s = _mm512_setzero_si512();
-    for acc in c {
-        s = _mm512_add_epi32(s, acc);
-    }
-    std::hint::black_box(_mm512_reduce_add_epi32(s));
-    (iters * 12 * 64) as u64
+    (iters.max(1) * 12 * 64) as u64
 }

@@ -73,6 +73,8 @@ pub struct PackedWeights {
     pub row_sums: Vec<i32>,
     /// The SIMD paths' block layout, packed on first use by one of them.
     pub blocked: Arc<OnceLock<BlockedWeights>>,
+    /// The same in pairs of k (the AVX2 path's layout), packed on first use by it.
+    pub blocked_pairs: Arc<OnceLock<BlockedWeights>>,
     /// The portable path's layout (i16), packed on first use by it.
     pub widened: Arc<OnceLock<WidenedWeights>>,
 }
@@ -117,7 +119,16 @@ impl PackedWeights {
     /// From already quantized parts (an export file), computing the row sums.
     pub fn from_parts(n: usize, k: usize, data: Bytes, scales: Vec<f32>) -> PackedWeights {
         let row_sums = data.as_slice().chunks(k).map(|r| r.iter().map(|&v| v as i32).sum()).collect();
-        PackedWeights { n, k, data, scales, row_sums, blocked: Default::default(), widened: Default::default() }
+        PackedWeights {
+            n,
+            k,
+            data,
+            scales,
+            row_sums,
+            blocked: Default::default(),
+            blocked_pairs: Default::default(),
+            widened: Default::default(),
+        }
     }
 
     /// Dequantized weights `[n, k]` (for error analysis and the CUDA path).
@@ -550,10 +561,12 @@ pub const NT: usize = 4;
 /// The most rows any micro-kernel's tile has.
 pub const MR_MAX: usize = 8;
 
-/// Weights in the SIMD paths' block layout, zero-padded: for every group of 4 consecutive k,
-/// 64 bytes hold `w[n0..n0+16][k..k+4]` — one zmm, or two ymm (channels 0-7 and 8-15), the
-/// operand `vpdpbusd` wants. Per tile of [`NT`] blocks (64 output channels) the layout is
-/// `[k groups][block in tile][16][4]`, so a task reads its weights as one stream.
+/// Weights in the SIMD paths' block layout, zero-padded: for every group of `G` consecutive k,
+/// `16·G` bytes hold `w[n0..n0+16][k..k+G]`. With G = 4 that is one zmm, or two ymm (channels
+/// 0-7 and 8-15), the operand `vpdpbusd` wants; with G = 2, two 16-byte halves that
+/// `vpmovsxbw` widens into the i16 pairs `vpmaddwd` wants. Per tile of [`NT`] blocks (64
+/// output channels) the layout is `[k groups][block in tile][16][G]`, so a task reads its
+/// weights as one stream.
 #[derive(Debug)]
 pub struct BlockedWeights {
     pub n: usize,
@@ -562,6 +575,8 @@ pub struct BlockedWeights {
     pub kp: usize,
     /// n rounded up to a multiple of 16.
     pub np: usize,
+    /// k per group: 4 or 2.
+    pub group: usize,
     data: Vec<i8>,
 }
 
@@ -571,15 +586,17 @@ impl BlockedWeights {
     ///
     /// # Safety
     /// `nb0` must be a multiple of [`NT`] below `np / NB`; reads from the pointer must stay
-    /// within the tile's `kp / 4` groups of `blocks · 64` bytes.
+    /// within the tile's `kp / group` groups of `blocks · 16 · group` bytes.
     #[inline(always)]
     pub unsafe fn tile_start(&self, nb0: usize, blocks: usize) -> (*const i8, usize) {
         debug_assert!(nb0.is_multiple_of(NT) && nb0 < self.np / NB);
         // SAFETY: tiles before this one hold nb0 full blocks of 16·kp bytes (caller's bounds).
-        (unsafe { self.data.as_ptr().add(nb0 * NB * self.kp) }, blocks * 64)
+        (unsafe { self.data.as_ptr().add(nb0 * NB * self.kp) }, blocks * NB * self.group)
     }
 
-    pub fn pack(w: &PackedWeights) -> BlockedWeights {
+    /// Packs `w` in groups of `group` k (4 or 2).
+    pub fn pack(w: &PackedWeights, group: usize) -> BlockedWeights {
+        assert!(group == 4 || group == 2);
         let (n, k) = (w.n, w.k);
         let kp = k.div_ceil(4) * 4;
         let np = n.div_ceil(NB) * NB;
@@ -595,13 +612,13 @@ impl BlockedWeights {
                         break;
                     }
                     for kk in 0..k {
-                        let (g, r) = (kk / 4, kk % 4);
-                        tile[g * bt * 64 + b * 64 + j * 4 + r] = src[row * k + kk];
+                        let (g, r) = (kk / group, kk % group);
+                        tile[(g * bt + b) * NB * group + j * group + r] = src[row * k + kk];
                     }
                 }
             }
         });
-        BlockedWeights { n, k, kp, np, data }
+        BlockedWeights { n, k, kp, np, group, data }
     }
 }
 
@@ -619,8 +636,7 @@ pub struct Columns<'a> {
 }
 
 /// One tile's activations as a kernel reads them: `mr` rows from `data`, `stride` bytes apart,
-/// each `kp` bytes of codes in the kernel's encoding, then (kernels with [`Kernel::ABS_COPY`])
-/// `kp` bytes of their absolute values.
+/// each `kp` codes in the kernel's encoding ([`Kernel::ACT_BYTES`] bytes each).
 #[derive(Clone, Copy)]
 pub struct Rows<'a> {
     pub data: &'a [u8],
@@ -635,13 +651,27 @@ pub struct Rows<'a> {
 pub trait Kernel: Sync + Sized {
     /// Activations as `a + 128` (u8, corrected with row sums) rather than plain i8 codes.
     const SHIFTED: bool;
-    /// Each activation row is followed by its absolute values (see [`Rows`]).
-    const ABS_COPY: bool = false;
+    /// Bytes per activation code: 1 (i8, or u8 when shifted), or 2 (i16).
+    const ACT_BYTES: usize = 1;
+    /// k per weight group of [`BlockedWeights`] this kernel reads: 4, or 2.
+    const K_GROUP: usize = 4;
     /// Rows per tile (<= [`MR_MAX`]): as many as the register file holds accumulators for.
     const MR: usize;
     fn available() -> bool;
-    /// Quantizes one row into `out` (`x.len()` bytes) in this kernel's encoding; returns the scale.
+    /// Quantizes one row into `out` (`x.len() · ACT_BYTES` bytes) in this kernel's encoding;
+    /// returns the scale.
     unsafe fn quantize_row(x: &[f32], out: &mut [u8]) -> f32;
+    /// Already quantized codes into `out` (`codes.len() · ACT_BYTES` bytes) in this encoding.
+    fn encode_codes(codes: &[i8], out: &mut [u8]) {
+        let offset: i16 = if Self::SHIFTED { 128 } else { 0 };
+        match Self::ACT_BYTES {
+            1 => out.iter_mut().zip(codes).for_each(|(d, &c)| *d = (c as i16 + offset) as u8),
+            _ => out
+                .chunks_exact_mut(2)
+                .zip(codes)
+                .for_each(|(d, &c)| d.copy_from_slice(&(c as i16 + offset).to_le_bytes())),
+        }
+    }
     /// Rows `mr` (<= `MR`) x `blocks` (<= [`NT`]) weight blocks of one tile, through the
     /// epilogue, into `out` (row 0 of the strip, column 0; row stride `cols.n`). `first`: the
     /// task's first strip (its weights come from memory). `sa`: the strip's row scales.
@@ -683,10 +713,14 @@ unsafe fn run<K: Kernel>(
     epilogue: Epilogue,
     out: SharedMut<f32>,
 ) {
-    let bw = w.blocked.get_or_init(|| BlockedWeights::pack(w));
+    let bw = match K::K_GROUP {
+        4 => w.blocked.get_or_init(|| BlockedWeights::pack(w, 4)),
+        _ => w.blocked_pairs.get_or_init(|| BlockedWeights::pack(w, 2)),
+    };
     let (n, k, kp) = (w.n, w.k, bw.kp);
-    let stride = if K::ABS_COPY { 2 * kp } else { kp };
-    // Padding meets zero weights; 128 is the shifted encoding of 0 (and |0| = 0).
+    let stride = kp * K::ACT_BYTES;
+    let code_bytes = k * K::ACT_BYTES;
+    // Padding meets zero weights; 128 is the shifted encoding of 0.
     let zero = if K::SHIFTED { 128u8 } else { 0 };
     let mut au = vec![zero; m * stride];
     let mut scales = vec![0f32; m];
@@ -701,21 +735,14 @@ unsafe fn run<K: Kernel>(
             let i = c * FILL_ROWS + r;
             match src {
                 // SAFETY: the caller checked the kernel's features.
-                Source::F32(x) => *scale = unsafe { K::quantize_row(&x[i * k..(i + 1) * k], &mut row[..k]) },
+                Source::F32(x) => *scale = unsafe { K::quantize_row(&x[i * k..(i + 1) * k], &mut row[..code_bytes]) },
                 // SAFETY: as above.
-                Source::Normed(_) => *scale = unsafe { K::quantize_row(&normed[r * k..(r + 1) * k], &mut row[..k]) },
-                Source::Codes(a) => {
-                    let offset: i16 = if K::SHIFTED { 128 } else { 0 };
-                    for (d, &c) in row[..k].iter_mut().zip(&a.data[i * k..(i + 1) * k]) {
-                        *d = (c as i16 + offset) as u8;
-                    }
-                    *scale = a.scales[i];
+                Source::Normed(_) => {
+                    *scale = unsafe { K::quantize_row(&normed[r * k..(r + 1) * k], &mut row[..code_bytes]) }
                 }
-            }
-            if K::ABS_COPY {
-                let (codes, abs) = row.split_at_mut(kp);
-                for (d, &c) in abs[..k].iter_mut().zip(&codes[..k]) {
-                    *d = (c as i8).unsigned_abs();
+                Source::Codes(a) => {
+                    K::encode_codes(&a.data[i * k..(i + 1) * k], &mut row[..code_bytes]);
+                    *scale = a.scales[i];
                 }
             }
         }

@@ -6,13 +6,14 @@
 //! - **its EVEX twin**: the same tile with the AVX-512 VL encoding of the same instruction, for
 //!   CPUs that have AVX-512 VNNI but not AVX-VNNI (Zen 4, Ice Lake): there the 256-bit kernel
 //!   can be run, tested and measured although the VEX form is missing.
-//! - **AVX2**: no dot-product instruction. `vpmaddubsw` (u8 x i8, adjacent pairs summed into
-//!   i16) would saturate on shifted activations (2·255·127 > 32767), so this path feeds it
-//!   `|a|` and `w·sign(a)` instead: pair sums stay within 2·127·127 = 32258, exact; `vpmaddwd`
-//!   by ones widens the pairs into i32. `|a|` is computed once per row by the driver
-//!   ([`Kernel::ABS_COPY`]) rather than once per tile and k group. Of the sequences measured
-//!   register-only ([`CANDIDATES`]), this is the fastest exact one; the saturating u8 x s8 form
-//!   (ONNX Runtime's and fbgemm's on AVX2) needs one instruction fewer but changes results.
+//! - **AVX2**: no 4-way byte dot product. Of the sequences measured register-only
+//!   ([`CANDIDATES`]), `vpmaddwd` on i16 operands (16 products summed in pairs into 8 i32) is the
+//!   fastest exact one: `vpmaddubsw` on u8 x s8 (ONNX Runtime's and fbgemm's AVX2 form)
+//!   saturates on shifted activations (2·255·127 > 32767), and keeping it exact with `|a|` and
+//!   `w·sign(a)` costs a `vpsignb` that runs on the same ports (AMD EPYC Zen 4, one core: i16
+//!   ~94 GMAC/s, u8s8 ~80, |a|·sign ~47). Activations are quantized straight to i16 pairs;
+//!   weights stay int8 in memory (pairs of k) and `vpmovsxbw` widens each 16-byte half once per
+//!   tile row strip, serving all 6 rows.
 //!
 //! Every tile is compiled for a constant row count, so its accumulators stay in registers
 //! (a row loop with a run-time bound kept them on the stack).
@@ -25,21 +26,20 @@ use super::{
     quantize_one,
 };
 
-/// Row quantization in AVX2, the same codes as [`super::quantize_row_into`]:
-/// `vcvtps2dq` rounds half to even (the default MXCSR mode) like the magic-number rounding,
-/// NaN products are zeroed like `NaN as i8`, and max|x| ignores NaN like `f32::max`.
-#[target_feature(enable = "avx2")]
-unsafe fn quantize_row_avx2<const SHIFTED: bool>(x: &[f32], out: &mut [u8]) -> f32 {
-    let k = x.len();
-    assert!(out.len() >= k);
+/// A row's scale inputs in AVX2: `(max|x|, 127 / max|x|)` (0 for an all-zero row); max|x|
+/// ignores NaN like `f32::max` (`vmaxps` returns its second operand when the first is NaN).
+#[inline(always)]
+unsafe fn row_amax_inv(x: &[f32]) -> (f32, f32) {
+    let full8 = x.len() / 8 * 8;
     unsafe {
         let abs_bits = _mm256_set1_epi32(0x7fff_ffff);
-        let abs = |v: __m256| _mm256_castsi256_ps(_mm256_and_si256(_mm256_castps_si256(v), abs_bits));
         let mut acc = _mm256_setzero_ps();
-        let full8 = k / 8 * 8;
         for i in (0..full8).step_by(8) {
-            // max(a, b) returns b when a is NaN: NaN never wins.
-            acc = _mm256_max_ps(abs(_mm256_loadu_ps(x.as_ptr().add(i))), acc);
+            let v = _mm256_castsi256_ps(_mm256_and_si256(
+                _mm256_castps_si256(_mm256_loadu_ps(x.as_ptr().add(i))),
+                abs_bits,
+            ));
+            acc = _mm256_max_ps(v, acc);
         }
         let mut lanes = [0f32; 8];
         _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
@@ -47,36 +47,73 @@ unsafe fn quantize_row_avx2<const SHIFTED: bool>(x: &[f32], out: &mut [u8]) -> f
         for v in lanes.iter().chain(&x[full8..]) {
             amax = amax.max(v.abs());
         }
-        let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-        let (inv_v, lo, hi) = (_mm256_set1_ps(inv), _mm256_set1_ps(-127.0), _mm256_set1_ps(127.0));
-        let codes = |p: *const f32| {
-            let p = _mm256_mul_ps(_mm256_loadu_ps(p), inv_v);
-            let p = _mm256_and_ps(p, _mm256_cmp_ps::<_CMP_ORD_Q>(p, p));
-            _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(p, lo), hi))
-        };
+        (amax, if amax > 0.0 { 127.0 / amax } else { 0.0 })
+    }
+}
+
+/// The codes of 8 values at `p` as i32 lanes, the same as [`super::quantize_row_into`]'s:
+/// `vcvtps2dq` rounds half to even (the default MXCSR mode) like the magic-number rounding,
+/// and NaN products are zeroed like `NaN as i8`.
+#[inline(always)]
+unsafe fn codes8(p: *const f32, inv: f32) -> __m256i {
+    unsafe {
+        let v = _mm256_mul_ps(_mm256_loadu_ps(p), _mm256_set1_ps(inv));
+        let v = _mm256_and_ps(v, _mm256_cmp_ps::<_CMP_ORD_Q>(v, v));
+        _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(-127.0)), _mm256_set1_ps(127.0)))
+    }
+}
+
+/// Row quantization in AVX2, shifted to u8 (+128) for `vpdpbusd`; returns the row's scale.
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_row_avx2_u8(x: &[f32], out: &mut [u8]) -> f32 {
+    let k = x.len();
+    assert!(out.len() >= k);
+    unsafe {
+        let (amax, inv) = row_amax_inv(x);
         let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
         let full32 = k / 32 * 32;
         for i in (0..full32).step_by(32) {
             let p = x.as_ptr().add(i);
-            let w16a = _mm256_packs_epi32(codes(p), codes(p.add(8)));
-            let w16b = _mm256_packs_epi32(codes(p.add(16)), codes(p.add(24)));
+            let w16a = _mm256_packs_epi32(codes8(p, inv), codes8(p.add(8), inv));
+            let w16b = _mm256_packs_epi32(codes8(p.add(16), inv), codes8(p.add(24), inv));
             // packs interleave 128-bit lanes; the permutation restores element order.
-            let mut b = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w16a, w16b), order);
-            if SHIFTED {
-                b = _mm256_xor_si256(b, _mm256_set1_epi8(-128)); // i8 + 128 as u8
-            }
+            let b = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w16a, w16b), order);
+            let b = _mm256_xor_si256(b, _mm256_set1_epi8(-128)); // i8 + 128 as u8
             _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, b);
         }
-        let offset: i16 = if SHIFTED { 128 } else { 0 };
         for (o, &v) in out[full32..k].iter_mut().zip(&x[full32..]) {
-            *o = (quantize_one(v, inv) as i16 + offset) as u8;
+            *o = (quantize_one(v, inv) as i16 + 128) as u8;
         }
         amax / 127.0
     }
 }
 
+/// Row quantization in AVX2 to little-endian i16 codes (the AVX2 kernel's operand), `out`
+/// holding `2 · x.len()` bytes; returns the row's scale.
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_row_avx2_i16(x: &[f32], out: &mut [u8]) -> f32 {
+    let k = x.len();
+    assert!(out.len() >= 2 * k);
+    unsafe {
+        let (amax, inv) = row_amax_inv(x);
+        let full16 = k / 16 * 16;
+        for i in (0..full16).step_by(16) {
+            let p = x.as_ptr().add(i);
+            // packs interleaves 128-bit lanes; the permutation restores element order.
+            let w16 =
+                _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(codes8(p, inv), codes8(p.add(8), inv)));
+            _mm256_storeu_si256(out.as_mut_ptr().add(2 * i) as *mut __m256i, w16);
+        }
+        for (o, &v) in out[2 * full16..2 * k].chunks_exact_mut(2).zip(&x[full16..]) {
+            o.copy_from_slice(&(quantize_one(v, inv) as i16).to_le_bytes());
+        }
+        amax / 127.0
+    }
+}
+
+/// The shared epilogue compiled for AVX2 (8-wide). Rust never contracts a·b + c into an FMA,
+/// so enabling it cannot change the bits.
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn epilogue_avx2(
     acc: &[i32],
     row_sums: &[i32],
@@ -86,7 +123,6 @@ unsafe fn epilogue_avx2(
     epilogue: Epilogue,
     out: &mut [f32],
 ) {
-    // Rust never contracts a·b + c into an FMA, so enabling it here cannot change the bits.
     epilogue_row(acc, row_sums, sa, sw, bias, epilogue, out)
 }
 
@@ -137,27 +173,24 @@ macro_rules! vnni_tile {
 vnni_tile!(tile_avxvnni, "avx2,avxvnni", _mm256_dpbusd_avx_epi32);
 vnni_tile!(tile_avxvnni_evex, "avx2,avx512f,avx512vl,avx512vnni", _mm256_dpbusd_epi32);
 
-/// The AVX2 tile: `R` rows x each block, `|a|` (the row's second half) times `w·sign(a)`.
+/// The AVX2 tile: `R` rows x each block; per pair of k, each 16-byte weight half widened to
+/// i16 once (`vpmovsxbw`) and multiplied with every row's i16 pair (`vpmaddwd`).
 #[target_feature(enable = "avx2")]
 #[allow(clippy::needless_range_loop)]
 unsafe fn tile_avx2<const R: usize>(a: Rows, w: &BlockedWeights, nb0: usize, blocks: usize, acc: &mut [i32]) {
     unsafe {
         let (wbase, gs) = w.tile_start(nb0, blocks);
         let abase = a.data.as_ptr();
-        let ones = _mm256_set1_epi16(1);
         for b in 0..blocks {
-            let wb = wbase.add(b * 64);
+            let wb = wbase.add(b * 32);
             let mut c = [[_mm256_setzero_si256(); 2]; R];
-            for g in 0..a.kp / 4 {
-                let w0 = _mm256_loadu_si256(wb.add(g * gs) as *const __m256i);
-                let w1 = _mm256_loadu_si256(wb.add(g * gs + 32) as *const __m256i);
+            for p in 0..a.kp / 2 {
+                let w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wb.add(p * gs) as *const __m128i));
+                let w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wb.add(p * gs + 16) as *const __m128i));
                 for r in 0..R {
-                    let row = abase.add(r * a.stride + g * 4);
-                    let (av, abs_a) = (broadcast4(row), broadcast4(row.add(a.kp)));
-                    let p0 = _mm256_maddubs_epi16(abs_a, _mm256_sign_epi8(w0, av));
-                    let p1 = _mm256_maddubs_epi16(abs_a, _mm256_sign_epi8(w1, av));
-                    c[r][0] = _mm256_add_epi32(c[r][0], _mm256_madd_epi16(p0, ones));
-                    c[r][1] = _mm256_add_epi32(c[r][1], _mm256_madd_epi16(p1, ones));
+                    let av = broadcast4(abase.add(r * a.stride + p * 4));
+                    c[r][0] = _mm256_add_epi32(c[r][0], _mm256_madd_epi16(av, w0));
+                    c[r][1] = _mm256_add_epi32(c[r][1], _mm256_madd_epi16(av, w1));
                 }
             }
             store_block(&c, b, acc);
@@ -185,7 +218,7 @@ macro_rules! with_rows {
 pub struct AvxVnni;
 /// [`AvxVnni`]'s tile in the EVEX encoding (AVX-512 VL + VNNI); same operations, same results.
 pub struct AvxVnniEvex;
-/// Plain AVX2: 4 rows, 8 accumulators (+ 2 weights, a, |a|, a product and the ones vector).
+/// Plain AVX2 (`vpmaddwd` on i16): 6 rows, 12 accumulators, 2 weights and a broadcast.
 pub struct Avx2;
 
 /// [`Kernel::strip`] for the ymm kernels: the tile into a buffer, then the epilogue row by row.
@@ -218,7 +251,7 @@ impl Kernel for AvxVnni {
         is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("avxvnni")
     }
     unsafe fn quantize_row(x: &[f32], out: &mut [u8]) -> f32 {
-        unsafe { quantize_row_avx2::<true>(x, out) }
+        unsafe { quantize_row_avx2_u8(x, out) }
     }
     ymm_strip!(tile_avxvnni);
     unsafe fn peak_sequence(iters: usize) -> u64 {
@@ -237,7 +270,7 @@ impl Kernel for AvxVnniEvex {
             && is_x86_feature_detected!("avx512vnni")
     }
     unsafe fn quantize_row(x: &[f32], out: &mut [u8]) -> f32 {
-        unsafe { quantize_row_avx2::<true>(x, out) }
+        unsafe { quantize_row_avx2_u8(x, out) }
     }
     ymm_strip!(tile_avxvnni_evex);
     unsafe fn peak_sequence(iters: usize) -> u64 {
@@ -247,17 +280,18 @@ impl Kernel for AvxVnniEvex {
 
 impl Kernel for Avx2 {
     const SHIFTED: bool = false;
-    const ABS_COPY: bool = true;
-    const MR: usize = 4;
+    const ACT_BYTES: usize = 2;
+    const K_GROUP: usize = 2;
+    const MR: usize = 6;
     fn available() -> bool {
         is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
     }
     unsafe fn quantize_row(x: &[f32], out: &mut [u8]) -> f32 {
-        unsafe { quantize_row_avx2::<false>(x, out) }
+        unsafe { quantize_row_avx2_i16(x, out) }
     }
     ymm_strip!(tile_avx2);
     unsafe fn peak_sequence(iters: usize) -> u64 {
-        unsafe { sign_maddubs_loop(iters) }
+        unsafe { i16_madd_loop(iters) }
     }
 }
 
@@ -315,7 +349,7 @@ unsafe fn dpbusd_ymm_loop<const VEX: bool>(iters: usize) -> u64 {
     (iters.max(1) * 12 * 32) as u64
 }
 
-/// The AVX2 path's sequence: `vpsignb`, `vpmaddubsw`, `vpmaddwd` by ones, `vpaddd`; 8 chains.
+/// `vpsignb`, `vpmaddubsw` on |a| and w·sign(a), `vpmaddwd` by ones, `vpaddd`; 8 chains.
 #[target_feature(enable = "avx2")]
 unsafe fn sign_maddubs_loop(iters: usize) -> u64 {
     macro_rules! chain {
@@ -403,8 +437,8 @@ unsafe fn u8s8_loop(iters: usize) -> u64 {
     (iters.max(1) * 8 * 32) as u64
 }
 
-/// `vpmaddwd` on i16 operands (weights and activations widened) and `vpaddd`: exact, but half
-/// the products per instruction and twice the weight bytes.
+/// The AVX2 path's sequence: `vpmaddwd` on i16 operands and `vpaddd`; 8 chains. Exact; half
+/// the products per instruction of the byte forms, but one multiply-port instruction per 16.
 #[target_feature(enable = "avx2")]
 unsafe fn i16_madd_loop(iters: usize) -> u64 {
     macro_rules! chain {
@@ -430,7 +464,7 @@ unsafe fn i16_madd_loop(iters: usize) -> u64 {
 /// The AVX2 int8 sequences the AVX2 path was chosen from, each as a register-only loop
 /// (name, loop returning its MACs). Each needs AVX2.
 pub const CANDIDATES: [(&str, PeakSequence); 3] = [
-    ("avx2 |a|·sign: vpsignb+vpmaddubsw+vpmaddwd+vpaddd (exact, ours)", sign_maddubs_loop),
+    ("avx2 i16: vpmaddwd+vpaddd (exact; ours)", i16_madd_loop),
     ("avx2 u8s8: vpmaddubsw+vpmaddwd+vpaddd (saturates)", u8s8_loop),
-    ("avx2 i16: vpmaddwd+vpaddd (exact)", i16_madd_loop),
+    ("avx2 |a|·sign: vpsignb+vpmaddubsw+vpmaddwd+vpaddd (exact)", sign_maddubs_loop),
 ];
