@@ -4,6 +4,10 @@
 tests/fixtures/hostile/evil_pickle/pytorch_model.bin: a PyTorch-style zip whose pickle, when
 unpickled by Python, would run `touch <marker>` (os.system). The loader must refuse it without
 executing anything.
+
+tests/fixtures/hostile/huge_pickle/pytorch_model.bin: a real torch.save'd state dict whose
+`classifier.weight` claims shape [10^9, 192] over a 192-float storage (stride 0): loading it
+naively allocates 768 GB. The loader must refuse it from the declared shape, before allocating.
 """
 import io
 import os
@@ -31,3 +35,13 @@ if __name__ == "__main__":
     with open(src) as a, open(os.path.join(OUT, "config.json"), "w") as b:
         b.write(a.read())
     print("wrote", OUT)
+
+    import torch  # only for the second fixture
+
+    huge = os.path.join(OUT, "..", "huge_pickle")
+    os.makedirs(huge, exist_ok=True)
+    lie = torch.zeros(192).as_strided((10**9, 192), (0, 1))
+    torch.save({"classifier.weight": lie}, os.path.join(huge, "pytorch_model.bin"))
+    with open(src) as a, open(os.path.join(huge, "config.json"), "w") as b:
+        b.write(a.read())
+    print("wrote", huge)
