@@ -153,10 +153,11 @@ pub struct BenchArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
     batch: u64,
-    /// Untimed warm-up runs per variant (at most --max-runs).
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
-    warmup: u64,
-    /// Minimum timed runs per variant (at least 1, at most --max-runs).
+    /// Untimed warm-up runs per variant [default: 10, or --max-runs if lower; more than
+    /// --max-runs is refused].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    warmup: Option<u64>,
+    /// Minimum timed runs per variant (at least 1; --max-runs caps them).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     runs: u64,
     /// Minimum seconds of timed runs per variant (finite, >= 0).
@@ -635,21 +636,18 @@ fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
     let inputs: Vec<&std::path::Path> =
         models.iter().map(std::path::Path::new).chain(image_files.iter().map(PathBuf::as_path)).collect();
     crate::fsutil::check_outputs_distinct(&outputs, &inputs)?;
-    if a.runs > a.max_runs {
-        anyhow::bail!("--runs {} is more than --max-runs {}", a.runs, a.max_runs);
-    }
-    if a.warmup > a.max_runs {
-        anyhow::bail!(
-            "--warmup {} is more than --max-runs {}: warm-up is bounded by the timed runs",
-            a.warmup,
-            a.max_runs
-        );
-    }
+    let warmup = match a.warmup {
+        Some(w) if w > a.max_runs => {
+            anyhow::bail!("--warmup {w} is more than --max-runs {}: warm-up is bounded by the timed runs", a.max_runs)
+        }
+        Some(w) => w,
+        None => a.max_runs.min(10),
+    };
     let variants = parse_variants(&a.variants)?;
     let device = device_from_name(&a.device)?;
     let count = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
     let cfg = BenchConfig {
-        warmup: count(a.warmup),
+        warmup: count(warmup),
         min_runs: count(a.runs),
         min_seconds: a.min_seconds,
         max_runs: count(a.max_runs),
