@@ -769,3 +769,41 @@ fn logging_follows_rust_log_and_verbosity_flags() {
     assert!(run(&["-vv"], None).contains("tensor checksums"));
     assert!(run(&[], Some("vit_workbench=debug")).contains("tensor checksums"));
 }
+
+/// The exported file with its metadata edited by `edit` (tensor data untouched).
+fn with_metadata(bytes: &[u8], edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    edit(header["__metadata__"].as_object_mut().unwrap());
+    let h = serde_json::to_vec(&header).unwrap();
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend(h);
+    out.extend_from_slice(&bytes[8 + n..]);
+    out
+}
+
+#[test]
+fn version_1_exports_without_checksums_load_with_a_warning_and_version_2_ones_need_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("int8.safetensors");
+    let out = run_bin(&["export", "--model", fixture("timm_vit").to_str().unwrap(), "--out", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let good = std::fs::read(&path).unwrap();
+    let v1 = dir.path().join("v1.safetensors");
+    std::fs::write(
+        &v1,
+        with_metadata(&good, |m| {
+            m.remove("tensor_xxh3");
+            m.insert("format_version".into(), "1".into());
+        }),
+    )
+    .unwrap();
+    let img = fixture("preprocess/hf_vit__chelsea.png");
+    let out = run_bin(&["classify", img.to_str().unwrap(), "--variant", "int8", "--model", v1.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("warning") && stderr_of(&out).contains("no checksums"), "{}", stderr_of(&out));
+    let v2 = dir.path().join("v2.safetensors");
+    std::fs::write(&v2, with_metadata(&good, |m| drop(m.remove("tensor_xxh3")))).unwrap();
+    let out = run_bin(&["classify", img.to_str().unwrap(), "--variant", "int8", "--model", v2.to_str().unwrap()]);
+    assert_one_line_error(&out, &["v2.safetensors", "checksums", "missing"]);
+}

@@ -191,6 +191,7 @@ fn hf_token_and_revision_are_sent_and_a_401_explains_tokens_once() {
     let e = format!("{:#}", hub.fetch_model("acme/gated", None, &mut |_| {}).unwrap_err());
     assert!(e.contains("HF_TOKEN") && e.contains("no token"), "{e}");
     std::fs::write(home.path().join("token"), "hf_from_file\n").unwrap();
+    seen.lock().unwrap().clear();
     let out = std::process::Command::new(bin())
         .args(["download", "acme/gated"])
         .env("HF_ENDPOINT", &url)

@@ -22,7 +22,8 @@ use super::vit::{Block, LayerNorm, Linear, VitWeights};
 pub struct TensorBudget {
     /// Elements of the largest tensor the config implies.
     pub max_elements: u64,
-    /// Elements of all tensors together (the parameters, plus transformers' unused pooler).
+    /// Elements of all tensors together: twice the parameters (plus transformers' unused
+    /// pooler), so that a mis-shaped tensor still gets its precise message from the mapping.
     pub total_elements: u64,
 }
 
@@ -31,7 +32,7 @@ impl TensorBudget {
         let (d, m, p, n) = (c.hidden as u64, c.mlp as u64, c.patch as u64, c.num_classes() as u64);
         let max_elements =
             [3 * d * d, d * m, n * d, c.num_tokens() as u64 * d, 3 * p * p * d].into_iter().max().unwrap_or(0);
-        TensorBudget { max_elements, total_elements: c.param_count() as u64 + d * d + d }
+        TensorBudget { max_elements, total_elements: 2 * (c.param_count() as u64 + d * d + d) }
     }
 
     /// Checks declared (name, shape) pairs; returns the total element count.
