@@ -125,12 +125,15 @@ fn a_zoo_weight_name_that_is_gone_falls_back_to_the_other_format() {
     assert_eq!(std::fs::read(&f.weights).unwrap(), files["pytorch_model.bin"]);
 }
 
+/// (path, Authorization header) of each request a test server saw.
+type SeenRequests = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
 /// A hub that answers 401 to everything, recording each request's path and Authorization.
-fn serve_401() -> (String, std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>) {
+fn serve_401() -> (String, SeenRequests) {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>> = Default::default();
+    let seen: SeenRequests = Default::default();
     let log = seen.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {

@@ -162,7 +162,10 @@ fn read_header_metadata(path: &Path) -> Result<HashMap<String, String>> {
 
 /// Loads an exported file by memory map.
 pub fn load(path: &Path, device: &Device) -> Result<Model> {
-    load_inner(path, device).with_context(|| format!("cannot load exported model {}", path.display()))
+    let start = std::time::Instant::now();
+    let model = load_inner(path, device).with_context(|| format!("cannot load exported model {}", path.display()))?;
+    log::debug!("{}: loaded in {:.1} ms (checksums included)", path.display(), start.elapsed().as_secs_f64() * 1e3);
+    Ok(model)
 }
 
 fn load_inner(path: &Path, device: &Device) -> Result<Model> {
