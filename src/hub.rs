@@ -170,7 +170,8 @@ impl Hub {
             let rev = self.revision.as_deref().unwrap_or("main");
             return anyhow::anyhow!("{what}: no such file at revision `{rev}` (HTTP 404)");
         }
-        if top == cause { anyhow::anyhow!("{what}: {top}") } else { anyhow::anyhow!("{what}: {cause}") }
+        let hint = "without network, use --offline with a cached model, or a local folder";
+        anyhow::anyhow!("{what}: {cause} ({hint})")
     }
 
     /// Whether a model's config and one weight file are cached.

@@ -208,3 +208,19 @@ fn hf_token_and_revision_are_sent_and_a_401_explains_tokens_once() {
     let second = seen.lock().unwrap().clone();
     assert!(!second.is_empty() && second.iter().all(|(_, auth)| auth == "bearer hf_from_file"), "{second:?}");
 }
+
+#[test]
+fn an_unreachable_hub_is_reported_once_with_its_cause() {
+    let cache = tempfile::tempdir().unwrap();
+    let hub = Hub {
+        cache_dir: cache.path().to_path_buf(),
+        offline: false,
+        endpoint: Some("http://127.0.0.1:9".into()),
+        revision: None,
+        token: None,
+    };
+    let e = format!("{:#}", hub.fetch_model("acme/tiny", None, &mut |_| {}).unwrap_err());
+    assert_eq!(e.matches("Connection refused").count(), 1, "{e}");
+    assert_eq!(e.matches("acme/tiny").count(), 1, "{e}");
+    assert!(e.contains("--offline"), "{e}");
+}
