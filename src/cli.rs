@@ -54,7 +54,8 @@ pub struct Cli {
     /// Threads for every kernel (default: physical cores; at most 4x the logical cores).
     #[arg(long, global = true, value_parser = parse_threads)]
     pub threads: Option<usize>,
-    /// More log output on stderr: -v info, -vv debug (dependencies' logs too), -vvv trace.
+    /// More log output on stderr: -v info (and dependencies' warnings), -vv debug (dependencies'
+    /// too), -vvv trace.
     /// RUST_LOG, when set, overrides this (env_logger syntax, e.g. RUST_LOG=hf_hub=debug).
     #[arg(long, short, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     pub verbose: u8,
@@ -75,7 +76,7 @@ pub enum Command {
         #[arg(long, short, default_value = DEFAULT_MODEL)]
         model: String,
         /// Labels to print per image (at least 1; more than the model's classes prints them all).
-        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         top: u64,
         /// One JSON document on stdout instead of text.
         #[arg(long)]
@@ -273,9 +274,15 @@ fn init_logging(verbose: u8, quiet: bool) {
         (false, 2) => log::LevelFilter::Debug,
         _ => log::LevelFilter::Trace,
     };
-    // At -v only our records are raised; dependencies stay at warn until -vv.
+    // Dependencies (winit, wgpu, eframe, hf-hub) are one level quieter than ours until -vv:
+    // their warnings about the X server or a software renderer are noise to a user.
+    let dependencies = match (quiet, verbose) {
+        (false, 0) => log::LevelFilter::Error,
+        (false, 1) => log::LevelFilter::Warn,
+        _ => level,
+    };
     let mut builder = env_logger::Builder::new();
-    builder.filter_level(if verbose == 1 { log::LevelFilter::Warn } else { level });
+    builder.filter_level(dependencies);
     builder.filter_module("vit_workbench", level);
     if let Ok(spec) = std::env::var("RUST_LOG") {
         builder.parse_filters(&spec);
