@@ -13,7 +13,7 @@ use crate::hub::{DownloadEvent, Hub};
 use candle_core::Device;
 
 use crate::model::{Prediction, device_from_name};
-use crate::preprocess::load_image;
+use crate::preprocess::{LoadedImage, load_image_with};
 use crate::quant::metrics::compare_variants;
 use crate::quant::{Variant, export, parse_variants};
 use crate::zoo::{DEFAULT_MODEL, ModelSource, ZOO, load_model};
@@ -33,7 +33,7 @@ pub struct Cli {
     #[arg(long, short)]
     pub model: Option<String>,
     /// Variant for the window.
-    #[arg(long)]
+    #[arg(long, value_parser = variant_parser())]
     pub variant: Option<Variant>,
     /// Second variant of the window's compare view (fp32, int8, mobile, or none).
     #[arg(long)]
@@ -47,9 +47,21 @@ pub struct Cli {
     /// Use only the local Hugging Face cache (same as HF_HUB_OFFLINE=1).
     #[arg(long, global = true)]
     pub offline: bool,
-    /// Threads for every kernel (default: physical cores).
+    /// Branch, tag or commit of hub models (default: main). Private and gated repos need a
+    /// token: HF_TOKEN, or the token file `huggingface-cli login` writes.
     #[arg(long, global = true)]
+    pub revision: Option<String>,
+    /// Threads for every kernel (default: physical cores; at most 4x the logical cores).
+    #[arg(long, global = true, value_parser = parse_threads)]
     pub threads: Option<usize>,
+    /// More log output on stderr: -v info (and dependencies' warnings), -vv debug (dependencies'
+    /// too), -vvv trace.
+    /// RUST_LOG, when set, overrides this (env_logger syntax, e.g. RUST_LOG=hf_hub=debug).
+    #[arg(long, short, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Only errors on stderr (no warnings).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -60,42 +72,54 @@ pub enum Command {
     Classify {
         #[arg(required = true)]
         images: Vec<PathBuf>,
-        /// Hub id or local folder.
+        /// Hub id, local folder or exported file.
         #[arg(long, short, default_value = DEFAULT_MODEL)]
         model: String,
-        #[arg(long, default_value_t = 5)]
-        top: usize,
+        /// Labels to print per image (at least 1; more than the model's classes prints them all).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        top: u64,
         /// One JSON document on stdout instead of text.
         #[arg(long)]
         json: bool,
-        /// cpu or cuda.
-        #[arg(long, default_value = "cpu")]
+        /// Device to run on (cuda:N picks a GPU).
+        #[arg(long, default_value = "cpu", value_parser = device_parser())]
         device: String,
-        /// fp32, int8 or mobile.
-        #[arg(long, default_value = "fp32")]
+        /// Weights to classify with.
+        #[arg(long, default_value = "fp32", value_parser = variant_parser())]
         variant: Variant,
+        /// Classify truncated image files from what decoded (marked truncated) instead of refusing them.
+        #[arg(long)]
+        allow_truncated: bool,
     },
     /// Write a variant of a model as one self-contained file (safetensors + metadata).
     Export {
+        /// Hub id, local folder or fp32 export to convert.
         #[arg(long, short, default_value = DEFAULT_MODEL)]
         model: String,
-        #[arg(long, default_value = "int8")]
+        /// Variant to write.
+        #[arg(long, default_value = "int8", value_parser = variant_parser())]
         variant: Variant,
+        /// File to write (replaced atomically; never a device, FIFO or one of the inputs).
         #[arg(long)]
         out: PathBuf,
     },
     /// What each variant loses against fp32 on the same images: agreement, KL, per-layer error.
     Compare {
+        /// Image files.
         #[arg(required = true)]
         images: Vec<PathBuf>,
+        /// Hub id, local folder or fp32 export.
         #[arg(long, short, default_value = DEFAULT_MODEL)]
         model: String,
-        /// Comma-separated; fp32 is always the reference.
+        /// Comma-separated from fp32, int8, mobile; fp32 is always the reference.
         #[arg(long, default_value = "fp32,int8,mobile")]
         variants: String,
         /// Print one JSON document instead of tables.
         #[arg(long)]
         json: bool,
+        /// Use truncated image files from what decoded instead of refusing them.
+        #[arg(long)]
+        allow_truncated: bool,
     },
     /// Measure latency, size and accuracy of variants; print a table, write CSV/JSON reports.
     Bench(BenchArgs),
@@ -103,7 +127,7 @@ pub enum Command {
     /// shapes against this machine's int8 peak.
     Kernels {
         /// Minimum seconds of timed calls per kernel.
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, value_parser = parse_seconds)]
         min_seconds: f64,
     },
     /// Run a model on the CPU and on DEVICE over the same images: fp32 logit parity, int8/mobile
@@ -121,7 +145,10 @@ pub enum Command {
     /// List the model zoo and what is already cached.
     Models,
     /// Download a model into the Hugging Face cache.
-    Download { model: String },
+    Download {
+        /// Hub id (owner/name).
+        model: String,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -129,27 +156,31 @@ pub struct BenchArgs {
     /// Comma-separated hub ids, folders or exported files.
     #[arg(long, default_value = DEFAULT_MODEL)]
     models: String,
+    /// Comma-separated from fp32, int8, mobile.
     #[arg(long, default_value = "fp32,int8,mobile")]
     variants: String,
     /// Image files or folders: timed on the first (batch) image(s); agreement over all of them.
     /// Without images a synthetic input is timed.
     #[arg(long, num_args = 1..)]
     images: Vec<PathBuf>,
-    #[arg(long, default_value_t = 1)]
-    batch: usize,
-    /// Untimed warm-up runs per variant.
-    #[arg(long, default_value_t = 10)]
-    warmup: usize,
-    /// Minimum timed runs per variant.
-    #[arg(long, default_value_t = 30)]
-    runs: usize,
-    /// Minimum seconds of timed runs per variant.
-    #[arg(long, default_value_t = 3.0)]
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
+    batch: u64,
+    /// Untimed warm-up runs per variant [default: 10, or --max-runs if lower; more than
+    /// --max-runs is refused].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    warmup: Option<u64>,
+    /// Minimum timed runs per variant (at least 1; --max-runs caps them).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    runs: u64,
+    /// Minimum seconds of timed runs per variant (finite, >= 0).
+    #[arg(long, default_value_t = 3.0, value_parser = parse_seconds)]
     min_seconds: f64,
-    /// Maximum timed runs per variant.
-    #[arg(long, default_value_t = 100_000)]
-    max_runs: usize,
-    #[arg(long, default_value = "cpu")]
+    /// Maximum timed runs per variant (at least 1).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_runs: u64,
+    /// Device to run on (cuda:N picks a GPU).
+    #[arg(long, default_value = "cpu", value_parser = device_parser())]
     device: String,
     /// Write the report as CSV (schema in the README).
     #[arg(long)]
@@ -160,6 +191,134 @@ pub struct BenchArgs {
     /// Write the per-run samples as CSV.
     #[arg(long)]
     raw: Option<PathBuf>,
+    /// Use truncated image files from what decoded instead of refusing them.
+    #[arg(long)]
+    allow_truncated: bool,
+}
+
+/// `--threads`: 1 up to 4x the logical cores (more only oversubscribes: a classify with 1000
+/// threads took 14 s).
+fn parse_threads(s: &str) -> std::result::Result<usize, String> {
+    let max = 4 * num_cpus::get();
+    let n: usize = s.trim().parse().map_err(|_| format!("`{s}` is not a whole number"))?;
+    if n == 0 || n > max {
+        return Err(format!("{n} is outside 1..={max} (4x this machine's {} logical cores)", num_cpus::get()));
+    }
+    Ok(n)
+}
+
+/// A duration in seconds: finite and >= 0.
+fn parse_seconds(s: &str) -> std::result::Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("{v} is not a finite number of seconds >= 0"));
+    }
+    Ok(v)
+}
+
+/// fp32, int8 or mobile, listed in --help.
+fn variant_parser() -> impl clap::builder::TypedValueParser<Value = Variant> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(["fp32", "int8", "mobile"])
+        .map(|s| s.parse::<Variant>().unwrap_or(Variant::Fp32))
+}
+
+/// cpu, cuda or cuda:N; cpu and cuda listed in --help.
+fn device_parser() -> impl clap::builder::TypedValueParser<Value = String> {
+    #[derive(Clone)]
+    struct DeviceParser;
+    impl clap::builder::TypedValueParser for DeviceParser {
+        type Value = String;
+        fn parse_ref(
+            &self,
+            cmd: &clap::Command,
+            arg: Option<&clap::Arg>,
+            value: &std::ffi::OsStr,
+        ) -> std::result::Result<String, clap::Error> {
+            let v = value.to_string_lossy();
+            let ok = v == "cpu" || v == "cuda" || v.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok());
+            if ok {
+                return Ok(v.into_owned());
+            }
+            let mut e = clap::Error::new(clap::error::ErrorKind::InvalidValue).with_cmd(cmd);
+            e.insert(
+                clap::error::ContextKind::InvalidArg,
+                clap::error::ContextValue::String(arg.map(|a| a.to_string()).unwrap_or_default()),
+            );
+            e.insert(clap::error::ContextKind::InvalidValue, clap::error::ContextValue::String(v.into_owned()));
+            e.insert(
+                clap::error::ContextKind::ValidValue,
+                clap::error::ContextValue::Strings(vec!["cpu".into(), "cuda".into(), "cuda:N".into()]),
+            );
+            Err(e)
+        }
+        fn possible_values(&self) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+            Some(Box::new(["cpu", "cuda", "cuda:N"].into_iter().map(clap::builder::PossibleValue::new)))
+        }
+    }
+    DeviceParser
+}
+
+/// `println!` that returns the write error (closed pipe, full disk) instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).context("cannot write to stdout")?
+    }};
+}
+
+/// `print!` that returns the write error instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*).context("cannot write to stdout")?
+    }};
+}
+
+/// The log on stderr: warnings by default, `-v`/`-q` or `RUST_LOG` otherwise. Our warnings read
+/// `warning: ...` as before; with -vv, dependencies' records (hf-hub, wgpu, eframe) show too.
+fn init_logging(verbose: u8, quiet: bool) {
+    use std::io::Write as _;
+    let level = match (quiet, verbose) {
+        (true, _) => log::LevelFilter::Error,
+        (false, 0) => log::LevelFilter::Warn,
+        (false, 1) => log::LevelFilter::Info,
+        (false, 2) => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    // Dependencies (winit, wgpu, eframe, hf-hub) are one level quieter than ours until -vv:
+    // their warnings about the X server or a software renderer are noise to a user.
+    let dependencies = match (quiet, verbose) {
+        (false, 0) => log::LevelFilter::Error,
+        (false, 1) => log::LevelFilter::Warn,
+        _ => level,
+    };
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(dependencies);
+    builder.filter_module("vit_workbench", level);
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        builder.parse_filters(&spec);
+    }
+    builder.format(|buf, record| {
+        let level = match record.level() {
+            log::Level::Error => "error",
+            log::Level::Warn => "warning",
+            log::Level::Info => "info",
+            log::Level::Debug => "debug",
+            log::Level::Trace => "trace",
+        };
+        if record.target().starts_with("vit_workbench") && record.level() <= log::Level::Info {
+            writeln!(buf, "{level}: {}", record.args())
+        } else {
+            writeln!(buf, "{level} [{}]: {}", record.target(), record.args())
+        }
+    });
+    let _ = builder.try_init();
+}
+
+/// Whether `e` comes from writing to a closed pipe (`vit-workbench models | head -1`).
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 #[derive(clap::Args, Debug)]
@@ -188,18 +347,23 @@ pub fn main() -> ExitCode {
             return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
+    init_logging(cli.verbose, cli.quiet);
     crate::kernels::init_threads(cli.threads);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away: nothing is wrong and nobody is left to tell (as ripgrep does).
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
 pub fn run(cli: Cli) -> Result<()> {
-    let hub = Hub::from_env(cli.offline);
+    let mut hub = Hub::from_env(cli.offline);
+    hub.revision = cli.revision.clone();
     match cli.command {
         None => crate::app::run(crate::app::GuiOptions {
             image: cli.image,
@@ -213,40 +377,48 @@ pub fn run(cli: Cli) -> Result<()> {
             screenshot: cli.screenshot,
             benchmark: cli.benchmark,
             offline: cli.offline,
-            hub: None,
+            hub: cli.revision.is_some().then(|| hub.clone()),
         }),
         Some(Command::Models) => list_models(&hub),
         Some(Command::DeviceCheck(args)) => device_check(&hub, &args),
         Some(Command::RandomModels { out, presets }) => {
             for name in presets.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                 let dir = crate::bench_models::preset(name)?.write(&out, 0)?;
-                println!("wrote {}", dir.display());
+                outln!("wrote {}", dir.display());
             }
             Ok(())
         }
         Some(Command::Kernels { min_seconds }) => {
             // On a pool worker, as the model's forward runs.
             let report = rayon::scope(|_| crate::kernels::bench::run(min_seconds));
-            print!("{}", crate::kernels::bench::table(&report));
+            out!("{}", crate::kernels::bench::table(&report));
             Ok(())
         }
         Some(Command::Bench(args)) => bench(&hub, &args),
         Some(Command::Download { model }) => {
             let source = ModelSource::parse(&model)?;
             let (files, _) = source.resolve(&hub, &mut download_bar())?;
-            println!("{model}: {} and {}", files.config.display(), files.weights.display());
+            outln!("{model}: {} and {}", files.config.display(), files.weights.display());
             Ok(())
         }
-        Some(Command::Classify { images, model, top, json, device, variant }) => {
-            classify(&hub, &images, &model, top, json, &device, variant)
+        Some(Command::Classify { images, model, top, json, device, variant, allow_truncated }) => {
+            let k = usize::try_from(top).unwrap_or(usize::MAX);
+            classify(&hub, &images, &model, k, json, &device, variant, allow_truncated)
         }
         Some(Command::Export { model, variant, out }) => {
+            // Before minutes of loading and quantizing: the output must be writable and must
+            // not be the model being read.
+            crate::fsutil::check_writable(&out)?;
+            crate::fsutil::check_outputs_distinct(&[("--out", &out)], &[std::path::Path::new(&model)])?;
             let m = load_model(&model, variant, &hub, &Device::Cpu, &mut download_bar())?;
+            crate::fsutil::check_outputs_distinct(&[("--out", &out)], &[&m.files.config, &m.files.weights])?;
             let bytes = export::export(&m, &out)?;
-            println!("{} ({variant}): wrote {} ({})", m.id, out.display(), human_bytes(bytes));
+            outln!("{} ({variant}): wrote {} ({})", m.id, out.display(), human_bytes(bytes));
             Ok(())
         }
-        Some(Command::Compare { images, model, variants, json }) => compare(&hub, &images, &model, &variants, json),
+        Some(Command::Compare { images, model, variants, json, allow_truncated }) => {
+            compare(&hub, &images, &model, &variants, json, allow_truncated)
+        }
     }
 }
 
@@ -278,17 +450,17 @@ pub fn download_bar() -> impl FnMut(DownloadEvent) {
 }
 
 fn list_models(hub: &Hub) -> Result<()> {
-    println!("Hugging Face cache: {}{}", hub.cache_dir.display(), if hub.offline { " (offline)" } else { "" });
-    println!("{:<48} {:<24} {:>7}  {:<8} preprocessing", "model", "family", "params", "cached");
+    outln!("Hugging Face cache: {}{}", hub.cache_dir.display(), if hub.offline { " (offline)" } else { "" });
+    outln!("{:<48} {:<24} {:>7}  {:<8} preprocessing", "model", "family", "params", "cached");
     for e in ZOO {
         let cached = if hub.is_cached(e.id, Some(e.weights)) { "yes" } else { "no" };
         let recipe = match e.recipe {
             Some(r) => r().describe(),
             None => e.note.to_string(),
         };
-        println!("{:<48} {:<24} {:>6.1}M  {:<8} {}", e.id, e.family, e.params_millions, cached, recipe);
+        outln!("{:<48} {:<24} {:>6.1}M  {:<8} {}", e.id, e.family, e.params_millions, cached, recipe);
     }
-    println!(
+    outln!(
         "\nAny local folder with config.json + model.safetensors or pytorch_model.bin (transformers or timm layout) works too."
     );
     Ok(())
@@ -300,8 +472,26 @@ struct ImageResult<'a> {
     model: &'a str,
     variant: &'a str,
     top: Vec<Prediction>,
+    /// The file was cut off and `--allow-truncated` let it through: what was missing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    truncated: Option<String>,
 }
 
+/// Loads images, warning about each truncated one that `allow_truncated` lets through.
+fn load_images(paths: &[PathBuf], allow_truncated: bool) -> Result<Vec<LoadedImage>> {
+    paths
+        .iter()
+        .map(|p| {
+            let img = load_image_with(p, allow_truncated)?;
+            if let Some(what) = &img.truncated {
+                log::warn!("{} is truncated ({what}); using what decoded", p.display());
+            }
+            Ok(img)
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
 fn classify(
     hub: &Hub,
     images: &[PathBuf],
@@ -310,24 +500,32 @@ fn classify(
     json: bool,
     device: &str,
     variant: Variant,
+    allow_truncated: bool,
 ) -> Result<()> {
     let device = device_from_name(device)?;
     let model = load_model(model_spec, variant, hub, &device, &mut download_bar())?;
     let variant_name = model.variant.name();
-    let k = k.clamp(1, model.config.num_classes());
+    let k = k.min(model.config.num_classes());
     let mut results = Vec::new();
     for path in images {
-        let img = load_image(path)?;
-        let top = model.classify(&img, k).with_context(|| format!("cannot classify {}", path.display()))?;
-        results.push(ImageResult { image: path.display().to_string(), model: model_spec, variant: variant_name, top });
+        let img = load_images(std::slice::from_ref(path), allow_truncated)?.remove(0);
+        let top = model.classify(&img.image, k).with_context(|| format!("cannot classify {}", path.display()))?;
+        results.push(ImageResult {
+            image: path.display().to_string(),
+            model: model_spec,
+            variant: variant_name,
+            top,
+            truncated: img.truncated,
+        });
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
+        outln!("{}", serde_json::to_string_pretty(&results)?);
     } else {
         for r in &results {
-            println!("{}  ({}, {}, {})", r.image, r.model, r.variant, crate::device::describe(&device));
+            let mark = if r.truncated.is_some() { "  [TRUNCATED image: part of it did not decode]" } else { "" };
+            outln!("{}  ({}, {}, {}){mark}", r.image, r.model, r.variant, crate::device::describe(&device));
             for (i, p) in r.top.iter().enumerate() {
-                println!("  {:>2}. {:<40} {:>7.3}%  [{}]", i + 1, p.label, p.probability * 100.0, p.index);
+                outln!("  {:>2}. {:<40} {:>7.3}%  [{}]", i + 1, p.label, p.probability * 100.0, p.index);
             }
         }
     }
@@ -344,31 +542,47 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
-fn compare(hub: &Hub, images: &[PathBuf], model_spec: &str, variants: &str, json: bool) -> Result<()> {
+fn compare(
+    hub: &Hub,
+    images: &[PathBuf],
+    model_spec: &str,
+    variants: &str,
+    json: bool,
+    allow_truncated: bool,
+) -> Result<()> {
     let variants = parse_variants(variants)?;
+    // Images first: a bad file fails in a second, not after the model is loaded and quantized.
+    let imgs: Vec<_> = load_images(images, allow_truncated)?.into_iter().map(|i| i.image).collect();
     let reference = load_model(model_spec, Variant::Fp32, hub, &Device::Cpu, &mut download_bar())?;
     let others = variants.iter().map(|v| reference.to_variant(*v, Default::default())).collect::<Result<Vec<_>>>()?;
-    let imgs = images.iter().map(|p| load_image(p)).collect::<Result<Vec<_>>>()?;
     let report = compare_variants(&reference, &others.iter().collect::<Vec<_>>(), &imgs)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     let fp32_size = report.iter().find(|r| r.variant == Variant::Fp32).map(|r| r.file_bytes);
-    println!(
+    outln!(
         "{} on {} image(s), cpu, {} threads; reference: fp32",
         reference.id,
         imgs.len(),
         rayon::current_num_threads()
     );
-    println!(
+    outln!(
         "{:<7} {:>10} {:>7} {:>12} {:>7} {:>7} {:>10} {:>10} {:>10}",
-        "variant", "file", "vs fp32", "weights mem", "top-1", "top-5", "KL mean", "max|dlog|", "min cos"
+        "variant",
+        "file",
+        "vs fp32",
+        "weights mem",
+        "top-1",
+        "top-5",
+        "KL mean",
+        "max|dlog|",
+        "min cos"
     );
     for r in &report {
         let s = &r.summary;
         let rel = fp32_size.map(|f| format!("{:.1}%", 100.0 * r.file_bytes as f64 / f as f64)).unwrap_or_default();
-        println!(
+        outln!(
             "{:<7} {:>10} {:>7} {:>12} {:>6.0}% {:>6.0}% {:>10.2e} {:>10.4} {:>10.6}",
             r.variant.name(),
             human_bytes(r.file_bytes),
@@ -383,18 +597,18 @@ fn compare(hub: &Hub, images: &[PathBuf], model_spec: &str, variants: &str, json
     }
     let quantized: Vec<_> = report.iter().filter(|r| r.variant != Variant::Fp32).collect();
     if !quantized.is_empty() {
-        println!("\nper-layer relative error of each block's output vs fp32 (mean over images):");
-        print!("{:<6}", "block");
+        outln!("\nper-layer relative error of each block's output vs fp32 (mean over images):");
+        out!("{:<6}", "block");
         for r in &quantized {
-            print!(" {:>10}", r.variant.name());
+            out!(" {:>10}", r.variant.name());
         }
-        println!();
+        outln!();
         for layer in 0..reference.config.depth {
-            print!("{layer:<6}");
+            out!("{layer:<6}");
             for r in &quantized {
-                print!(" {:>10.5}", r.per_layer_error[layer]);
+                out!(" {:>10.5}", r.per_layer_error[layer]);
             }
-            println!();
+            outln!();
         }
         for r in &quantized {
             let jumps: Vec<f64> = r
@@ -407,11 +621,11 @@ fn compare(hub: &Hub, images: &[PathBuf], model_spec: &str, variants: &str, json
                 })
                 .collect();
             if let Some((i, d)) = jumps.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)) {
-                println!("{}: the largest error increase is at block {i} (+{d:.5})", r.variant.name());
+                outln!("{}: the largest error increase is at block {i} (+{d:.5})", r.variant.name());
             }
         }
     }
-    println!("\nper image (top-1 of each variant):");
+    outln!("\nper image (top-1 of each variant):");
     let model_outs: Vec<_> = std::iter::once(&reference).chain(others.iter()).collect();
     for (p, img) in images.iter().zip(&imgs) {
         let mut line = format!("{}:", p.display());
@@ -419,7 +633,7 @@ fn compare(hub: &Hub, images: &[PathBuf], model_spec: &str, variants: &str, json
             let top = m.classify(img, 1)?;
             line.push_str(&format!("  {} {} {:.3}", variants[i - 1].name(), top[0].label, top[0].probability));
         }
-        println!("{line}");
+        outln!("{line}");
     }
     Ok(())
 }
@@ -453,26 +667,43 @@ pub fn expand_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 
 fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
     use crate::bench::{BenchConfig, BenchEvent, BenchInput, BenchJob, bench_model};
-    // Fail before minutes of measuring, not after.
-    for p in [&a.csv, &a.json, &a.raw].into_iter().flatten() {
+    // Fail before minutes of measuring, not after: every output writable, none named twice,
+    // none an input of this run.
+    let outputs: Vec<(&str, &std::path::Path)> = [("--csv", &a.csv), ("--json", &a.json), ("--raw", &a.raw)]
+        .into_iter()
+        .filter_map(|(flag, p)| p.as_deref().map(|p| (flag, p)))
+        .collect();
+    for (_, p) in &outputs {
         crate::fsutil::check_writable(p)?;
     }
+    let models: Vec<&str> = a.models.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let image_files = if a.images.is_empty() { Vec::new() } else { expand_images(&a.images)? };
+    let inputs: Vec<&std::path::Path> =
+        models.iter().map(std::path::Path::new).chain(image_files.iter().map(PathBuf::as_path)).collect();
+    crate::fsutil::check_outputs_distinct(&outputs, &inputs)?;
+    let warmup = match a.warmup {
+        Some(w) if w > a.max_runs => {
+            anyhow::bail!("--warmup {w} is more than --max-runs {}: warm-up is bounded by the timed runs", a.max_runs)
+        }
+        Some(w) => w,
+        None => a.max_runs.min(10),
+    };
     let variants = parse_variants(&a.variants)?;
     let device = device_from_name(&a.device)?;
+    let count = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
     let cfg = BenchConfig {
-        warmup: a.warmup,
-        min_runs: a.runs.max(1),
-        min_seconds: a.min_seconds.max(0.0),
-        max_runs: a.max_runs.max(1),
-        batch: a.batch,
+        warmup: count(warmup),
+        min_runs: count(a.runs),
+        min_seconds: a.min_seconds,
+        max_runs: count(a.max_runs),
+        batch: count(a.batch),
     };
-    let input = if a.images.is_empty() {
+    let input = if image_files.is_empty() {
         BenchInput::Synthetic
     } else {
-        let files = expand_images(&a.images)?;
-        BenchInput::Images(files.iter().map(|f| Ok((f.display().to_string(), load_image(f)?))).collect::<Result<_>>()?)
+        let loaded = load_images(&image_files, a.allow_truncated)?;
+        BenchInput::Images(image_files.iter().zip(loaded).map(|(f, i)| (f.display().to_string(), i.image)).collect())
     };
-    let models: Vec<&str> = a.models.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
     let mut results = Vec::new();
     for spec in &models {
         let bar = ProgressBar::new((variants.len() * (cfg.warmup + cfg.min_runs)) as u64);
@@ -500,30 +731,40 @@ fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
         bar.finish_and_clear();
         results.extend(r);
     }
-    print_bench_table(&results);
+    print_bench_table(&results)?;
     if let Some(p) = &a.csv {
         crate::report::write_csv(p, &results)?;
-        println!("wrote {}", p.display());
+        outln!("wrote {}", p.display());
     }
     if let Some(p) = &a.raw {
         crate::report::write_raw_csv(p, &results)?;
-        println!("wrote {}", p.display());
+        outln!("wrote {}", p.display());
     }
     if let Some(p) = &a.json {
         crate::fsutil::write_atomic(p, serde_json::to_string_pretty(&results)?.as_bytes())?;
-        println!("wrote {}", p.display());
+        outln!("wrote {}", p.display());
     }
     Ok(())
 }
 
-fn print_bench_table(results: &[crate::bench::BenchResult]) {
-    let Some(first) = results.first() else { return };
+fn print_bench_table(results: &[crate::bench::BenchResult]) -> Result<()> {
+    let Some(first) = results.first() else { return Ok(()) };
     let e = &first.env;
     let device = if e.gpu.is_empty() { e.device.clone() } else { format!("{} ({})", e.device, e.gpu) };
-    println!("cpu: {} | {} | threads: {} | device: {device} | batch {}", e.cpu, e.simd, e.threads, first.batch);
-    println!(
+    outln!("cpu: {} | {} | threads: {} | device: {device} | batch {}", e.cpu, e.simd, e.threads, first.batch);
+    outln!(
         "{:<44} {:<7} {:>9} {:>9} {:>9} {:>8} {:>10} {:>7} {:>6} {:>6} {:>9}",
-        "model", "variant", "p50 ms", "p90 ms", "first ms", "speedup", "file", "size", "top-1", "top-5", "KL"
+        "model",
+        "variant",
+        "p50 ms",
+        "p90 ms",
+        "first ms",
+        "speedup",
+        "file",
+        "size",
+        "top-1",
+        "top-5",
+        "KL"
     );
     let mut notes = Vec::new();
     for r in results {
@@ -531,7 +772,7 @@ fn print_bench_table(results: &[crate::bench::BenchResult]) {
         let speed = fp32.map(|f| f.stats.p50 / r.stats.p50);
         let size = fp32.filter(|f| f.file_bytes > 0).map(|f| r.file_bytes as f64 / f.file_bytes as f64);
         let acc = r.accuracy.as_ref();
-        println!(
+        outln!(
             "{:<44} {:<7} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>10} {:>7} {:>6} {:>6} {:>9}",
             r.model,
             r.variant.name(),
@@ -549,16 +790,18 @@ fn print_bench_table(results: &[crate::bench::BenchResult]) {
             notes.push(format!("{} {} is {:.2}x SLOWER than fp32 here", r.model, r.variant, 1.0 / s));
         }
     }
-    println!(
+    outln!(
         "(p50/p90 over {} timed runs after {} warm-up; speed-up = fp32 p50 / variant p50)",
-        first.stats.n, first.warmup
+        first.stats.n,
+        first.warmup
     );
     if results.iter().any(|r| r.int8_kernel.as_deref() == Some(crate::device::Int8Kernel::CudaQ8_0.id())) {
         notes.push(crate::device::Int8Kernel::CudaQ8_0.describe().to_string());
     }
     for n in notes {
-        println!("note: {n}");
+        outln!("note: {n}");
     }
+    Ok(())
 }
 
 fn device_check(hub: &Hub, a: &DeviceCheckArgs) -> Result<()> {
@@ -568,12 +811,13 @@ fn device_check(hub: &Hub, a: &DeviceCheckArgs) -> Result<()> {
     let variants = parse_variants(&a.variants)?;
     let device = device_from_name(&a.device)?;
     let files = expand_images(&a.images)?;
-    let images = files.iter().map(|f| Ok((f.display().to_string(), load_image(f)?))).collect::<Result<Vec<_>>>()?;
+    let loaded = load_images(&files, false)?;
+    let images: Vec<_> = files.iter().zip(loaded).map(|(f, l)| (f.display().to_string(), l.image)).collect();
     let report = crate::parity::check(&a.model, hub, &device, &variants, &images)?;
-    print!("{}", crate::parity::table(&report));
+    outln!("{}", crate::parity::table(&report).trim_end());
     if let Some(p) = &a.json {
         crate::fsutil::write_atomic(p, serde_json::to_string_pretty(&report)?.as_bytes())?;
-        println!("wrote {}", p.display());
+        outln!("wrote {}", p.display());
     }
     let failed: Vec<&str> = report.variants.iter().filter(|v| !v.pass).map(|v| v.verdict.as_str()).collect();
     if !failed.is_empty() {

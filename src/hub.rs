@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use hf_hub::{Cache, Repo, api::Progress};
+use hf_hub::{Cache, Repo, RepoType, api::Progress};
 
 use crate::model::{ModelFiles, WEIGHT_FILES};
 
@@ -30,6 +30,21 @@ pub fn offline_from_env() -> bool {
     std::env::var("HF_HUB_OFFLINE")
         .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
         .unwrap_or(false)
+}
+
+/// The access token, as the Python `huggingface_hub` finds it: `$HF_TOKEN`, else the file
+/// `$HF_TOKEN_PATH`, else `$HF_HOME/token`, else `~/.cache/huggingface/token`. (hf-hub 0.4 looks
+/// only beside its cache folder, which moves with `HF_HUB_CACHE`.)
+pub fn token_from_env() -> Option<String> {
+    if let Some(t) = std::env::var("HF_TOKEN").ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) {
+        return Some(t);
+    }
+    let path = match (std::env::var_os("HF_TOKEN_PATH"), std::env::var_os("HF_HOME")) {
+        (Some(p), _) if !p.is_empty() => PathBuf::from(p),
+        (_, Some(h)) if !h.is_empty() => PathBuf::from(h).join("token"),
+        _ => std::env::var_os("HOME").map(PathBuf::from)?.join(".cache").join("huggingface").join("token"),
+    };
+    std::fs::read_to_string(path).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty())
 }
 
 /// What a download reports as it goes.
@@ -68,6 +83,10 @@ pub struct Hub {
     pub offline: bool,
     /// The hub's address (`$HF_ENDPOINT`, else huggingface.co).
     pub endpoint: Option<String>,
+    /// Branch, tag or commit to fetch (`--revision`; default `main`).
+    pub revision: Option<String>,
+    /// Access token for private and gated repos ([`token_from_env`]).
+    pub token: Option<String>,
 }
 
 impl Hub {
@@ -77,6 +96,15 @@ impl Hub {
             cache_dir: cache_dir(),
             offline: force_offline || offline_from_env(),
             endpoint: std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()),
+            revision: None,
+            token: token_from_env(),
+        }
+    }
+
+    fn repo(&self, repo: &str) -> Repo {
+        match &self.revision {
+            Some(rev) => Repo::with_revision(repo.to_string(), RepoType::Model, rev.clone()),
+            None => Repo::model(repo.to_string()),
         }
     }
 
@@ -86,7 +114,7 @@ impl Hub {
 
     /// The cached copy of `repo/filename`, if any.
     pub fn cached(&self, repo: &str, filename: &str) -> Option<PathBuf> {
-        self.cache().repo(Repo::model(repo.to_string())).get(filename)
+        self.cache().repo(self.repo(repo)).get(filename)
     }
 
     /// `repo/filename` from the cache, downloading it when missing (unless offline).
@@ -103,15 +131,47 @@ impl Hub {
             );
         }
         // Retries resume from where the temporary file ends (HTTP Range), not from zero.
-        let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(self.cache()).with_progress(false).with_retries(2);
+        let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(self.cache())
+            .with_progress(false)
+            .with_retries(2)
+            .with_token(self.token.clone());
         if let Some(endpoint) = &self.endpoint {
             builder = builder.with_endpoint(endpoint.clone());
         }
         let api = builder.build().context("cannot set up the Hugging Face client")?;
         let cb = CallbackProgress { file: filename.to_string(), done: 0, callback: progress };
-        api.model(repo.to_string())
-            .download_with_progress(filename, cb)
-            .with_context(|| format!("cannot download `{filename}` of `{repo}` from the Hugging Face hub"))
+        api.repo(self.repo(repo)).download_with_progress(filename, cb).map_err(|e| self.explain(e, repo, filename))
+    }
+
+    /// One line for a failed download: the cause once (not hf-hub's chain, which repeats a DNS
+    /// failure per layer), and for 401/403 what tokens and gated models have to do with it.
+    fn explain(&self, e: hf_hub::api::sync::ApiError, repo: &str, filename: &str) -> anyhow::Error {
+        let mut root: &dyn std::error::Error = &e;
+        while let Some(next) = root.source() {
+            root = next;
+        }
+        let (top, cause) = (e.to_string(), root.to_string());
+        let status =
+            |code: &str| top.contains(&format!("status code {code}")) || cause.contains(&format!("status code {code}"));
+        let what = format!("cannot download `{filename}` of `{repo}` from the Hugging Face hub");
+        if status("401") || status("403") {
+            let token = if self.token.is_some() {
+                "a token was sent: check that it is valid and that its account has accepted the model's terms"
+            } else {
+                "no token is set: set HF_TOKEN (or log in with `huggingface-cli login`)"
+            };
+            return anyhow::anyhow!(
+                "{what}: access denied (HTTP {}): the repo is private or gated (accept its terms on its hub page), \
+                 or does not exist; {token}",
+                if status("401") { 401 } else { 403 }
+            );
+        }
+        if status("404") {
+            let rev = self.revision.as_deref().unwrap_or("main");
+            return anyhow::anyhow!("{what}: no such file at revision `{rev}` (HTTP 404)");
+        }
+        let hint = "without network, use --offline with a cached model, or a local folder";
+        anyhow::anyhow!("{what}: {cause} ({hint})")
     }
 
     /// Whether a model's config and one weight file are cached.
@@ -146,7 +206,10 @@ impl Hub {
                     found = Some(p);
                     break;
                 }
-                Err(e) => errors.push(format!("{e:#}")),
+                // Only a file that is not there is worth trying the next name for; a network or
+                // access failure would only repeat itself.
+                Err(e) if format!("{e:#}").contains("HTTP 404") || self.offline => errors.push(format!("{e:#}")),
+                Err(e) => return Err(e),
             }
         }
         let weights = found.with_context(|| errors.join("; "))?;

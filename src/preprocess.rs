@@ -151,6 +151,10 @@ impl Recipe {
     }
 
     /// Resize and crop: the 8-bit image the model will see.
+    ///
+    /// Only the pixels inside the crop are resampled (each output pixel of PIL's separable
+    /// resize depends only on its own taps, so this is the same arithmetic): a 1x16384 strip
+    /// resized to shorter side 248 would otherwise need a 248x4063232 intermediate (3 GB).
     pub fn resize_and_crop(&self, img: &RgbImage) -> Result<RgbImage> {
         let (w, h) = img.dimensions();
         if w == 0 || h == 0 {
@@ -163,11 +167,67 @@ impl Recipe {
         if nw == 0 || nh == 0 {
             bail!("the image ({w}x{h}) is too thin to resize to {nw}x{nh}");
         }
-        let resized = pil_resize(img, nw, nh, self.filter);
-        match self.crop {
-            None => Ok(resized),
-            Some(c) => center_crop(&resized, c),
+        let region = match self.crop {
+            None => {
+                if nw as u64 * nh as u64 * 3 > MAX_RESIZED_BYTES {
+                    bail!(
+                        "the image ({w}x{h}) would be resized to {nw}x{nh}, more than the {} MiB limit of a resized image",
+                        MAX_RESIZED_BYTES >> 20
+                    );
+                }
+                Region { left: 0, top: 0, width: nw, height: nh }
+            }
+            Some(c) => {
+                if c.width > nw || c.height > nh {
+                    bail!("cannot crop {}x{} from a {nw}x{nh} image", c.width, c.height);
+                }
+                let (left, top) = (crop_offset(nw, c.width, c.rounding), crop_offset(nh, c.height, c.rounding));
+                Region { left, top, width: c.width, height: c.height }
+            }
+        };
+        Ok(pil_resize_region(img, nw, nh, region, self.filter))
+    }
+
+    /// Refuses numbers no preprocessing can use: sizes outside 1..=4096, a crop larger than
+    /// the resized image, a non-finite mean, a std that is zero, negative or non-finite (its
+    /// division would turn every pixel into NaN/Inf).
+    pub fn validate(&self) -> Result<()> {
+        let side = |what: &str, v: u32| -> Result<()> {
+            if v == 0 || v > MAX_RECIPE_SIDE {
+                bail!("preprocessing {what} = {v} is outside the supported range 1..={MAX_RECIPE_SIDE}");
+            }
+            Ok(())
+        };
+        let (rw, rh) = match self.resize {
+            Resize::Exact { width, height } => {
+                side("resize width", width)?;
+                side("resize height", height)?;
+                (width, height)
+            }
+            Resize::ShorterSide(s) => {
+                side("resize shorter side", s)?;
+                (s, s)
+            }
+        };
+        if let Some(c) = self.crop {
+            side("crop width", c.width)?;
+            side("crop height", c.height)?;
+            if c.width > rw || c.height > rh {
+                bail!("preprocessing crops {}x{} out of an image resized to only {rw}x{rh}", c.width, c.height);
+            }
         }
+        for c in 0..3 {
+            if !self.mean[c].is_finite() {
+                bail!("preprocessing mean[{c}] = {} is not a finite number", self.mean[c]);
+            }
+            if !(self.std[c].is_finite() && self.std[c] > 0.0) {
+                bail!(
+                    "preprocessing std[{c}] = {} must be a positive finite number (inputs are divided by it)",
+                    self.std[c]
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Normalised CHW floats of an already resized/cropped image.
@@ -198,26 +258,33 @@ fn shorter_side_size(w: u32, h: u32, size: u32) -> (u32, u32) {
     if w <= h { (size, new_long) } else { (new_long, size) }
 }
 
-fn center_crop(img: &RgbImage, crop: Crop) -> Result<RgbImage> {
-    let (w, h) = img.dimensions();
-    if crop.width > w || crop.height > h {
-        bail!("cannot crop {}x{} from a {w}x{h} image", crop.width, crop.height);
-    }
-    let offset = |outer: u32, inner: u32| -> u32 {
-        let margin = outer - inner;
-        match crop.rounding {
-            CropRounding::Floor => margin / 2,
-            // round(margin / 2) with ties to even: an odd margin m gives m/2 + 0.5, which rounds to
-            // whichever of m/2 and m/2 + 1 is even.
-            CropRounding::HalfEven => {
-                let half = margin / 2;
-                if margin % 2 == 1 && half % 2 == 1 { half + 1 } else { half }
-            }
+/// Offset of a centre crop of `inner` in `outer`.
+fn crop_offset(outer: u32, inner: u32, rounding: CropRounding) -> u32 {
+    let margin = outer - inner;
+    match rounding {
+        CropRounding::Floor => margin / 2,
+        // round(margin / 2) with ties to even: an odd margin m gives m/2 + 0.5, which rounds to
+        // whichever of m/2 and m/2 + 1 is even.
+        CropRounding::HalfEven => {
+            let half = margin / 2;
+            if margin % 2 == 1 && half % 2 == 1 { half + 1 } else { half }
         }
-    };
-    let (left, top) = (offset(w, crop.width), offset(h, crop.height));
-    Ok(image::imageops::crop_imm(img, left, top, crop.width, crop.height).to_image())
+    }
 }
+
+/// The part of a resized image that is kept.
+#[derive(Clone, Copy, Debug)]
+struct Region {
+    left: u32,
+    top: u32,
+    width: u32,
+    height: u32,
+}
+
+/// Largest side a recipe may resize or crop to (models take 224..518).
+pub const MAX_RECIPE_SIDE: u32 = 4096;
+/// Largest resized image kept whole (recipes without a crop).
+pub const MAX_RESIZED_BYTES: u64 = 64 << 20;
 
 // ---- PIL's Resample.c, ported exactly ------------------------------------------------------
 
@@ -230,15 +297,16 @@ struct Coeffs {
     ksize: usize,
 }
 
-fn precompute_coeffs(in_size: usize, out_size: usize, filter: Filter) -> Coeffs {
+/// Coefficients of the output pixels `outputs` (a sub-range of `0..out_size`).
+fn precompute_coeffs(in_size: usize, out_size: usize, outputs: std::ops::Range<usize>, filter: Filter) -> Coeffs {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = filter.support() * filterscale;
     let ksize = support.ceil() as usize * 2 + 1;
-    let mut bounds = Vec::with_capacity(out_size);
-    let mut taps = vec![0i32; out_size * ksize];
+    let mut bounds = Vec::with_capacity(outputs.len());
+    let mut taps = vec![0i32; outputs.len() * ksize];
     let mut k = vec![0f64; ksize];
-    for xx in 0..out_size {
+    for (slot, xx) in outputs.enumerate() {
         let center = (xx as f64 + 0.5) * scale;
         let ss = 1.0 / filterscale;
         // C casts truncate toward zero; the max(0) below makes that equal to floor here.
@@ -253,7 +321,7 @@ fn precompute_coeffs(in_size: usize, out_size: usize, filter: Filter) -> Coeffs 
         for x in 0..xmax {
             let v = if ww != 0.0 { k[x] / ww } else { k[x] };
             // normalize_coeffs_8bpc
-            taps[xx * ksize + x] = if v < 0.0 {
+            taps[slot * ksize + x] = if v < 0.0 {
                 (-0.5 + v * (1u32 << PRECISION_BITS) as f64) as i32
             } else {
                 (0.5 + v * (1u32 << PRECISION_BITS) as f64) as i32
@@ -277,15 +345,34 @@ fn clip8(v: i32) -> u8 {
 
 /// `Image.resize((w, h), filter)` on an RGB image.
 pub fn pil_resize(img: &RgbImage, out_w: u32, out_h: u32, filter: Filter) -> RgbImage {
+    pil_resize_region(img, out_w, out_h, Region { left: 0, top: 0, width: out_w, height: out_h }, filter)
+}
+
+/// `Image.resize((out_w, out_h), filter).crop(region)`, computing only the pixels of `region`:
+/// the horizontal pass runs over just the input rows the kept output rows read (as PIL itself
+/// does), and over just the kept columns.
+fn pil_resize_region(img: &RgbImage, out_w: u32, out_h: u32, region: Region, filter: Filter) -> RgbImage {
     let (in_w, in_h) = (img.width() as usize, img.height() as usize);
     let (out_w, out_h) = (out_w as usize, out_h as usize);
-    let mut src: Vec<u8> = img.as_raw().clone();
-    let (mut w, h) = (in_w, in_h);
+    let (left, top, rw, rh) =
+        (region.left as usize, region.top as usize, region.width as usize, region.height as usize);
+    let src = img.as_raw();
+    // Vertical taps of the kept rows decide which input rows the horizontal pass needs.
+    let vertical = (out_h != in_h).then(|| precompute_coeffs(in_h, out_h, top..top + rh, filter));
+    let (row_first, row_end) = match &vertical {
+        Some(c) => {
+            (c.bounds.iter().map(|b| b.0).min().unwrap_or(0), c.bounds.iter().map(|b| b.0 + b.1).max().unwrap_or(0))
+        }
+        None => (top, top + rh),
+    };
+    let rows = row_end - row_first;
+    // Horizontal pass: `rows` x `rw` intermediate.
+    let mut mid = vec![0u8; rows * rw * 3];
     if out_w != in_w {
-        let c = precompute_coeffs(in_w, out_w, filter);
-        let mut dst = vec![0u8; out_w * h * 3];
-        for y in 0..h {
-            let row = &src[y * w * 3..(y + 1) * w * 3];
+        let c = precompute_coeffs(in_w, out_w, left..left + rw, filter);
+        for r in 0..rows {
+            let y = row_first + r;
+            let row = &src[y * in_w * 3..(y + 1) * in_w * 3];
             for (xx, &(xmin, n)) in c.bounds.iter().enumerate() {
                 let k = &c.taps[xx * c.ksize..xx * c.ksize + n];
                 for ch in 0..3 {
@@ -293,29 +380,34 @@ pub fn pil_resize(img: &RgbImage, out_w: u32, out_h: u32, filter: Filter) -> Rgb
                     for (x, &kx) in k.iter().enumerate() {
                         ss = ss.wrapping_add(row[(xmin + x) * 3 + ch] as i32 * kx);
                     }
-                    dst[(y * out_w + xx) * 3 + ch] = clip8(ss);
+                    mid[(r * rw + xx) * 3 + ch] = clip8(ss);
                 }
             }
         }
-        src = dst;
-        w = out_w;
-    }
-    if out_h != in_h {
-        let c = precompute_coeffs(in_h, out_h, filter);
-        let mut dst = vec![0u8; w * out_h * 3];
-        for (yy, &(ymin, n)) in c.bounds.iter().enumerate() {
-            let k = &c.taps[yy * c.ksize..yy * c.ksize + n];
-            for xc in 0..w * 3 {
-                let mut ss: i32 = 1 << (PRECISION_BITS - 1);
-                for (y, &ky) in k.iter().enumerate() {
-                    ss = ss.wrapping_add(src[(ymin + y) * w * 3 + xc] as i32 * ky);
-                }
-                dst[yy * w * 3 + xc] = clip8(ss);
-            }
+    } else {
+        for r in 0..rows {
+            let y = row_first + r;
+            mid[r * rw * 3..(r + 1) * rw * 3].copy_from_slice(&src[(y * in_w + left) * 3..(y * in_w + left + rw) * 3]);
         }
-        src = dst;
     }
-    RgbImage::from_raw(out_w as u32, out_h as u32, src).expect("buffer size matches dimensions")
+    let out = match vertical {
+        None => mid,
+        Some(c) => {
+            let mut dst = vec![0u8; rw * rh * 3];
+            for (yy, &(ymin, n)) in c.bounds.iter().enumerate() {
+                let k = &c.taps[yy * c.ksize..yy * c.ksize + n];
+                for xc in 0..rw * 3 {
+                    let mut ss: i32 = 1 << (PRECISION_BITS - 1);
+                    for (y, &ky) in k.iter().enumerate() {
+                        ss = ss.wrapping_add(mid[(ymin - row_first + y) * rw * 3 + xc] as i32 * ky);
+                    }
+                    dst[yy * rw * 3 + xc] = clip8(ss);
+                }
+            }
+            dst
+        }
+    };
+    RgbImage::from_raw(rw as u32, rh as u32, out).expect("buffer size matches dimensions")
 }
 
 // ---- decoding ------------------------------------------------------------------------------
@@ -333,30 +425,196 @@ fn limits() -> Limits {
     l
 }
 
+/// Largest image file read (a 16384x16384 RGB PNG or JPEG is far smaller).
+pub const MAX_IMAGE_FILE_BYTES: u64 = 256 << 20;
+
+/// A decoded image, and whether its file ended before its data did.
+#[derive(Clone, Debug)]
+pub struct LoadedImage {
+    pub image: RgbImage,
+    /// Set when the file was truncated and the caller allowed it: what was missing.
+    pub truncated: Option<String>,
+}
+
 /// Decodes an image file (JPEG, PNG, WebP, BMP, GIF first frame, TIFF), applies its EXIF
-/// orientation and converts it to RGB as PIL's `convert("RGB")` does.
+/// orientation and converts it to RGB as PIL's `convert("RGB")` does. A truncated file is an
+/// error, as in PIL ("image file is truncated").
 pub fn load_image(path: &Path) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
-    decode_image(&bytes).with_context(|| format!("cannot decode image {}", path.display()))
+    Ok(load_image_with(path, false)?.image)
+}
+
+/// [`load_image`]; with `allow_truncated`, a truncated file gives what decoded, marked as such.
+pub fn load_image_with(path: &Path, allow_truncated: bool) -> Result<LoadedImage> {
+    let bytes = read_image_file(path).with_context(|| format!("cannot read image {}", path.display()))?;
+    decode_image_with(&bytes, allow_truncated).with_context(|| format!("cannot decode image {}", path.display()))
+}
+
+/// Reads at most [`MAX_IMAGE_FILE_BYTES`] of a regular file. FIFOs, devices and sockets are
+/// refused from their metadata, before opening (opening a FIFO blocks until a writer comes).
+fn read_image_file(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        bail!("{}", not_a_file(&meta.file_type()));
+    }
+    if meta.len() > MAX_IMAGE_FILE_BYTES {
+        bail!(
+            "the file is {} MiB, more than the {} MiB limit for an image",
+            meta.len() >> 20,
+            MAX_IMAGE_FILE_BYTES >> 20
+        );
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        // Were the path swapped for a FIFO after the check, opening must not block either.
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        bail!("{}", not_a_file(&meta.file_type()));
+    }
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(meta.len() as usize).context("not enough memory to read the file")?;
+    file.take(MAX_IMAGE_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_IMAGE_FILE_BYTES {
+        bail!("the file holds more than the {} MiB limit for an image", MAX_IMAGE_FILE_BYTES >> 20);
+    }
+    Ok(bytes)
+}
+
+fn not_a_file(ft: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if ft.is_fifo() {
+            return "it is a FIFO (named pipe), not an image file";
+        }
+        if ft.is_char_device() || ft.is_block_device() {
+            return "it is a device, not an image file";
+        }
+        if ft.is_socket() {
+            return "it is a socket, not an image file";
+        }
+    }
+    if ft.is_dir() { "it is a folder, not an image file" } else { "it is not a regular file" }
 }
 
 /// [`load_image`] on bytes already in memory (drag-and-drop, fuzzing).
 pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
+    Ok(decode_image_with(bytes, false)?.image)
+}
+
+/// [`decode_image`], optionally accepting a truncated file (see [`LoadedImage::truncated`]).
+pub fn decode_image_with(bytes: &[u8], allow_truncated: bool) -> Result<LoadedImage> {
     if bytes.is_empty() {
         bail!("the file is empty");
     }
     let mut reader = ImageReader::new(BufReader::new(Cursor::new(bytes)))
         .with_guessed_format()
         .context("cannot guess the image format")?;
-    if reader.format().is_none() {
+    let Some(format) = reader.format() else {
         bail!("not a supported image format (JPEG, PNG, WebP, BMP, GIF, TIFF)");
-    }
+    };
     reader.limits(limits());
     let mut decoder = reader.into_decoder()?;
+    // `into_decoder` does not count the pixel buffer against the limits (`decode` would):
+    // reserve it here, so the 512 MiB holds for the decoded image plus the decoder's own
+    // allocations, and the RGB copy made below is bounded the same way.
+    let (w, h) = decoder.dimensions();
+    let mut remaining = limits();
+    let pixel_bytes = decoder.total_bytes();
+    let rgb_bytes = w as u64 * h as u64 * 3;
+    if remaining.reserve(pixel_bytes).is_err() || rgb_bytes > MAX_IMAGE_ALLOC {
+        bail!(
+            "the image is {w}x{h} ({:?}): decoding it needs {} MiB, more than the {} MiB limit",
+            decoder.color_type(),
+            pixel_bytes.max(rgb_bytes) >> 20,
+            MAX_IMAGE_ALLOC >> 20
+        );
+    }
+    decoder.set_limits(remaining)?;
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder)?;
+    let truncated = truncation(format, bytes, &img);
+    if let Some(what) = &truncated
+        && !allow_truncated
+    {
+        bail!("image file is truncated: {what} (pass --allow-truncated to use what decoded)");
+    }
     img.apply_orientation(orientation);
-    Ok(to_rgb_like_pil(img))
+    Ok(LoadedImage { image: to_rgb_like_pil(img), truncated })
+}
+
+/// Whether a file that decoded ended before its data did, and what was missing. Decoders
+/// that fill a cut-off image with grey instead of failing are checked here (JPEG).
+fn truncation(format: image::ImageFormat, bytes: &[u8], img: &DynamicImage) -> Option<String> {
+    match format {
+        image::ImageFormat::Jpeg if !jpeg_is_complete(bytes) => {
+            let (w, h) = (img.width(), img.height());
+            let missing = uniform_bottom_rows(img);
+            let what = if missing > 0 {
+                format!(
+                    "about {:.0}% of the rows (the bottom {missing} of {h}, {w} wide) did not decode",
+                    100.0 * missing as f64 / h as f64
+                )
+            } else {
+                "its last scans are missing".to_string()
+            };
+            Some(format!("the JPEG data stops after {} bytes without its end-of-image marker; {what}", bytes.len()))
+        }
+        _ => None,
+    }
+}
+
+/// Walks a JPEG's segments and entropy-coded scans; true when an end-of-image marker is reached.
+fn jpeg_is_complete(b: &[u8]) -> bool {
+    let mut i = 2; // after SOI
+    while i < b.len() {
+        if b[i] != 0xFF {
+            i += 1; // stray bytes between segments: tolerated, as decoders do
+            continue;
+        }
+        while i < b.len() && b[i] == 0xFF {
+            i += 1;
+        }
+        let Some(&marker) = b.get(i) else { return false };
+        i += 1;
+        match marker {
+            0xD9 => return true,
+            0x01 | 0xD0..=0xD7 => continue,
+            _ => {}
+        }
+        let Some(len) = b.get(i..i + 2).map(|l| u16::from_be_bytes([l[0], l[1]]) as usize) else { return false };
+        i += len;
+        if marker == 0xDA {
+            // Entropy-coded data runs to the next marker that is not stuffing (FF00) or a restart.
+            while i + 1 < b.len() {
+                if b[i] == 0xFF && b[i + 1] != 0x00 && !(0xD0..=0xD7).contains(&b[i + 1]) && b[i + 1] != 0xFF {
+                    break;
+                }
+                i += 1;
+            }
+            if i + 1 >= b.len() {
+                return false;
+            }
+        }
+    }
+    false
+}
+
+/// Rows at the bottom that all equal the last pixel: where a cut-off JPEG was filled in.
+fn uniform_bottom_rows(img: &DynamicImage) -> u32 {
+    let rgb = img.to_rgb8();
+    let (w, h) = rgb.dimensions();
+    if w == 0 || h == 0 {
+        return 0;
+    }
+    let last = *rgb.get_pixel(w - 1, h - 1);
+    (0..h).rev().take_while(|&y| (0..w).all(|x| *rgb.get_pixel(x, y) == last)).count() as u32
 }
 
 /// PIL's `convert("RGB")`: alpha is dropped (not composited), grey is replicated, 16-bit RGB

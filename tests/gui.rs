@@ -281,7 +281,13 @@ fn a_cancelled_download_leaves_consistent_state() {
     // A slow hub: ~100 kB of weights at 4 kB per 100 ms.
     let server = common::hub_server::serve("acme/slow-vit", files, None, 100);
     let cache = tempfile::tempdir().unwrap();
-    let hub = Hub { cache_dir: cache.path().to_path_buf(), offline: false, endpoint: Some(server.url.clone()) };
+    let hub = Hub {
+        cache_dir: cache.path().to_path_buf(),
+        offline: false,
+        endpoint: Some(server.url.clone()),
+        revision: None,
+        token: None,
+    };
     let settings = Settings { model: "acme/slow-vit".into(), compare: None, ..Settings::default() };
     let app = WorkbenchApp::new(settings, &GuiOptions { hub: Some(hub.clone()), ..Default::default() });
     let mut h = Harness::builder()

@@ -280,7 +280,7 @@ fn damaged_or_newer_exports_are_refused_with_the_reason() {
     assert!(err.contains("m.safetensors") && err.contains("safetensors"), "{err}");
     // A newer format version.
     let mut patched = good.clone();
-    let pos = good.windows(20).position(|w| w == b"\"format_version\":\"1\"").unwrap();
+    let pos = good.windows(20).position(|w| w == b"\"format_version\":\"2\"").unwrap();
     patched[pos + 18] = b'9';
     std::fs::write(&path, &patched).unwrap();
     let err = format!("{:#}", export::load(&path, &Device::Cpu).unwrap_err());

@@ -16,15 +16,62 @@ use candle_core::{DType, Device, Tensor};
 use super::config::{HeadMode, Layout, VitConfig};
 use super::vit::{Block, LayerNorm, Linear, VitWeights};
 
+/// What a checkpoint of a config may declare, checked against every tensor's declared shape
+/// before its data is read: a lying header cannot make us allocate more than the model needs.
+#[derive(Clone, Copy, Debug)]
+pub struct TensorBudget {
+    /// Elements of the largest tensor the config implies.
+    pub max_elements: u64,
+    /// Elements of all tensors together: twice the parameters (plus transformers' unused
+    /// pooler), so that a mis-shaped tensor still gets its precise message from the mapping.
+    pub total_elements: u64,
+}
+
+impl TensorBudget {
+    pub fn for_config(c: &VitConfig) -> TensorBudget {
+        let (d, m, p, n) = (c.hidden as u64, c.mlp as u64, c.patch as u64, c.num_classes() as u64);
+        let max_elements =
+            [3 * d * d, d * m, n * d, c.num_tokens() as u64 * d, 3 * p * p * d].into_iter().max().unwrap_or(0);
+        TensorBudget { max_elements, total_elements: 2 * (c.param_count() as u64 + d * d + d) }
+    }
+
+    /// Checks declared (name, shape) pairs; returns the total element count.
+    fn check<'a>(&self, path: &Path, declared: impl Iterator<Item = (&'a str, &'a [usize])>) -> Result<u64> {
+        let mut total = 0u64;
+        for (name, shape) in declared {
+            let n = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+            match n {
+                Some(n) if n <= self.max_elements => total += n,
+                _ => bail!(
+                    "{}: tensor `{name}` declares shape {shape:?}, larger than any tensor of this model's config \
+                     (at most {} elements); refused before reading it",
+                    path.display(),
+                    self.max_elements
+                ),
+            }
+        }
+        if total > self.total_elements {
+            bail!(
+                "{}: the tensors declare {total} elements in all, more than the {} this model's config has",
+                path.display(),
+                self.total_elements
+            );
+        }
+        Ok(total)
+    }
+}
+
 /// Reads every tensor of a `.safetensors` or PyTorch `.bin` (zip/pickle) file as f32 on the CPU.
+/// Each declared shape is checked against `budget` before anything is allocated for it.
 ///
 /// The pickle reader is candle's: it interprets the opcodes needed to rebuild a state dict and
-/// never imports or calls Python code, so a malicious `.bin` cannot execute anything.
-pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+/// never imports or calls Python code: a `.bin` whose pickle would call `os.system` is read as
+/// data (the call is never made) and then refused for what it holds.
+pub fn read_tensors(path: &Path, budget: &TensorBudget) -> Result<HashMap<String, Tensor>> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let raw: Vec<(String, Tensor)> = match ext {
         "safetensors" => {
-            let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let data = read_safetensors_checked(path, budget)?;
             candle_core::safetensors::load_buffer(&data, &Device::Cpu)
                 .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file: {e}", path.display()))?
                 .into_iter()
@@ -34,8 +81,19 @@ pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
             if !path.exists() {
                 bail!("{} does not exist", path.display());
             }
-            candle_core::pickle::read_all(path)
-                .map_err(|e| anyhow::anyhow!("{}: not a readable PyTorch state dict: {e}", path.display()))?
+            let bad =
+                |e: candle_core::Error| anyhow::anyhow!("{}: not a readable PyTorch state dict: {e}", path.display());
+            let pth = candle_core::pickle::PthTensors::new(path, None).map_err(bad)?;
+            budget.check(path, pth.tensor_infos().iter().map(|(n, i)| (n.as_str(), i.layout.dims())))?;
+            let mut names: Vec<&String> = pth.tensor_infos().keys().collect();
+            names.sort();
+            let mut out = Vec::with_capacity(names.len());
+            for name in names {
+                if let Some(t) = pth.get(name).map_err(bad)? {
+                    out.push((name.clone(), t));
+                }
+            }
+            out
         }
         _ => bail!("{}: unknown checkpoint format (expected .safetensors or .bin)", path.display()),
     };
@@ -52,6 +110,46 @@ pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
             Ok((name, t))
         })
         .collect()
+}
+
+/// Reads a safetensors file after checking its header: every declared shape within `budget`,
+/// and the file no longer than its header says.
+fn read_safetensors_checked(path: &Path, budget: &TensorBudget) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file_len = file.metadata()?.len();
+    let invalid = |why: &str| anyhow::anyhow!("{}: not a valid safetensors file: {why}", path.display());
+    let mut n = [0u8; 8];
+    file.read_exact(&mut n).map_err(|_| invalid("shorter than its 8-byte header length"))?;
+    let header_len = u64::from_le_bytes(n);
+    if header_len > 100_000_000 || header_len > file_len.saturating_sub(8) {
+        return Err(invalid(&format!("header length {header_len} exceeds the file ({file_len} bytes)")));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header)?;
+    let json: serde_json::Value = serde_json::from_slice(&header).map_err(|e| invalid(&format!("header: {e}")))?;
+    let entries = json.as_object().ok_or_else(|| invalid("the header is not a JSON object"))?;
+    let mut declared = Vec::new();
+    for (name, v) in entries.iter().filter(|(k, _)| *k != "__metadata__") {
+        let shape: Vec<usize> = v
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .and_then(|a| a.iter().map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok())).collect::<Option<_>>())
+            .ok_or_else(|| invalid(&format!("tensor `{name}` has no valid shape")))?;
+        declared.push((name.as_str(), shape));
+    }
+    let elements = budget.check(path, declared.iter().map(|(n, s)| (*n, s.as_slice())))?;
+    // At most 8 bytes per element (f64): a longer file holds data no tensor declares.
+    if file_len - 8 - header_len > elements.saturating_mul(8) {
+        return Err(invalid(&format!("{file_len} bytes, more than its tensors declare")));
+    }
+    let mut data = Vec::new();
+    data.try_reserve_exact(file_len as usize)
+        .with_context(|| format!("not enough memory to read {}", path.display()))?;
+    data.extend_from_slice(&n);
+    data.extend_from_slice(&header);
+    file.read_to_end(&mut data)?;
+    Ok(data)
 }
 
 /// Takes tensors out by name, checking shapes, and reports what was left over.
@@ -136,7 +234,7 @@ impl Store {
 
 /// Maps a checkpoint's tensors onto the canonical weights for `config`.
 pub fn load_weights(path: &Path, config: &VitConfig, device: &Device) -> Result<VitWeights> {
-    let tensors = read_tensors(path)?;
+    let tensors = read_tensors(path, &TensorBudget::for_config(config))?;
     let mut store = Store { file: path.to_path_buf(), tensors };
     let weights = match config.layout {
         Layout::Timm => map_timm(&mut store, config)?,

@@ -153,6 +153,7 @@ pub fn parse_config(json: &Value, preprocessor: Option<&Path>) -> Result<ParsedC
         bail!("neither a transformers config (no `architectures`/`model_type`) nor a timm config (no `architecture`)");
     };
     parsed.config.validate()?;
+    parsed.recipe.validate()?;
     Ok(parsed)
 }
 
@@ -249,6 +250,12 @@ fn hf_labels(json: &Value) -> Result<Vec<String>> {
     Ok(labels.into_iter().enumerate().map(|(i, l)| l.unwrap_or_else(|| format!("LABEL_{i}"))).collect())
 }
 
+/// A size from a config as u32, saturating so that [`Recipe::validate`] names the real value's
+/// excess instead of a wrapped-around one.
+fn side(v: usize) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
 /// `preprocessor_config.json` of ViTImageProcessor / DeiTImageProcessor (the PIL-based ones).
 fn hf_recipe(path: &Path, image_size: usize) -> Result<Recipe> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -264,10 +271,10 @@ fn hf_recipe(path: &Path, image_size: usize) -> Result<Recipe> {
     if let Some(size) = p.get("size") {
         recipe.resize = match (get_usize(size, "height")?, get_usize(size, "width")?, get_usize(size, "shortest_edge")?)
         {
-            (Some(h), Some(w), _) => Resize::Exact { width: w as u32, height: h as u32 },
-            (_, _, Some(s)) => Resize::ShorterSide(s as u32),
+            (Some(h), Some(w), _) => Resize::Exact { width: side(w), height: side(h) },
+            (_, _, Some(s)) => Resize::ShorterSide(side(s)),
             _ => match size.as_u64() {
-                Some(s) => Resize::Exact { width: s as u32, height: s as u32 },
+                Some(s) => Resize::Exact { width: side(s as usize), height: side(s as usize) },
                 None => bail!("{}: `size` has neither height/width nor shortest_edge", path.display()),
             },
         };
@@ -283,7 +290,7 @@ fn hf_recipe(path: &Path, image_size: usize) -> Result<Recipe> {
             }
         };
         // transformers' center_crop floors the offsets (numpy integer division).
-        recipe.crop = Some(Crop { width: w as u32, height: h as u32, rounding: CropRounding::Floor });
+        recipe.crop = Some(Crop { width: side(w), height: side(h), rounding: CropRounding::Floor });
     }
     if let Some(m) = p.get("image_mean") {
         recipe.mean = floats3(m, "image_mean")?;
@@ -381,9 +388,13 @@ fn parse_timm(json: &Value) -> Result<ParsedConfig> {
 /// timm's `resolve_data_config` + `transforms_imagenet_eval`: resize the shorter side to
 /// floor(size / crop_pct), centre-crop `size` (torchvision rounding), normalise.
 fn timm_recipe(pcfg: &Value, image_size: usize) -> Result<Recipe> {
-    let crop_pct = pcfg.get("crop_pct").and_then(Value::as_f64).unwrap_or(0.875);
-    if !(crop_pct > 0.0 && crop_pct <= 4.0) {
-        bail!("crop_pct = {crop_pct} is not a sensible fraction");
+    let crop_pct = match pcfg.get("crop_pct") {
+        None | Some(Value::Null) => 0.875,
+        Some(v) => v.as_f64().with_context(|| format!("`crop_pct` must be a number, found {v}"))?,
+    };
+    // timm's models use 0.875..1.0; below 0.1 the resize before the crop grows past any use.
+    if !(0.1..=1.0).contains(&crop_pct) {
+        bail!("crop_pct = {crop_pct} is outside 0.1..=1.0 (the resize before the crop is size / crop_pct)");
     }
     let filter = match pcfg.get("interpolation").and_then(Value::as_str).unwrap_or("bicubic") {
         "bicubic" => Filter::Bicubic,

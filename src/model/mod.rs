@@ -74,6 +74,9 @@ impl Model {
     /// whose published preprocessor config is wrong, e.g. DeiT's).
     pub fn load(id: &str, files: &ModelFiles, recipe: Option<Recipe>, device: &Device) -> Result<Model> {
         let parsed = config::load_config(&files.config)?;
+        if let Some(r) = &recipe {
+            r.validate().with_context(|| format!("the preprocessing given for {id}"))?;
+        }
         let weights = checkpoint::load_weights(&files.weights, &parsed.config, device)?;
         Ok(Model {
             id: id.to_string(),
@@ -113,15 +116,30 @@ impl Model {
         if c != 3 || h != s || w != s {
             bail!("input is {c}x{h}x{w}, the model expects 3x{s}x{s}");
         }
-        let run = || vit::forward(&self.weights, self.config.heads, self.config.patch, pixels, capture);
-        if pixels.device().is_cpu() && rayon::current_thread_index().is_none() {
-            // Run the whole pass on a worker of the kernels' pool: each parallel kernel then
-            // starts and joins inside the pool (work-stealing) instead of the calling thread
-            // sleeping on and being woken from it ~150 times per ViT-B forward.
-            rayon::scope(|_| run())
-        } else {
-            run()
+        let run = |capture| vit::forward(&self.weights, self.config.heads, self.config.patch, pixels, capture);
+        let on_pool = |capture| {
+            if pixels.device().is_cpu() && rayon::current_thread_index().is_none() {
+                // Run the whole pass on a worker of the kernels' pool: each parallel kernel then
+                // starts and joins inside the pool (work-stealing) instead of the calling thread
+                // sleeping on and being woken from it ~150 times per ViT-B forward.
+                rayon::scope(|_| run(capture))
+            } else {
+                run(capture)
+            }
+        };
+        let out = on_pool(capture)?;
+        // NaN/Inf logits are an error, never a result: say where they first appear.
+        if !all_finite(&out.logits)? {
+            let traced = on_pool(Capture { block_outputs: true, ..capture })?;
+            let blocks = traced.block_outputs.unwrap_or_default();
+            let place = match blocks.iter().map(all_finite).position(|ok| !matches!(ok, Ok(true))) {
+                Some(0) => format!("the output of block 0 of {} (or the patch embedding before it)", blocks.len()),
+                Some(i) => format!("the output of block {i} of {}", blocks.len()),
+                None => "the final norm or the classifier head (every block's output is finite)".to_string(),
+            };
+            bail!("{} ({}): the logits are NaN/Inf; non-finite values first appear in {place}", self.id, self.variant);
         }
+        Ok(out)
     }
 
     /// Image -> normalised `[1, 3, S, S]` input on the model's device.
@@ -151,6 +169,10 @@ impl Model {
         let out = self.forward(&self.preprocess(img)?, Capture::NONE)?;
         Ok(self.top_k(&out.logits, k)?.remove(0))
     }
+}
+
+fn all_finite(t: &Tensor) -> Result<bool> {
+    Ok(t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?.iter().all(|v| v.is_finite()))
 }
 
 /// The `k` most probable classes, most probable first (ties by lower index).

@@ -170,34 +170,52 @@ impl VitWeights {
         })
     }
 
-    /// Warns (stderr) about NaN/Inf weights: such a checkpoint loads but cannot give meaningful
-    /// results, and the user should know before trusting them.
-    pub fn check_finite(&self, origin: &std::path::Path) {
+    /// Names (as in exported files) of the tensors holding NaN or Inf: fp32 weights and biases,
+    /// int8 scales and biases, tokens, position embedding, norms.
+    pub fn non_finite_tensors(&self) -> Vec<String> {
+        fn finite(t: &Tensor) -> bool {
+            t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map(|v| v.iter().all(|x| x.is_finite())).unwrap_or(true)
+        }
         let mut bad = Vec::new();
-        let mut check = |name: String, t: &Tensor| {
-            if let Ok(v) = t.flatten_all().and_then(|t| t.to_vec1::<f32>())
-                && v.iter().any(|x| !x.is_finite())
-            {
+        for (name, l) in self.linears() {
+            match l {
+                Linear::F32 { weight, bias, .. } => {
+                    if !finite(weight) {
+                        bad.push(format!("{name}.weight"));
+                    }
+                    if bias.as_ref().is_some_and(|b| !finite(b)) {
+                        bad.push(format!("{name}.bias"));
+                    }
+                }
+                Linear::Int8(q) => {
+                    if q.weights.scales.iter().any(|x| !x.is_finite()) {
+                        bad.push(format!("{name}.scale"));
+                    }
+                    if q.bias.as_ref().is_some_and(|b| b.iter().any(|x| !x.is_finite())) {
+                        bad.push(format!("{name}.bias"));
+                    }
+                }
+                Linear::Q8_0 { bias, .. } => {
+                    if bias.as_ref().is_some_and(|b| !finite(b)) {
+                        bad.push(format!("{name}.bias"));
+                    }
+                }
+            }
+        }
+        for (name, t) in self.dense_tensors() {
+            if !finite(t) {
                 bad.push(name);
             }
-        };
-        let mut check_linear = |name: String, l: &Linear| {
-            if let Linear::F32 { weight, .. } = l {
-                check(name, weight);
-            }
-        };
-        check_linear("patch".into(), &self.patch);
-        for (i, b) in self.blocks.iter().enumerate() {
-            for (n, l) in [("qkv", &b.qkv), ("proj", &b.proj), ("fc1", &b.fc1), ("fc2", &b.fc2)] {
-                check_linear(format!("block {i} {n}"), l);
-            }
         }
-        for (h, _) in &self.heads {
-            check_linear("head".into(), h);
-        }
-        check("pos_embed".into(), &self.pos_embed);
+        bad
+    }
+
+    /// Warns about NaN/Inf weights: such a checkpoint loads (to be inspected) but cannot give
+    /// meaningful results; quantizing or exporting it is refused.
+    pub fn check_finite(&self, origin: &std::path::Path) {
+        let bad = self.non_finite_tensors();
         if !bad.is_empty() {
-            eprintln!("warning: {}: non-finite (NaN/Inf) weights in {}", origin.display(), bad.join(", "));
+            log::warn!("{}: non-finite (NaN/Inf) weights in {}", origin.display(), list_names(&bad));
         }
     }
 
@@ -243,6 +261,13 @@ impl VitWeights {
         self.linears().iter().map(|(_, l)| l.weight_bytes()).sum::<usize>()
             + 4 * self.dense_tensors().iter().map(|(_, t)| t.elem_count()).sum::<usize>()
     }
+}
+
+/// `a, b, c` (at most 8 shown, then how many more).
+pub fn list_names(names: &[String]) -> String {
+    let shown: Vec<&str> = names.iter().take(8).map(String::as_str).collect();
+    let more = if names.len() > 8 { format!(" and {} more", names.len() - 8) } else { String::new() };
+    format!("{}{more}", shown.join(", "))
 }
 
 /// Runs the network on `pixels` `[B, 3, H, W]` (already normalised).

@@ -6,10 +6,11 @@
 //! new dependency (candle reads it), validates offsets on open, and is memory-mappable: the
 //! int8 weights of a loaded file are used straight from the map, never copied.
 //!
-//! Layout (format version 1):
-//! - metadata: `format` = "vit-workbench", `format_version` = "1", `variant`, `source`,
+//! Layout (format version 2):
+//! - metadata: `format` = "vit-workbench", `format_version` = "2", `variant`, `source`,
 //!   `config` (JSON of [`VitConfig`], labels included), `recipe` (JSON of the preprocessing),
-//!   `kernel_layout` (int8 weight layout, e.g. "rowmajor-i8-v1"), `fused` (graph work applied).
+//!   `kernel_layout` (int8 weight layout, e.g. "rowmajor-i8-v1"), `fused` (graph work applied),
+//!   `tensor_xxh3` (JSON object: tensor name -> XXH3-64 of its bytes, 16 hex digits; new in 2).
 //! - dense fp32 tensors: `cls_token`, `dist_token`, `pos_embed`, `blocks.N.norm{1,2}.{weight,bias}`,
 //!   `norm.{weight,bias}`.
 //! - each linear layer `L` (`patch`, `blocks.N.{qkv,proj,fc1,fc2}`, `heads.I` reading token I):
@@ -33,7 +34,13 @@ use crate::quant::Variant;
 use crate::quant::int8::Int8Linear;
 
 pub const FORMAT: &str = "vit-workbench";
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// Metadata key of the per-tensor checksums (format version 2).
+pub const CHECKSUMS_KEY: &str = "tensor_xxh3";
+
+fn checksum(bytes: &[u8]) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes))
+}
 
 struct Raw {
     dtype: Dtype,
@@ -68,6 +75,10 @@ fn f32_slice_raw(v: &[f32]) -> Raw {
 /// The bytes of `model` as an exported file.
 pub fn serialize(model: &Model) -> Result<Vec<u8>> {
     let w = &model.weights;
+    let bad = w.non_finite_tensors();
+    if !bad.is_empty() {
+        bail!("non-finite (NaN/Inf) weights in {}; refusing to export them", crate::model::vit::list_names(&bad));
+    }
     let mut tensors: Vec<(String, Raw)> = Vec::new();
     for (name, t) in w.dense_tensors() {
         tensors.push((name, f32_raw(t)?));
@@ -106,14 +117,25 @@ pub fn serialize(model: &Model) -> Result<Vec<u8>> {
     meta.insert("kernel_layout".to_string(), gemm_i8::LAYOUT.to_string());
     let fused = if model.variant == Variant::Mobile { "qkv,fc1+gelu,attention-scale" } else { "qkv" };
     meta.insert("fused".to_string(), fused.to_string());
+    let sums: serde_json::Map<String, serde_json::Value> =
+        tensors.iter().map(|(n, r)| (n.clone(), checksum(&r.bytes).into())).collect();
+    meta.insert(CHECKSUMS_KEY.to_string(), serde_json::Value::Object(sums).to_string());
     let views: Vec<(String, &Raw)> = tensors.iter().map(|(n, r)| (n.clone(), r)).collect();
     Ok(safetensors::tensor::serialize(views, Some(meta))?)
 }
 
-/// Writes `model` to `path` atomically (a failure leaves no partial file); returns the size.
+/// Writes `model` to `path` atomically (a failure leaves no partial file) after checking that
+/// the written file loads (checksums included); returns the size.
 pub fn export(model: &Model, path: &Path) -> Result<u64> {
+    use std::io::Write;
     let bytes = serialize(model).with_context(|| format!("cannot export {} ({})", model.id, model.variant))?;
-    crate::fsutil::write_atomic(path, &bytes)?;
+    crate::fsutil::write_atomic_verified(
+        path,
+        |f| f.write_all(&bytes).map_err(Into::into),
+        |written| {
+            load(written, &Device::Cpu).map(|_| ()).context("the written file does not load back; nothing was replaced")
+        },
+    )?;
     Ok(bytes.len() as u64)
 }
 
@@ -140,7 +162,10 @@ fn read_header_metadata(path: &Path) -> Result<HashMap<String, String>> {
 
 /// Loads an exported file by memory map.
 pub fn load(path: &Path, device: &Device) -> Result<Model> {
-    load_inner(path, device).with_context(|| format!("cannot load exported model {}", path.display()))
+    let start = std::time::Instant::now();
+    let model = load_inner(path, device).with_context(|| format!("cannot load exported model {}", path.display()))?;
+    log::debug!("{}: loaded in {:.1} ms (checksums included)", path.display(), start.elapsed().as_secs_f64() * 1e3);
+    Ok(model)
 }
 
 fn load_inner(path: &Path, device: &Device) -> Result<Model> {
@@ -160,12 +185,14 @@ fn load_inner(path: &Path, device: &Device) -> Result<Model> {
             "format version {version} was written by a newer vit-workbench; this build reads up to version {FORMAT_VERSION}"
         );
     }
+    verify_checksums(&st, &meta, version, path)?;
     let variant: Variant = meta.get("variant").context("missing variant")?.parse()?;
     let config: VitConfig =
         serde_json::from_str(meta.get("config").context("missing config")?).context("bad config metadata")?;
     config.validate()?;
     let recipe: Recipe =
         serde_json::from_str(meta.get("recipe").context("missing recipe")?).context("bad recipe metadata")?;
+    recipe.validate()?;
     let layout = meta.get("kernel_layout").map(String::as_str).unwrap_or(gemm_i8::LAYOUT);
     if variant != Variant::Fp32 && layout != gemm_i8::LAYOUT {
         bail!("int8 weights are in layout `{layout}`, which this build does not read (expected {})", gemm_i8::LAYOUT);
@@ -225,6 +252,48 @@ fn load_inner(path: &Path, device: &Device) -> Result<Model> {
         files: ModelFiles { config: path.to_path_buf(), weights: path.to_path_buf() },
         variant,
     })
+}
+
+/// Every tensor's bytes against the checksum stored at export (format version 2 and later).
+/// Version 1 files carry none: they load with a warning.
+fn verify_checksums(st: &SafeTensors, meta: &HashMap<String, String>, version: u32, path: &Path) -> Result<()> {
+    let Some(text) = meta.get(CHECKSUMS_KEY) else {
+        if version >= 2 {
+            bail!("format version {version} requires per-tensor checksums (`{CHECKSUMS_KEY}`), and they are missing");
+        }
+        log::warn!(
+            "{}: format version {version} has no checksums, so corruption cannot be detected; re-export it to add them",
+            path.display()
+        );
+        return Ok(());
+    };
+    let sums: HashMap<String, String> = serde_json::from_str(text).context("bad `tensor_xxh3` metadata")?;
+    let start = std::time::Instant::now();
+    let mut bytes = 0usize;
+    let mut names = st.names();
+    names.sort();
+    for name in &names {
+        let data = st.tensor(name).map_err(|e| anyhow::anyhow!("tensor `{name}`: {e}"))?.data();
+        bytes += data.len();
+        match sums.get(*name) {
+            None => bail!("tensor `{name}` has no checksum"),
+            Some(expected) if *expected != checksum(data) => {
+                bail!("tensor `{name}` is corrupt: its bytes do not match the checksum written at export")
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(extra) = sums.keys().find(|k| !names.contains(&k.as_str())) {
+        bail!("tensor `{extra}` is listed in the checksums but missing from the file");
+    }
+    log::debug!(
+        "{}: {} tensor checksums ({:.1} MB) verified in {:.1} ms",
+        path.display(),
+        names.len(),
+        bytes as f64 / 1e6,
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(())
 }
 
 struct Reader<'a> {

@@ -125,6 +125,11 @@ pub fn quantize(
     if variant == Variant::Fp32 {
         return Ok(w.clone());
     }
+    // Scales computed from NaN/Inf weights turn them into finite garbage: refuse instead.
+    let bad = w.non_finite_tensors();
+    if !bad.is_empty() {
+        bail!("cannot quantize to {variant}: non-finite (NaN/Inf) weights in {}", crate::model::vit::list_names(&bad));
+    }
     let mobile = variant == Variant::Mobile;
     let d = w.cls_token.dims()[2];
     let fold = mobile.then(|| (d, ((d / heads) as f32).powf(-0.5)));
