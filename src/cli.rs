@@ -129,6 +129,9 @@ pub enum Command {
         /// Minimum seconds of timed calls per kernel.
         #[arg(long, default_value_t = 1.0, value_parser = parse_seconds)]
         min_seconds: f64,
+        /// Print the int8 kernel paths this CPU can run (values for VITWB_ISA), one a line, and exit.
+        #[arg(long)]
+        list_paths: bool,
     },
     /// Run a model on the CPU and on DEVICE over the same images: fp32 logit parity, int8/mobile
     /// top-1 agreement (exit status 1 when a bound is exceeded). Used by tools/gpu-check.sh.
@@ -388,7 +391,13 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Some(Command::Kernels { min_seconds }) => {
+        Some(Command::Kernels { list_paths: true, .. }) => {
+            for isa in crate::kernels::available_isas() {
+                outln!("{}", isa.name());
+            }
+            Ok(())
+        }
+        Some(Command::Kernels { min_seconds, .. }) => {
             // On a pool worker, as the model's forward runs.
             let report = rayon::scope(|_| crate::kernels::bench::run(min_seconds));
             out!("{}", crate::kernels::bench::table(&report));
