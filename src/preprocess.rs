@@ -543,7 +543,7 @@ pub fn decode_image_with(bytes: &[u8], allow_truncated: bool) -> Result<LoadedIm
     if let Some(what) = &truncated
         && !allow_truncated
     {
-        bail!("image file is truncated: {what} (pass --allow-truncated to use what decoded)");
+        bail!("image file is truncated: {what} (the command line's --allow-truncated uses what decoded)");
     }
     img.apply_orientation(orientation);
     Ok(LoadedImage { image: to_rgb_like_pil(img), truncated })
