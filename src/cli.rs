@@ -367,6 +367,12 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli) -> Result<()> {
     let mut hub = Hub::from_env(cli.offline);
     hub.revision = cli.revision.clone();
+    // A bad screenshot path is said before a window opens and a model loads.
+    if cli.command.is_none()
+        && let Some(p) = &cli.screenshot
+    {
+        crate::fsutil::check_writable(p)?;
+    }
     match cli.command {
         None => crate::app::run(crate::app::GuiOptions {
             image: cli.image,

@@ -520,7 +520,11 @@ pub fn decode_image_with(bytes: &[u8], allow_truncated: bool) -> Result<LoadedIm
         bail!("not a supported image format (JPEG, PNG, WebP, BMP, GIF, TIFF)");
     };
     reader.limits(limits());
-    let mut decoder = reader.into_decoder()?;
+    let truncated_or = |e: image::ImageError| match ended_early(&e) {
+        true => anyhow::anyhow!("image file is truncated: {}", missing_part(format, bytes)),
+        false => e.into(),
+    };
+    let mut decoder = reader.into_decoder().map_err(truncated_or)?;
     // `into_decoder` does not count the pixel buffer against the limits (`decode` would):
     // reserve it here, so the 512 MiB holds for the decoded image plus the decoder's own
     // allocations, and the RGB copy made below is bounded the same way.
@@ -538,12 +542,12 @@ pub fn decode_image_with(bytes: &[u8], allow_truncated: bool) -> Result<LoadedIm
     }
     decoder.set_limits(remaining)?;
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder)?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(truncated_or)?;
     let truncated = truncation(format, bytes, &img);
     if let Some(what) = &truncated
         && !allow_truncated
     {
-        bail!("image file is truncated: {what} (pass --allow-truncated to use what decoded)");
+        bail!("image file is truncated: {what} (the command line's --allow-truncated uses what decoded)");
     }
     img.apply_orientation(orientation);
     Ok(LoadedImage { image: to_rgb_like_pil(img), truncated })
@@ -567,6 +571,34 @@ fn truncation(format: image::ImageFormat, bytes: &[u8], img: &DynamicImage) -> O
             Some(format!("the JPEG data stops after {} bytes without its end-of-image marker; {what}", bytes.len()))
         }
         _ => None,
+    }
+}
+
+/// Whether a decoder failed because the data ran out (each decoder words it its own way).
+fn ended_early(e: &image::ImageError) -> bool {
+    if let image::ImageError::IoError(io) = e
+        && io.kind() == std::io::ErrorKind::UnexpectedEof
+    {
+        return true;
+    }
+    let m = e.to_string().to_ascii_lowercase();
+    m.contains("end of file") || m.contains("fill whole buffer") || m.contains("unexpected eof")
+}
+
+/// What is known of a cut-off file's missing part.
+fn missing_part(format: image::ImageFormat, bytes: &[u8]) -> String {
+    let have = bytes.len();
+    let name = format!("{format:?}").to_uppercase();
+    // BMP headers state the file size.
+    let declared = match format {
+        image::ImageFormat::Bmp if have >= 6 => {
+            Some(u32::from_le_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]) as usize)
+        }
+        _ => None,
+    };
+    match declared {
+        Some(d) if d > have => format!("the {name} data stops after {have} of its {d} bytes ({} missing)", d - have),
+        _ => format!("the {name} data stops after {have} bytes, before the image is complete"),
     }
 }
 

@@ -558,6 +558,15 @@ fn a_truncated_jpeg_is_an_error_unless_allowed_and_then_marked() {
     assert!(e.contains("image file is truncated") && e.contains("did not decode"), "{e}");
     let loaded = vit_workbench::preprocess::decode_image_with(&cut, true).unwrap();
     assert!(loaded.truncated.is_some());
+    // Formats whose decoders fail on a cut-off file say so too (BMP: how many bytes are missing).
+    let img = DynamicImage::ImageRgb8(RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 77])));
+    for (format, needle) in
+        [(ImageFormat::Png, "PNG data stops"), (ImageFormat::Bmp, "bytes ("), (ImageFormat::Tiff, "TIFF")]
+    {
+        let bytes = encode(&img, format);
+        let e = format!("{:#}", decode_image(&bytes[..bytes.len() / 2]).unwrap_err());
+        assert!(e.contains("image file is truncated") && e.contains(needle), "{format:?}: {e}");
+    }
     // A JPEG with bytes after its end marker is complete.
     let mut trailing = full.clone();
     trailing.extend_from_slice(b"camera maker notes");
