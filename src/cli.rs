@@ -99,6 +99,10 @@ pub enum Command {
     },
     /// Measure latency, size and accuracy of variants; print a table, write CSV/JSON reports.
     Bench(BenchArgs),
+    /// Accuracy of each variant on labelled images: a folder of class folders or a CSV `file,label`.
+    Eval(EvalArgs),
+    /// Where a forward's time goes: every stage of every block, per variant; a Chrome trace.
+    Profile(ProfileArgs),
     /// Measure each CPU kernel (int8 per SIMD path, fp32, attention, elementwise) on ViT-B/16
     /// shapes against this machine's int8 peak.
     Kernels {
@@ -123,8 +127,9 @@ pub struct BenchArgs {
     /// Without images a synthetic input is timed.
     #[arg(long, num_args = 1..)]
     images: Vec<PathBuf>,
-    #[arg(long, default_value_t = 1)]
-    batch: usize,
+    /// Images per forward pass; a comma-separated list (`1,8`) measures each into its own rows.
+    #[arg(long, default_value = "1")]
+    batch: String,
     /// Untimed warm-up runs per variant.
     #[arg(long, default_value_t = 10)]
     warmup: usize,
@@ -148,6 +153,47 @@ pub struct BenchArgs {
     /// Write the per-run samples as CSV.
     #[arg(long)]
     raw: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// A folder with one sub-folder per class (named by synset id, label or class index), or a
+    /// CSV list with the columns `file,label` (paths relative to the CSV).
+    source: PathBuf,
+    #[arg(long, short, default_value = DEFAULT_MODEL)]
+    model: String,
+    /// Comma-separated; fp32 is the reference for the changes and flips.
+    #[arg(long, default_value = "fp32,int8,mobile")]
+    variants: String,
+    /// Top-k accuracy besides top-1.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    /// Evaluate at most N images, taken round-robin over the classes.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Write one row per (model, variant) as CSV (columns in the README).
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Write everything, per-image predictions included, as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ProfileArgs {
+    #[arg(long, short, default_value = DEFAULT_MODEL)]
+    model: String,
+    #[arg(long, default_value = "fp32,int8,mobile")]
+    variants: String,
+    /// Profiled (and un-profiled) runs per variant, after the warm-up.
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// Untimed runs per variant first.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Write a Chrome trace (chrome://tracing, ui.perfetto.dev): one event per stage per run.
+    #[arg(long)]
+    trace: Option<PathBuf>,
 }
 
 pub fn main() -> ExitCode {
@@ -193,6 +239,8 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Some(Command::Bench(args)) => bench(&hub, &args),
+        Some(Command::Eval(args)) => eval(&hub, &args),
+        Some(Command::Profile(args)) => profile(&hub, &args),
         Some(Command::Download { model }) => {
             let source = ModelSource::parse(&model)?;
             let (files, _) = source.resolve(&hub, &mut download_bar())?;
@@ -421,13 +469,17 @@ fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
     }
     let variants = parse_variants(&a.variants)?;
     let device = device_from_name(&a.device)?;
-    let cfg = BenchConfig {
-        warmup: a.warmup,
-        min_runs: a.runs.max(1),
-        min_seconds: a.min_seconds.max(0.0),
-        max_runs: a.max_runs.max(1),
-        batch: a.batch,
-    };
+    let batches = parse_batches(&a.batch)?;
+    let cfgs: Vec<BenchConfig> = batches
+        .iter()
+        .map(|&batch| BenchConfig {
+            warmup: a.warmup,
+            min_runs: a.runs.max(1),
+            min_seconds: a.min_seconds.max(0.0),
+            max_runs: a.max_runs.max(1),
+            batch,
+        })
+        .collect();
     let input = if a.images.is_empty() {
         BenchInput::Synthetic
     } else {
@@ -436,7 +488,7 @@ fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
     };
     let models: Vec<&str> = a.models.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
     let mut results = Vec::new();
-    for spec in &models {
+    for (spec, cfg) in models.iter().flat_map(|m| cfgs.iter().map(move |c| (m, c))) {
         let bar = ProgressBar::new((variants.len() * (cfg.warmup + cfg.min_runs)) as u64);
         bar.set_style(
             ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
@@ -445,7 +497,7 @@ fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
         );
         bar.set_prefix(spec.to_string());
         let mut samples_seen = 0u64;
-        let job = BenchJob { spec, variants: &variants, cfg: &cfg, input: &input, cancel: None };
+        let job = BenchJob { spec, variants: &variants, cfg, input: &input, cancel: None };
         let r = bench_model(&job, hub, &device, &mut download_bar(), &mut |ev| match ev {
             BenchEvent::Phase { phase, .. } => bar.set_message(phase),
             BenchEvent::Warmup { done, .. } => bar.set_position(done as u64),
@@ -478,23 +530,44 @@ fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// `1,8` -> `[1, 8]`: batch sizes of a sweep, each at least 1.
+fn parse_batches(list: &str) -> Result<Vec<usize>> {
+    let mut out = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match item.parse::<usize>() {
+            Ok(b) if b >= 1 => out.push(b),
+            _ => anyhow::bail!("--batch: `{item}` is not a batch size (a whole number >= 1, or a list like 1,8)"),
+        }
+    }
+    if out.is_empty() {
+        anyhow::bail!("--batch: no batch size given");
+    }
+    Ok(out)
+}
+
 fn print_bench_table(results: &[crate::bench::BenchResult]) {
     let Some(first) = results.first() else { return };
     let e = &first.env;
-    println!("cpu: {} | {} | threads: {} | device: {} | batch {}", e.cpu, e.simd, e.threads, e.device, first.batch);
+    let mut batches: Vec<usize> = results.iter().map(|r| r.batch).collect();
+    batches.sort_unstable();
+    batches.dedup();
+    let batch_list = batches.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(",");
+    println!("cpu: {} | {} | threads: {} | device: {} | batch {batch_list}", e.cpu, e.simd, e.threads, e.device);
     println!(
         "{:<44} {:<7} {:>9} {:>9} {:>9} {:>8} {:>10} {:>7} {:>6} {:>6} {:>9}",
         "model", "variant", "p50 ms", "p90 ms", "first ms", "speedup", "file", "size", "top-1", "top-5", "KL"
     );
     let mut notes = Vec::new();
     for r in results {
-        let fp32 = results.iter().find(|o| o.model == r.model && o.variant == Variant::Fp32);
+        let fp32 = results.iter().find(|o| o.model == r.model && o.batch == r.batch && o.variant == Variant::Fp32);
         let speed = fp32.map(|f| f.stats.p50 / r.stats.p50);
         let size = fp32.filter(|f| f.file_bytes > 0).map(|f| r.file_bytes as f64 / f.file_bytes as f64);
         let acc = r.accuracy.as_ref();
+        // A sweep's rows differ only by batch: say it where the model is named.
+        let name = if batches.len() > 1 { format!("{} (batch {})", r.model, r.batch) } else { r.model.clone() };
         println!(
             "{:<44} {:<7} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>10} {:>7} {:>6} {:>6} {:>9}",
-            r.model,
+            name,
             r.variant.name(),
             r.stats.p50,
             r.stats.p90,
@@ -517,4 +590,73 @@ fn print_bench_table(results: &[crate::bench::BenchResult]) {
     for n in notes {
         println!("note: {n}");
     }
+}
+
+fn eval(hub: &Hub, a: &EvalArgs) -> Result<()> {
+    use crate::eval::{ClassResolver, discover, evaluate, limit_across_classes};
+    for p in [&a.csv, &a.json].into_iter().flatten() {
+        crate::fsutil::check_writable(p)?;
+    }
+    let variants = parse_variants(&a.variants)?;
+    let (source, made) = crate::bench::load_variants(&a.model, &variants, hub, &Device::Cpu, &mut download_bar())?;
+    let images = discover(&a.source, &ClassResolver::new(&source.config.labels))?;
+    let images = match a.limit {
+        Some(0) => anyhow::bail!("--limit must be at least 1"),
+        Some(n) => limit_across_classes(images, n),
+        None => images,
+    };
+    let models: Vec<&crate::model::Model> = made.iter().map(|(m, _)| m).collect();
+    let bar = ProgressBar::new(images.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("eval [{bar:30}] {pos}/{len} images {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let source_name = a.source.display().to_string();
+    let report =
+        evaluate(&a.model, &source_name, &models, &images, a.top, &mut |done, _| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    let classes: std::collections::BTreeSet<usize> = images.iter().map(|i| i.label).collect();
+    println!(
+        "{} on {} image(s) of {} class(es) from {}; cpu, {} threads",
+        a.model,
+        images.len(),
+        classes.len(),
+        source_name,
+        rayon::current_num_threads()
+    );
+    print!("{}", crate::eval::table(&report));
+    if let Some(p) = &a.csv {
+        crate::fsutil::write_atomic(p, &crate::eval::to_csv(&report)?)?;
+        println!("wrote {}", p.display());
+    }
+    if let Some(p) = &a.json {
+        crate::fsutil::write_atomic(p, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+fn profile(hub: &Hub, a: &ProfileArgs) -> Result<()> {
+    if let Some(p) = &a.trace {
+        crate::fsutil::check_writable(p)?;
+    }
+    let variants = parse_variants(&a.variants)?;
+    let (_, made) = crate::bench::load_variants(&a.model, &variants, hub, &Device::Cpu, &mut download_bar())?;
+    let models: Vec<&crate::model::Model> = made.iter().map(|(m, _)| m).collect();
+    let report = crate::profile::profile(&models, a.warmup, a.runs.max(1))?;
+    print!("{}", crate::profile::table(&a.model, &report));
+    if let Some(p) = &a.trace {
+        crate::fsutil::write_atomic(p, serde_json::to_string(&crate::profile::chrome_trace(&report))?.as_bytes())?;
+        println!("wrote {} (open in ui.perfetto.dev or chrome://tracing)", p.display());
+    }
+    if let Some(bad) = report.iter().find(|v| !v.within_tolerance()) {
+        anyhow::bail!(
+            "{}: the stage sum ({:.2} ms) is not within 10% of the un-instrumented forward's p50 ({:.2} ms); the machine was probably busy, run again",
+            bad.variant,
+            bad.stage_sum_p50_ms,
+            bad.forward_p50_ms
+        );
+    }
+    Ok(())
 }

@@ -8,11 +8,14 @@
 //!   one forward pass, with attention capture.
 //! - [`hub`], [`zoo`]: where weights come from (Hugging Face cache, downloads, offline mode) and
 //!   the named models with their recipes.
+//! - [`bench`], [`eval`], [`profile`]: latency, accuracy on labelled images, and where a
+//!   forward's time goes, over the variants of one model.
 //! - [`cli`]: the command-line front end.
 
 pub mod app;
 pub mod bench;
 pub mod cli;
+pub mod eval;
 pub mod explain;
 pub mod fsutil;
 pub mod hub;
@@ -20,6 +23,7 @@ pub mod kernels;
 pub mod labels;
 pub mod model;
 pub mod preprocess;
+pub mod profile;
 pub mod quant;
 pub mod report;
 pub mod zoo;

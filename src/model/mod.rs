@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod fused;
 pub mod linear;
+pub mod profiler;
 pub mod vit;
 
 use std::path::{Path, PathBuf};
@@ -108,12 +109,31 @@ impl Model {
     }
 
     pub fn forward(&self, pixels: &Tensor, capture: Capture) -> Result<ForwardOutput> {
+        self.forward_profiled(pixels, capture, None)
+    }
+
+    /// [`Model::forward`], each stage timed into `profiler` when one is given.
+    pub fn forward_profiled(
+        &self,
+        pixels: &Tensor,
+        capture: Capture,
+        mut profiler: Option<&mut profiler::Profiler>,
+    ) -> Result<ForwardOutput> {
         let (_, c, h, w) = pixels.dims4()?;
         let s = self.config.image_size;
         if c != 3 || h != s || w != s {
             bail!("input is {c}x{h}x{w}, the model expects 3x{s}x{s}");
         }
-        let run = || vit::forward(&self.weights, self.config.heads, self.config.patch, pixels, capture);
+        let mut run = || {
+            vit::forward_profiled(
+                &self.weights,
+                self.config.heads,
+                self.config.patch,
+                pixels,
+                capture,
+                profiler.as_deref_mut(),
+            )
+        };
         if pixels.device().is_cpu() && rayon::current_thread_index().is_none() {
             // Run the whole pass on a worker of the kernels' pool: each parallel kernel then
             // starts and joins inside the pool (work-stealing) instead of the calling thread
