@@ -644,7 +644,7 @@ fn profile(hub: &Hub, a: &ProfileArgs) -> Result<()> {
     let variants = parse_variants(&a.variants)?;
     let (_, made) = crate::bench::load_variants(&a.model, &variants, hub, &Device::Cpu, &mut download_bar())?;
     let models: Vec<&crate::model::Model> = made.iter().map(|(m, _)| m).collect();
-    let report = crate::profile::profile(&models, a.warmup, a.runs.max(1))?;
+    let report = crate::profile::profile(&models, a.warmup, a.runs)?;
     print!("{}", crate::profile::table(&a.model, &report));
     if let Some(p) = &a.trace {
         crate::fsutil::write_atomic(p, serde_json::to_string(&crate::profile::chrome_trace(&report))?.as_bytes())?;
@@ -652,7 +652,7 @@ fn profile(hub: &Hub, a: &ProfileArgs) -> Result<()> {
     }
     if let Some(bad) = report.iter().find(|v| !v.within_tolerance()) {
         anyhow::bail!(
-            "{}: the stage sum ({:.2} ms) is not within 10% of the un-instrumented forward's p50 ({:.2} ms); the machine was probably busy, run again",
+            "{}: the stage sum ({:.2} ms) is not within 10% of the un-instrumented forward's p50 ({:.2} ms): the machine was busy, or the stages are so short that reading the clock counts; run again with more --runs",
             bad.variant,
             bad.stage_sum_p50_ms,
             bad.forward_p50_ms

@@ -81,7 +81,8 @@ impl<'a> ClassResolver<'a> {
         bail!("{origin}: unknown class `{name}`; close matches: {}", close.join(", "));
     }
 
-    /// Up to five labels nearest to `lower` by edit distance, or containing it.
+    /// Up to five labels that contain `lower` as a word (or whose name `lower` contains), then
+    /// the nearest by edit distance.
     fn close_matches(&self, lower: &str) -> Vec<String> {
         let limit = (lower.chars().count() / 3).max(2);
         let mut scored: Vec<(usize, &String)> = self
@@ -89,10 +90,13 @@ impl<'a> ClassResolver<'a> {
             .iter()
             .filter_map(|l| {
                 let ll = l.to_lowercase();
-                let d =
-                    l.split(',').map(|a| edit_distance(lower, &a.trim().to_lowercase())).min().unwrap_or(usize::MAX);
-                let contains = lower.len() >= 3 && ll.contains(lower);
-                (d <= limit || contains).then_some((if contains { d.min(limit) } else { d }, l))
+                let aliases: Vec<&str> = ll.split(',').map(str::trim).collect();
+                let d = aliases.iter().map(|a| edit_distance(lower, a)).min().unwrap_or(usize::MAX);
+                // `cat` for `Egyptian cat`, `tabby cat` for `tabby`.
+                let word = |hay: &str, needle: &str| hay.split(|c: char| !c.is_alphanumeric()).any(|w| w == needle);
+                let contains = (lower.len() >= 3 && word(&ll, lower))
+                    || aliases.iter().any(|a| a.len() >= 4 && (word(lower, a) || lower.contains(a)));
+                if contains { Some((0, l)) } else { (d <= limit).then_some((d, l)) }
             })
             .collect();
         scored.sort_by_key(|(d, l)| (*d, l.len()));
@@ -515,4 +519,53 @@ pub fn table(report: &EvalReport) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wilson_bounds_match_closed_forms() {
+        // 0 of n: upper = z²/(n + z²); n of n: lower = n/(n + z²).
+        let z2 = 1.959_963_984_540_054f64.powi(2);
+        let (lo, hi) = wilson_interval(0, 10);
+        assert_eq!(lo, 0.0);
+        assert!((hi - z2 / (10.0 + z2)).abs() < 1e-12);
+        let (lo, hi) = wilson_interval(10, 10);
+        assert!((lo - 10.0 / (10.0 + z2)).abs() < 1e-12 && (hi - 1.0).abs() < 1e-12);
+        // 2 of 4 is symmetric about 0.5: [0.1500, 0.8500].
+        let (lo, hi) = wilson_interval(2, 4);
+        assert!((lo - 0.150_039).abs() < 1e-6 && (hi - 0.849_961).abs() < 1e-6, "{lo} {hi}");
+        assert_eq!(wilson_interval(0, 0), (0.0, 1.0));
+    }
+
+    #[test]
+    fn classes_resolve_by_index_label_alias_and_synset() {
+        let labels = crate::labels::imagenet1k();
+        let r = ClassResolver::new(&labels);
+        assert_eq!(r.resolve("285", "x").unwrap(), 285);
+        assert_eq!(r.resolve("egyptian CAT", "x").unwrap(), 285);
+        assert_eq!(r.resolve("n02124075", "x").unwrap(), 285);
+        assert_eq!(r.resolve("n01440764", "x").unwrap(), 0);
+        assert!(r.resolve("1000", "x").unwrap_err().to_string().contains("out of range"));
+        let e = r.resolve("expresso", "set/expresso").unwrap_err().to_string();
+        assert!(e.starts_with("set/expresso: unknown class `expresso`") && e.contains("`espresso`"), "{e}");
+        let e = r.resolve("cat", "x").unwrap_err().to_string();
+        assert!(e.contains("`Egyptian cat`") && e.contains("`tiger cat`"), "{e}");
+        // An alias of a comma-separated label names its class when it is the only one.
+        let short = vec!["tench, Tinca tinca".to_string(), "goldfish".to_string()];
+        assert_eq!(ClassResolver::new(&short).resolve("Tinca tinca", "x").unwrap(), 0);
+        assert!(ClassResolver::new(&short).resolve("n01440764", "x").unwrap_err().to_string().contains("2 classes"));
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn limit_takes_images_round_robin_over_classes() {
+        let img = |f: &str, label| LabelledImage { file: f.into(), label };
+        let all = vec![img("a1", 1), img("a2", 1), img("a3", 1), img("b1", 2), img("c1", 3), img("c2", 3)];
+        let files = |v: Vec<LabelledImage>| v.into_iter().map(|i| i.file.display().to_string()).collect::<Vec<_>>();
+        assert_eq!(files(limit_across_classes(all.clone(), 4)), ["a1", "b1", "c1", "a2"]);
+        assert_eq!(limit_across_classes(all.clone(), 10).len(), 6);
+    }
 }
