@@ -166,8 +166,7 @@ pub fn table(model: &str, report: &[VariantProfile]) -> String {
         let _ = writeln!(s, "\n{} ({how})", v.variant);
         let _ = writeln!(s, "{:<18} {:>5} {:>9} {:>7} {:>9}", "stage", "x", "ms", "%", "GMAC/s");
         for st in &v.stages {
-            let _ = writeln!(
-                s,
+            let line = format!(
                 "{:<18} {:>5} {:>9.3} {:>6.1}% {:>9}",
                 st.stage,
                 st.count,
@@ -175,6 +174,7 @@ pub fn table(model: &str, report: &[VariantProfile]) -> String {
                 100.0 * st.share,
                 st.gmacs_per_s().map(|g| format!("{g:.1}")).unwrap_or_default()
             );
+            let _ = writeln!(s, "{}", line.trim_end());
         }
         let ratio = v.stage_sum_p50_ms / v.forward_p50_ms;
         let _ = writeln!(
