@@ -349,20 +349,89 @@ pub struct BenchJob<'a> {
     pub variants: &'a [Variant],
     pub cfg: &'a BenchConfig,
     pub input: &'a BenchInput,
-    /// Set from another thread to stop the benchmark (it then returns an error saying so).
+    /// Set from another thread to stop the benchmark (it then returns [`Cancelled`]).
     pub cancel: Option<&'a std::sync::atomic::AtomicBool>,
 }
 
-/// Benchmarks the variants of one model. `on_event` sees phases and every timed sample.
-pub fn bench_model(
+/// The benchmark was stopped by the user (through [`BenchJob::cancel`]). A typed error so the
+/// caller recognises it by downcast, whatever context was added on the way up.
+#[derive(Debug, thiserror::Error)]
+#[error("benchmark cancelled")]
+pub struct Cancelled;
+
+/// One variant, ready to be measured: everything about it that is not a timed run.
+pub struct PreparedVariant {
+    pub model: Model,
+    /// From files to a model ready to run (checkpoint load + quantization), ms.
+    pub load_ms: f64,
+    /// Size as an exported file (0 off the CPU, where nothing is exported).
+    pub file_bytes: u64,
+    /// Against fp32 on the benchmark inputs; `None` without an fp32 reference.
+    pub accuracy: Option<AgreementSummary>,
+    /// The first (cold) inference on the timed input, ms.
+    pub first_ms: f64,
+}
+
+/// A model's variants prepared for measurement, with the input they are timed on.
+pub struct Prepared {
+    pub spec: String,
+    /// The model as loaded (fp32 for checkpoints, the stored variant for exported files).
+    pub source: Model,
+    pub variants: Vec<PreparedVariant>,
+    /// `[batch, 3, s, s]`, normalised.
+    pub input: Tensor,
+}
+
+/// A model as loaded and each requested variant made from it, with the time each took (the
+/// shared load counted in every one). Used by `bench`, `eval` and `profile`.
+pub fn load_variants(
+    spec: &str,
+    variants: &[Variant],
+    hub: &Hub,
+    device: &Device,
+    on_download: &mut dyn FnMut(DownloadEvent),
+) -> Result<(Model, Vec<(Model, f64)>)> {
+    if variants.is_empty() {
+        bail!("no variants given");
+    }
+    let t0 = Instant::now();
+    let source = crate::zoo::load_model_as_is(spec, hub, device, on_download)?;
+    let base_load_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let mut made = Vec::new();
+    for v in variants {
+        let t = Instant::now();
+        let m = source
+            .to_variant(*v, QuantOptions::default())
+            .with_context(|| format!("cannot make the {v} variant of {spec}"))?;
+        made.push((m, base_load_ms + t.elapsed().as_secs_f64() * 1000.0));
+    }
+    Ok((source, made))
+}
+
+/// The timed input of a job: a synthetic tensor, or the first `batch` images (repeated if fewer).
+pub fn timed_input(source: &Model, batch: usize, input: &BenchInput) -> Result<Tensor> {
+    match input {
+        BenchInput::Synthetic => synthetic_input(batch, source.config.image_size, &source.device),
+        BenchInput::Images(imgs) => {
+            if imgs.is_empty() {
+                bail!("no images to benchmark on");
+            }
+            let batch: Vec<RgbImage> = (0..batch).map(|i| imgs[i % imgs.len()].1.clone()).collect();
+            source.preprocess_batch(&batch)
+        }
+    }
+}
+
+/// Phase 1: load, make the variants, learn their sizes and accuracy against fp32, build the
+/// timed input and make the first (cold) inference of each.
+pub fn prepare(
     job: &BenchJob,
     hub: &Hub,
     device: &Device,
     on_download: &mut dyn FnMut(DownloadEvent),
     on_event: &mut dyn FnMut(BenchEvent),
-) -> Result<Vec<BenchResult>> {
-    let BenchJob { spec, variants, cfg, input, cancel } = *job;
-    let cancelled = || cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed));
+) -> Result<Prepared> {
+    let BenchJob { spec, variants, cfg, input, .. } = *job;
     if variants.is_empty() {
         bail!("no variants to benchmark");
     }
@@ -373,76 +442,65 @@ pub fn bench_model(
         on_event(BenchEvent::Phase { model: spec.to_string(), phase: p.to_string() })
     };
     phase(on_event, "loading");
-    let t0 = Instant::now();
-    let source = crate::zoo::load_model_as_is(spec, hub, device, on_download)?;
-    let base_load_ms = t0.elapsed().as_secs_f64() * 1000.0;
-    let mut models = Vec::new();
-    let mut load_ms = Vec::new();
-    for v in variants {
-        let t = Instant::now();
-        let m = source
-            .to_variant(*v, QuantOptions::default())
-            .with_context(|| format!("cannot make the {v} variant of {spec}"))?;
-        load_ms.push(base_load_ms + t.elapsed().as_secs_f64() * 1000.0);
-        models.push(m);
-    }
-    let reference = if source.variant == Variant::Fp32 { Some(&source) } else { None };
+    let (source, made) = load_variants(spec, variants, hub, device, on_download)?;
 
     phase(on_event, "sizes and accuracy");
-    let mut file_bytes = Vec::new();
-    for m in &models {
-        file_bytes.push(if m.device.is_cpu() { crate::quant::export::serialize(m)?.len() as u64 } else { 0 });
-    }
-    let accuracy: Vec<Option<AgreementSummary>> = match (reference, input) {
-        (Some(r), BenchInput::Images(imgs)) => {
-            models.iter().map(|m| agreement_over(r, m, imgs).map(Some)).collect::<Result<_>>()?
-        }
+    let reference = (source.variant == Variant::Fp32).then_some(&source);
+    let synthetic_logits = match (reference, input) {
         (Some(r), BenchInput::Synthetic) => {
             let x = synthetic_input(1, r.config.image_size, device)?;
-            let rl = r.forward(&x, Capture::NONE)?.logits.flatten_all()?.to_vec1::<f32>()?;
-            models
-                .iter()
-                .map(|m| {
-                    let ml = m.forward(&x, Capture::NONE)?.logits.flatten_all()?.to_vec1::<f32>()?;
-                    Ok(Some(summarize(&[compare_logits(&rl, &ml)])))
-                })
-                .collect::<Result<_>>()?
+            Some((r.forward(&x, Capture::NONE)?.logits.flatten_all()?.to_vec1::<f32>()?, x))
         }
-        (None, _) => vec![None; models.len()],
+        _ => None,
     };
-
-    let s = source.config.image_size;
-    let x = match input {
-        BenchInput::Synthetic => synthetic_input(cfg.batch, s, device)?,
-        BenchInput::Images(imgs) => {
-            if imgs.is_empty() {
-                bail!("no images to benchmark on");
+    let mut prepared = Vec::new();
+    for (model, load_ms) in made {
+        // Serialised only to learn the size a user would get from `export`.
+        let file_bytes = if model.device.is_cpu() { crate::quant::export::serialize(&model)?.len() as u64 } else { 0 };
+        let accuracy = match (reference, input, &synthetic_logits) {
+            (Some(r), BenchInput::Images(imgs), _) => Some(agreement_over(r, &model, imgs)?),
+            (Some(_), BenchInput::Synthetic, Some((rl, x))) => {
+                let ml = model.forward(x, Capture::NONE)?.logits.flatten_all()?.to_vec1::<f32>()?;
+                Some(summarize(&[compare_logits(rl, &ml)]))
             }
-            let batch: Vec<RgbImage> = (0..cfg.batch).map(|i| imgs[i % imgs.len()].1.clone()).collect();
-            source.preprocess_batch(&batch)?
-        }
-    };
-
-    phase(on_event, "first inference");
-    let mut first_ms = Vec::new();
-    for m in &models {
-        let t = Instant::now();
-        run_once(m, &x)?;
-        first_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            _ => None,
+        };
+        prepared.push(PreparedVariant { model, load_ms, file_bytes, accuracy, first_ms: 0.0 });
     }
 
-    phase(on_event, "warm-up");
+    let x = timed_input(&source, cfg.batch, input)?;
+    phase(on_event, "first inference");
+    for p in &mut prepared {
+        let t = Instant::now();
+        run_once(&p.model, &x)?;
+        p.first_ms = t.elapsed().as_secs_f64() * 1000.0;
+    }
+    Ok(Prepared { spec: spec.to_string(), source, variants: prepared, input: x })
+}
+
+/// Phase 2: warm-up and interleaved timed runs. Returns the samples (ms) of each variant and the
+/// process's peak resident memory over them. Stops with [`Cancelled`] when the job's flag is set.
+pub fn measure(
+    prepared: &Prepared,
+    cfg: &BenchConfig,
+    cancel: Option<&std::sync::atomic::AtomicBool>,
+    on_event: &mut dyn FnMut(BenchEvent),
+) -> Result<(Vec<Vec<f64>>, u64)> {
+    let spec = prepared.spec.as_str();
+    let cancelled = || cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed));
+    on_event(BenchEvent::Phase { model: spec.to_string(), phase: "warm-up".to_string() });
     reset_peak_rss();
     let clock = SystemClock::default();
-    let mut closures: Vec<Box<dyn FnMut() -> Result<()>>> = models
+    let x = &prepared.input;
+    let mut closures: Vec<Box<dyn FnMut() -> Result<()>>> = prepared
+        .variants
         .iter()
-        .map(|m| {
-            let x = x.clone();
+        .map(|p| {
             Box::new(move || {
                 if cancelled() {
-                    bail!("benchmark cancelled");
+                    return Err(Cancelled.into());
                 }
-                run_once(m, &x)
+                run_once(&p.model, x)
             }) as Box<dyn FnMut() -> Result<()>>
         })
         .collect();
@@ -456,39 +514,62 @@ pub fn bench_model(
                 measuring_announced = true;
                 on_event(BenchEvent::Phase { model: spec.to_string(), phase: "measuring".to_string() });
             }
-            on_event(BenchEvent::Sample { model: spec.to_string(), variant: variants[runner], ms, run });
+            let variant = prepared.variants[runner].model.variant;
+            on_event(BenchEvent::Sample { model: spec.to_string(), variant, ms, run });
         }
     })?;
-    drop(runners);
-    drop(closures);
-    let peak = peak_rss_bytes().unwrap_or(0);
-    let env = Environment::capture(device);
-    Ok(models
+    Ok((samples, peak_rss_bytes().unwrap_or(0)))
+}
+
+/// Phase 3: one result row per variant from what was prepared and measured.
+pub fn assemble(
+    prepared: &Prepared,
+    cfg: &BenchConfig,
+    samples: Vec<Vec<f64>>,
+    peak_rss_bytes: u64,
+    env: &Environment,
+) -> Vec<BenchResult> {
+    prepared
+        .variants
         .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let st = stats(&samples[i]);
+        .zip(samples)
+        .map(|(p, samples_ms)| {
+            let st = stats(&samples_ms);
             BenchResult {
-                model: spec.to_string(),
-                variant: m.variant,
+                model: prepared.spec.clone(),
+                variant: p.model.variant,
                 batch: cfg.batch,
                 warmup: cfg.warmup,
-                load_ms: load_ms[i],
-                first_ms: first_ms[i],
-                measured_seconds: samples[i].iter().sum::<f64>() / 1000.0,
+                load_ms: p.load_ms,
+                first_ms: p.first_ms,
+                measured_seconds: samples_ms.iter().sum::<f64>() / 1000.0,
                 throughput_ips: if st.mean > 0.0 { cfg.batch as f64 * 1000.0 / st.mean } else { 0.0 },
                 stats: st,
-                file_bytes: file_bytes[i],
-                weight_bytes: m.weight_bytes(),
-                peak_rss_bytes: peak,
-                accuracy: accuracy[i].clone(),
-                int8_kernel: (m.variant != Variant::Fp32)
-                    .then(|| crate::device::Int8Kernel::for_device(&m.device).id().to_string()),
-                samples_ms: samples[i].clone(),
+                file_bytes: p.file_bytes,
+                weight_bytes: p.model.weight_bytes(),
+                peak_rss_bytes,
+                accuracy: p.accuracy.clone(),
+                int8_kernel: (p.model.variant != Variant::Fp32)
+                    .then(|| crate::device::Int8Kernel::for_device(&p.model.device).id().to_string()),
+                samples_ms,
                 env: env.clone(),
             }
         })
-        .collect())
+        .collect()
+}
+
+/// Benchmarks the variants of one model: [`prepare`], [`measure`], [`assemble`]. `on_event` sees
+/// phases and every timed sample.
+pub fn bench_model(
+    job: &BenchJob,
+    hub: &Hub,
+    device: &Device,
+    on_download: &mut dyn FnMut(DownloadEvent),
+    on_event: &mut dyn FnMut(BenchEvent),
+) -> Result<Vec<BenchResult>> {
+    let prepared = prepare(job, hub, device, on_download, on_event)?;
+    let (samples, peak) = measure(&prepared, job.cfg, job.cancel, on_event)?;
+    Ok(assemble(&prepared, job.cfg, samples, peak, &Environment::capture(device)))
 }
 
 /// One forward pass, finished: on CUDA the device is synchronised so the time is the kernel's,

@@ -123,6 +123,10 @@ pub enum Command {
     },
     /// Measure latency, size and accuracy of variants; print a table, write CSV/JSON reports.
     Bench(BenchArgs),
+    /// Accuracy of each variant on labelled images: a folder of class folders or a CSV `file,label`.
+    Eval(EvalArgs),
+    /// Where a forward's time goes: every stage of every block, per variant; a Chrome trace.
+    Profile(ProfileArgs),
     /// Measure each CPU kernel (int8 per SIMD path, fp32, attention, elementwise) on ViT-B/16
     /// shapes against this machine's int8 peak.
     Kernels {
@@ -166,9 +170,10 @@ pub struct BenchArgs {
     /// Without images a synthetic input is timed.
     #[arg(long, num_args = 1..)]
     images: Vec<PathBuf>,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
-    batch: u64,
+    /// Images per forward pass (1..=256); a comma-separated list (`1,8`) measures each into
+    /// its own rows.
+    #[arg(long, default_value = "1")]
+    batch: String,
     /// Untimed warm-up runs per variant [default: 10, or --max-runs if lower; more than
     /// --max-runs is refused].
     #[arg(long, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
@@ -342,6 +347,47 @@ pub struct DeviceCheckArgs {
     json: Option<PathBuf>,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// A folder with one sub-folder per class (named by synset id, label or class index), or a
+    /// CSV list with the columns `file,label` (paths relative to the CSV).
+    source: PathBuf,
+    #[arg(long, short, default_value = DEFAULT_MODEL)]
+    model: String,
+    /// Comma-separated; fp32 is the reference for the changes and flips.
+    #[arg(long, default_value = "fp32,int8,mobile")]
+    variants: String,
+    /// Top-k accuracy besides top-1.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    /// Evaluate at most N images, taken round-robin over the classes.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Write one row per (model, variant) as CSV (columns in the README).
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Write everything, per-image predictions included, as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ProfileArgs {
+    #[arg(long, short, default_value = DEFAULT_MODEL)]
+    model: String,
+    #[arg(long, default_value = "fp32,int8,mobile")]
+    variants: String,
+    /// Profiled (and un-profiled) runs per variant, after the warm-up.
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// Untimed runs per variant first.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Write a Chrome trace (chrome://tracing, ui.perfetto.dev): one event per stage per run.
+    #[arg(long)]
+    trace: Option<PathBuf>,
+}
+
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -410,6 +456,8 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Some(Command::Bench(args)) => bench(&hub, &args),
+        Some(Command::Eval(args)) => eval(&hub, &args),
+        Some(Command::Profile(args)) => profile(&hub, &args),
         Some(Command::Download { model }) => {
             let source = ModelSource::parse(&model)?;
             let (files, _) = source.resolve(&hub, &mut download_bar())?;
@@ -706,13 +754,16 @@ fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
     let variants = parse_variants(&a.variants)?;
     let device = device_from_name(&a.device)?;
     let count = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
-    let cfg = BenchConfig {
-        warmup: count(warmup),
-        min_runs: count(a.runs),
-        min_seconds: a.min_seconds,
-        max_runs: count(a.max_runs),
-        batch: count(a.batch),
-    };
+    let cfgs: Vec<BenchConfig> = parse_batches(&a.batch)?
+        .into_iter()
+        .map(|batch| BenchConfig {
+            warmup: count(warmup),
+            min_runs: count(a.runs),
+            min_seconds: a.min_seconds,
+            max_runs: count(a.max_runs),
+            batch,
+        })
+        .collect();
     let input = if image_files.is_empty() {
         BenchInput::Synthetic
     } else {
@@ -720,7 +771,7 @@ fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
         BenchInput::Images(image_files.iter().zip(loaded).map(|(f, i)| (f.display().to_string(), i.image)).collect())
     };
     let mut results = Vec::new();
-    for spec in &models {
+    for (spec, cfg) in models.iter().flat_map(|m| cfgs.iter().map(move |c| (m, c))) {
         let bar = ProgressBar::new((variants.len() * (cfg.warmup + cfg.min_runs)) as u64);
         bar.set_style(
             ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
@@ -729,7 +780,7 @@ fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
         );
         bar.set_prefix(spec.to_string());
         let mut samples_seen = 0u64;
-        let job = BenchJob { spec, variants: &variants, cfg: &cfg, input: &input, cancel: None };
+        let job = BenchJob { spec, variants: &variants, cfg, input: &input, cancel: None };
         let r = bench_model(&job, hub, &device, &mut download_bar(), &mut |ev| match ev {
             BenchEvent::Phase { phase, .. } => bar.set_message(phase),
             BenchEvent::Warmup { done, .. } => bar.set_position(done as u64),
@@ -762,11 +813,30 @@ fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// `1,8` -> `[1, 8]`: batch sizes of a sweep, each in 1..=256.
+fn parse_batches(list: &str) -> Result<Vec<usize>> {
+    let mut out = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match item.parse::<usize>() {
+            Ok(b) if (1..=256).contains(&b) => out.push(b),
+            _ => anyhow::bail!("--batch: `{item}` is not a batch size (a whole number in 1..=256, or a list like 1,8)"),
+        }
+    }
+    if out.is_empty() {
+        anyhow::bail!("--batch: no batch size given");
+    }
+    Ok(out)
+}
+
 fn print_bench_table(results: &[crate::bench::BenchResult]) -> Result<()> {
     let Some(first) = results.first() else { return Ok(()) };
     let e = &first.env;
+    let mut batches: Vec<usize> = results.iter().map(|r| r.batch).collect();
+    batches.sort_unstable();
+    batches.dedup();
+    let batch_list = batches.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(",");
     let device = if e.gpu.is_empty() { e.device.clone() } else { format!("{} ({})", e.device, e.gpu) };
-    outln!("cpu: {} | {} | threads: {} | device: {device} | batch {}", e.cpu, e.simd, e.threads, first.batch);
+    outln!("cpu: {} | {} | threads: {} | device: {device} | batch {batch_list}", e.cpu, e.simd, e.threads);
     outln!(
         "{:<44} {:<7} {:>9} {:>9} {:>9} {:>8} {:>10} {:>7} {:>6} {:>6} {:>9}",
         "model",
@@ -783,13 +853,15 @@ fn print_bench_table(results: &[crate::bench::BenchResult]) -> Result<()> {
     );
     let mut notes = Vec::new();
     for r in results {
-        let fp32 = results.iter().find(|o| o.model == r.model && o.variant == Variant::Fp32);
+        let fp32 = results.iter().find(|o| o.model == r.model && o.batch == r.batch && o.variant == Variant::Fp32);
         let speed = fp32.map(|f| f.stats.p50 / r.stats.p50);
         let size = fp32.filter(|f| f.file_bytes > 0).map(|f| r.file_bytes as f64 / f.file_bytes as f64);
         let acc = r.accuracy.as_ref();
+        // A sweep's rows differ only by batch: say it where the model is named.
+        let name = if batches.len() > 1 { format!("{} (batch {})", r.model, r.batch) } else { r.model.clone() };
         outln!(
             "{:<44} {:<7} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>10} {:>7} {:>6} {:>6} {:>9}",
-            r.model,
+            name,
             r.variant.name(),
             r.stats.p50,
             r.stats.p90,
@@ -837,6 +909,79 @@ fn device_check(hub: &Hub, a: &DeviceCheckArgs) -> Result<()> {
     let failed: Vec<&str> = report.variants.iter().filter(|v| !v.pass).map(|v| v.verdict.as_str()).collect();
     if !failed.is_empty() {
         anyhow::bail!("device check failed on {}: {}", report.device, failed.join("; "));
+    }
+    Ok(())
+}
+
+fn eval(hub: &Hub, a: &EvalArgs) -> Result<()> {
+    use crate::eval::{ClassResolver, discover, evaluate, limit_across_classes};
+    for p in [&a.csv, &a.json].into_iter().flatten() {
+        crate::fsutil::check_writable(p)?;
+    }
+    let outputs: Vec<(&str, &std::path::Path)> =
+        [("--csv", &a.csv), ("--json", &a.json)].into_iter().filter_map(|(n, p)| p.as_deref().map(|p| (n, p))).collect();
+    crate::fsutil::check_outputs_distinct(&outputs, &[std::path::Path::new(&a.model), &a.source])?;
+    let variants = parse_variants(&a.variants)?;
+    let (source, made) = crate::bench::load_variants(&a.model, &variants, hub, &Device::Cpu, &mut download_bar())?;
+    let images = discover(&a.source, &ClassResolver::new(&source.config.labels))?;
+    let images = match a.limit {
+        Some(0) => anyhow::bail!("--limit must be at least 1"),
+        Some(n) => limit_across_classes(images, n),
+        None => images,
+    };
+    let models: Vec<&crate::model::Model> = made.iter().map(|(m, _)| m).collect();
+    let bar = ProgressBar::new(images.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("eval [{bar:30}] {pos}/{len} images {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let source_name = a.source.display().to_string();
+    let report =
+        evaluate(&a.model, &source_name, &models, &images, a.top, &mut |done, _| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    let classes: std::collections::BTreeSet<usize> = images.iter().map(|i| i.label).collect();
+    outln!(
+        "{} on {} image(s) of {} class(es) from {}; cpu, {} threads",
+        a.model,
+        images.len(),
+        classes.len(),
+        source_name,
+        rayon::current_num_threads()
+    );
+    out!("{}", crate::eval::table(&report));
+    if let Some(p) = &a.csv {
+        crate::fsutil::write_atomic(p, &crate::eval::to_csv(&report)?)?;
+        outln!("wrote {}", p.display());
+    }
+    if let Some(p) = &a.json {
+        crate::fsutil::write_atomic(p, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        outln!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+fn profile(hub: &Hub, a: &ProfileArgs) -> Result<()> {
+    if let Some(p) = &a.trace {
+        crate::fsutil::check_writable(p)?;
+        crate::fsutil::check_outputs_distinct(&[("--trace", p)], &[std::path::Path::new(&a.model)])?;
+    }
+    let variants = parse_variants(&a.variants)?;
+    let (_, made) = crate::bench::load_variants(&a.model, &variants, hub, &Device::Cpu, &mut download_bar())?;
+    let models: Vec<&crate::model::Model> = made.iter().map(|(m, _)| m).collect();
+    let report = crate::profile::profile(&models, a.warmup, a.runs)?;
+    out!("{}", crate::profile::table(&a.model, &report));
+    if let Some(p) = &a.trace {
+        crate::fsutil::write_atomic(p, serde_json::to_string(&crate::profile::chrome_trace(&report))?.as_bytes())?;
+        outln!("wrote {} (open in ui.perfetto.dev or chrome://tracing)", p.display());
+    }
+    if let Some(bad) = report.iter().find(|v| !v.within_tolerance()) {
+        anyhow::bail!(
+            "{}: the stage sum ({:.2} ms) is not within 10% of the un-instrumented forward's p50 ({:.2} ms): the machine was busy, or the stages are so short that reading the clock counts; run again with more --runs",
+            bad.variant,
+            bad.stage_sum_p50_ms,
+            bad.forward_p50_ms
+        );
     }
     Ok(())
 }

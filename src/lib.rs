@@ -9,6 +9,8 @@
 //!   one forward pass, with attention capture.
 //! - [`hub`], [`zoo`]: where weights come from (Hugging Face cache, downloads, offline mode) and
 //!   the named models with their recipes.
+//! - [`bench`], [`eval`], [`profile`]: latency, accuracy on labelled images, and where a
+//!   forward's time goes, over the variants of one model.
 //! - [`cli`]: the command-line front end.
 
 pub mod app;
@@ -16,6 +18,7 @@ pub mod bench;
 pub mod bench_models;
 pub mod cli;
 pub mod device;
+pub mod eval;
 pub mod explain;
 pub mod fsutil;
 pub mod hub;
@@ -24,6 +27,7 @@ pub mod labels;
 pub mod model;
 pub mod parity;
 pub mod preprocess;
+pub mod profile;
 pub mod quant;
 pub mod report;
 pub mod zoo;

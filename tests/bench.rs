@@ -248,3 +248,44 @@ fn writing_a_report_never_leaves_a_partial_file() {
     assert_eq!(std::fs::read(&path).unwrap(), old);
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }
+
+#[test]
+fn a_batch_sweep_measures_every_combination_into_one_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv_path = dir.path().join("sweep.csv");
+    let models = format!("{},{}", fixture("hf_vit").display(), fixture("timm_vit").display());
+    let out = Command::new(bin())
+        .args(["bench", "--warmup", "0", "--runs", "2", "--min-seconds", "0", "--variants", "fp32,int8"])
+        .args(["--models", &models, "--batch", "1,3", "--csv", csv_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("batch 1,3") && stdout.contains("(batch 3)"), "{stdout}");
+    let mut rd = csv::Reader::from_path(&csv_path).unwrap();
+    let mut combos: Vec<(String, String, String)> = rd
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            (r[0].to_string(), r[1].to_string(), r[4].to_string())
+        })
+        .collect();
+    combos.sort();
+    let mut expected = Vec::new();
+    for m in models.split(',') {
+        for v in ["fp32", "int8"] {
+            for b in ["1", "3"] {
+                expected.push((m.to_string(), v.to_string(), b.to_string()));
+            }
+        }
+    }
+    expected.sort();
+    assert_eq!(combos, expected);
+    // A bad list fails before anything is measured or written.
+    let out = Command::new(bin())
+        .args(["bench", "--models", &models, "--batch", "1,0", "--csv", csv_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`0` is not a batch size"));
+}

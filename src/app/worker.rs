@@ -190,7 +190,7 @@ pub fn spawn(hub: Hub, wake: impl Fn() + Send + 'static) -> WorkerHandle {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => {
                             let msg = format!("{e:#}");
-                            if msg.contains("cancelled") {
+                            if e.downcast_ref::<crate::bench::Cancelled>().is_some() {
                                 out.send(Reply::Cancelled(msg));
                             } else {
                                 out.send(Reply::Error { what: describe(&cmd), message: msg });

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod fused;
 pub mod linear;
+pub mod profiler;
 pub mod vit;
 
 use std::path::{Path, PathBuf};
@@ -111,26 +112,38 @@ impl Model {
     }
 
     pub fn forward(&self, pixels: &Tensor, capture: Capture) -> Result<ForwardOutput> {
+        self.forward_profiled(pixels, capture, None)
+    }
+
+    /// [`Model::forward`], each stage timed into `profiler` when one is given.
+    pub fn forward_profiled(
+        &self,
+        pixels: &Tensor,
+        capture: Capture,
+        mut profiler: Option<&mut profiler::Profiler>,
+    ) -> Result<ForwardOutput> {
         let (_, c, h, w) = pixels.dims4()?;
         let s = self.config.image_size;
         if c != 3 || h != s || w != s {
             bail!("input is {c}x{h}x{w}, the model expects 3x{s}x{s}");
         }
-        let run = |capture| vit::forward(&self.weights, self.config.heads, self.config.patch, pixels, capture);
-        let on_pool = |capture| {
+        let on_pool = |capture: Capture, profiler: Option<&mut profiler::Profiler>| {
+            let run = move || {
+                vit::forward_profiled(&self.weights, self.config.heads, self.config.patch, pixels, capture, profiler)
+            };
             if pixels.device().is_cpu() && rayon::current_thread_index().is_none() {
                 // Run the whole pass on a worker of the kernels' pool: each parallel kernel then
                 // starts and joins inside the pool (work-stealing) instead of the calling thread
                 // sleeping on and being woken from it ~150 times per ViT-B forward.
-                rayon::scope(|_| run(capture))
+                rayon::scope(|_| run())
             } else {
-                run(capture)
+                run()
             }
         };
-        let out = on_pool(capture)?;
+        let out = on_pool(capture, profiler.as_deref_mut())?;
         // NaN/Inf logits are an error, never a result: say where they first appear.
         if !all_finite(&out.logits)? {
-            let traced = on_pool(Capture { block_outputs: true, ..capture })?;
+            let traced = on_pool(Capture { block_outputs: true, ..capture }, None)?;
             let blocks = traced.block_outputs.unwrap_or_default();
             let place = match blocks.iter().map(all_finite).position(|ok| !matches!(ok, Ok(true))) {
                 Some(0) => format!("the output of block 0 of {} (or the patch embedding before it)", blocks.len()),

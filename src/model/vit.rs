@@ -8,6 +8,7 @@ use anyhow::Result;
 use candle_core::{D, Device, Module, Tensor};
 
 pub use super::linear::Linear;
+use super::profiler::{Profiler, stage};
 
 #[derive(Clone, Debug)]
 pub struct LayerNorm {
@@ -35,6 +36,11 @@ impl LayerNorm {
         let flat = x.contiguous()?.apply_op2_no_bwd(&y.contiguous()?, &self.fused_op()?)?;
         let n = x.elem_count();
         Ok((flat.narrow(0, 0, n)?.reshape(x.shape())?, flat.narrow(0, n, n)?.reshape(x.shape())?))
+    }
+
+    /// Whether [`LayerNorm::add_forward_linear`] runs as one op (an int8 layer on the CPU).
+    pub fn fuses_with(&self, linear: &Linear, device: &Device) -> bool {
+        matches!(linear, Linear::Int8(_)) && device.is_cpu()
     }
 
     /// `(x + y, linear(LayerNorm(x + y)))` (`x` alone without `y`), GELU after the layer when
@@ -272,22 +278,40 @@ pub fn list_names(names: &[String]) -> String {
 
 /// Runs the network on `pixels` `[B, 3, H, W]` (already normalised).
 pub fn forward(w: &VitWeights, heads: usize, patch: usize, pixels: &Tensor, capture: Capture) -> Result<ForwardOutput> {
+    forward_profiled(w, heads, patch, pixels, capture, None)
+}
+
+/// [`forward`], each stage timed into `prof` when one is given. Where a norm is fused into the
+/// int8 layer after it, the fused op is one stage (`norm1+qkv`, `norm2+fc1`); elsewhere the norm
+/// and the layer are two. A norm stage includes the residual add before it.
+pub fn forward_profiled(
+    w: &VitWeights,
+    heads: usize,
+    patch: usize,
+    pixels: &Tensor,
+    capture: Capture,
+    mut prof: Option<&mut Profiler>,
+) -> Result<ForwardOutput> {
     let (b, c, h, wd) = pixels.dims4()?;
     let (gh, gw) = (h / patch, wd / patch);
-    // Patchify: [B, C, gh, P, gw, P] -> [B, gh, gw, C, P, P] -> [B, N, C·P·P], the conv's order.
-    let patches = pixels
-        .reshape((b, c, gh, patch, gw, patch))?
-        .permute((0, 2, 4, 1, 3, 5))?
-        .contiguous()?
-        .reshape((b, gh * gw, c * patch * patch))?;
-    let x = w.patch.forward(&patches)?;
-    let d = x.dim(2)?;
-    let mut prefix = vec![w.cls_token.broadcast_as((b, 1, d))?];
-    if let Some(dist) = &w.dist_token {
-        prefix.push(dist.broadcast_as((b, 1, d))?);
-    }
-    prefix.push(x);
-    let mut x = Tensor::cat(&prefix, 1)?.broadcast_add(&w.pos_embed)?;
+    let d = w.patch.out_features();
+    let patch_macs = || (b * gh * gw * c * patch * patch * d) as u64;
+    let mut x = stage(prof.as_deref_mut(), "patch embed", None, patch_macs, || -> Result<Tensor> {
+        // Patchify: [B, C, gh, P, gw, P] -> [B, gh, gw, C, P, P] -> [B, N, C·P·P], the conv's order.
+        let patches = pixels
+            .reshape((b, c, gh, patch, gw, patch))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b, gh * gw, c * patch * patch))?;
+        let x = w.patch.forward(&patches)?;
+        let mut prefix = vec![w.cls_token.broadcast_as((b, 1, d))?];
+        if let Some(dist) = &w.dist_token {
+            prefix.push(dist.broadcast_as((b, 1, d))?);
+        }
+        prefix.push(x);
+        Ok(Tensor::cat(&prefix, 1)?.broadcast_add(&w.pos_embed)?)
+    })?;
+    let t = x.dim(1)?;
 
     // Mobile's weights already carry the scale in q.
     let scale = if w.attention_scale_folded { 1.0 } else { ((d / heads) as f64).powf(-0.5) };
@@ -297,27 +321,37 @@ pub fn forward(w: &VitWeights, heads: usize, patch: usize, pixels: &Tensor, capt
     // it (`add_forward_linear`): `qkv` is the input of the next attention.
     let mut normed = None;
     let mut qkv = match w.blocks.first() {
-        Some(first) => first.norm1.add_forward_linear(&x, None, &first.qkv, false)?.1,
+        Some(first) => norm_linear(prof.as_deref_mut(), 0, NORM1_QKV, &first.norm1, &x, None, &first.qkv, false)?.1,
         None => {
-            normed = Some(w.norm.forward(&x)?);
+            normed = Some(stage(prof.as_deref_mut(), "final norm", None, || 0, || w.norm.forward(&x))?);
             x.clone() // unused: no block reads it
         }
     };
     for (i, blk) in w.blocks.iter().enumerate() {
-        let (o, att) = if qkv.device().is_cpu() {
-            attention_cpu(&qkv, heads, scale, attentions.is_some())?
-        } else {
-            attention_graph(&qkv, heads, scale, attentions.is_some())?
-        };
+        let with_probs = attentions.is_some();
+        let attention_macs = || (2 * b * t * t * d) as u64;
+        let (o, att) = stage(prof.as_deref_mut(), "attention", Some(i), attention_macs, || {
+            if qkv.device().is_cpu() {
+                attention_cpu(&qkv, heads, scale, with_probs)
+            } else {
+                attention_graph(&qkv, heads, scale, with_probs)
+            }
+        })?;
         if let (Some(a), Some(att)) = (attentions.as_mut(), att) {
             a.push(att);
         }
-        let (x1, hmid) = blk.norm2.add_forward_linear(&x, Some(&blk.proj.forward(&o)?), &blk.fc1, true)?;
-        let mlp = blk.fc2.forward(&hmid)?;
+        let proj =
+            stage(prof.as_deref_mut(), "proj", Some(i), || linear_macs(&blk.proj, b * t), || blk.proj.forward(&o))?;
+        let (x1, hmid) = norm_linear(prof.as_deref_mut(), i, NORM2_FC1, &blk.norm2, &x, Some(&proj), &blk.fc1, true)?;
+        let mlp =
+            stage(prof.as_deref_mut(), "fc2", Some(i), || linear_macs(&blk.fc2, b * t), || blk.fc2.forward(&hmid))?;
         match w.blocks.get(i + 1) {
-            Some(next) => (x, qkv) = next.norm1.add_forward_linear(&x1, Some(&mlp), &next.qkv, false)?,
+            Some(next) => {
+                (x, qkv) =
+                    norm_linear(prof.as_deref_mut(), i + 1, NORM1_QKV, &next.norm1, &x1, Some(&mlp), &next.qkv, false)?
+            }
             None => {
-                let (sum, n) = w.norm.add_forward(&x1, &mlp)?;
+                let (sum, n) = stage(prof.as_deref_mut(), "final norm", None, || 0, || w.norm.add_forward(&x1, &mlp))?;
                 (x, normed) = (sum, Some(n));
             }
         }
@@ -326,16 +360,56 @@ pub fn forward(w: &VitWeights, heads: usize, patch: usize, pixels: &Tensor, capt
         }
     }
     let x = normed.expect("the final norm follows the last block");
-    let mut logits: Option<Tensor> = None;
-    for (head, token) in &w.heads {
-        let l = head.forward(&x.narrow(1, *token, 1)?.squeeze(1)?)?;
-        logits = Some(match logits {
-            Some(acc) => (acc + l)?,
-            None => l,
-        });
-    }
-    let logits = (logits.expect("at least one head") / w.heads.len() as f64)?;
+    let head_macs = || w.heads.iter().map(|(h, _)| linear_macs(h, b)).sum();
+    let logits = stage(prof, "head", None, head_macs, || -> Result<Tensor> {
+        let mut logits: Option<Tensor> = None;
+        for (head, token) in &w.heads {
+            let l = head.forward(&x.narrow(1, *token, 1)?.squeeze(1)?)?;
+            logits = Some(match logits {
+                Some(acc) => (acc + l)?,
+                None => l,
+            });
+        }
+        Ok((logits.expect("at least one head") / w.heads.len() as f64)?)
+    })?;
     Ok(ForwardOutput { logits, attentions, block_outputs })
+}
+
+fn linear_macs(l: &Linear, rows: usize) -> u64 {
+    (rows * l.in_features() * l.out_features()) as u64
+}
+
+/// Stage names of a norm and the layer after it: fused, the norm alone, the layer alone.
+const NORM1_QKV: [&str; 3] = ["norm1+qkv", "norm1", "qkv"];
+const NORM2_FC1: [&str; 3] = ["norm2+fc1", "norm2", "fc1"];
+
+/// [`LayerNorm::add_forward_linear`] for block `block`: one stage where it is one op (an int8
+/// layer on the CPU), a norm stage and a layer stage otherwise (the same calls it makes then).
+#[allow(clippy::too_many_arguments)]
+fn norm_linear(
+    prof: Option<&mut Profiler>,
+    block: usize,
+    names: [&'static str; 3],
+    norm: &LayerNorm,
+    x: &Tensor,
+    y: Option<&Tensor>,
+    linear: &Linear,
+    gelu: bool,
+) -> Result<(Tensor, Tensor)> {
+    let macs = || linear_macs(linear, x.elem_count() / linear.in_features().max(1));
+    match prof {
+        Some(p) if !norm.fuses_with(linear, x.device()) => {
+            let (sum, normed) = p.time(names[1], Some(block), 0, || match y {
+                Some(y) => norm.add_forward(x, y),
+                None => Ok((x.clone(), norm.forward(x)?)),
+            })?;
+            let out = p.time(names[2], Some(block), macs(), || {
+                if gelu { linear.forward_gelu(&normed) } else { linear.forward(&normed) }
+            })?;
+            Ok((sum, out))
+        }
+        prof => Ok(stage(prof, names[0], Some(block), macs, || norm.add_forward_linear(x, y, linear, gelu))?),
+    }
 }
 
 /// Attention on the CPU in one kernel ([`crate::kernels::attention`]): output `[B, T, D]` and,
