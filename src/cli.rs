@@ -918,8 +918,10 @@ fn eval(hub: &Hub, a: &EvalArgs) -> Result<()> {
     for p in [&a.csv, &a.json].into_iter().flatten() {
         crate::fsutil::check_writable(p)?;
     }
-    let outputs: Vec<(&str, &std::path::Path)> =
-        [("--csv", &a.csv), ("--json", &a.json)].into_iter().filter_map(|(n, p)| p.as_deref().map(|p| (n, p))).collect();
+    let outputs: Vec<(&str, &std::path::Path)> = [("--csv", &a.csv), ("--json", &a.json)]
+        .into_iter()
+        .filter_map(|(n, p)| p.as_deref().map(|p| (n, p)))
+        .collect();
     crate::fsutil::check_outputs_distinct(&outputs, &[std::path::Path::new(&a.model), &a.source])?;
     let variants = parse_variants(&a.variants)?;
     let (source, made) = crate::bench::load_variants(&a.model, &variants, hub, &Device::Cpu, &mut download_bar())?;

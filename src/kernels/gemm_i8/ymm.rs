@@ -301,164 +301,93 @@ impl Kernel for Avx2 {
 
 /// 12 independent `vpdpbusd` ymm chains (`VEX`: the AVX-VNNI encoding, else EVEX).
 #[target_feature(enable = "avx2")]
+#[rustfmt::skip]
 unsafe fn dpbusd_ymm_loop<const VEX: bool>(iters: usize) -> u64 {
     macro_rules! chains {
-        ($prefix:literal) => {
+        ($p:literal) => {
             concat!(
-                $prefix,
-                " vpdpbusd ymm4, ymm0, ymm1\n",
-                $prefix,
-                " vpdpbusd ymm5, ymm0, ymm2\n",
-                $prefix,
-                " vpdpbusd ymm6, ymm0, ymm3\n",
-                $prefix,
-                " vpdpbusd ymm7, ymm0, ymm1\n",
-                $prefix,
-                " vpdpbusd ymm8, ymm0, ymm2\n",
-                $prefix,
-                " vpdpbusd ymm9, ymm0, ymm3\n",
-                $prefix,
-                " vpdpbusd ymm10, ymm0, ymm1\n",
-                $prefix,
-                " vpdpbusd ymm11, ymm0, ymm2\n",
-                $prefix,
-                " vpdpbusd ymm12, ymm0, ymm3\n",
-                $prefix,
-                " vpdpbusd ymm13, ymm0, ymm1\n",
-                $prefix,
-                " vpdpbusd ymm14, ymm0, ymm2\n",
-                $prefix,
-                " vpdpbusd ymm15, ymm0, ymm3\n",
+                $p, " vpdpbusd ymm4, ymm0, ymm1\n", $p, " vpdpbusd ymm5, ymm0, ymm2\n", $p, " vpdpbusd ymm6, ymm0, ymm3\n",
+                $p, " vpdpbusd ymm7, ymm0, ymm1\n", $p, " vpdpbusd ymm8, ymm0, ymm2\n", $p, " vpdpbusd ymm9, ymm0, ymm3\n",
+                $p, " vpdpbusd ymm10, ymm0, ymm1\n", $p, " vpdpbusd ymm11, ymm0, ymm2\n", $p, " vpdpbusd ymm12, ymm0, ymm3\n",
+                $p, " vpdpbusd ymm13, ymm0, ymm1\n", $p, " vpdpbusd ymm14, ymm0, ymm2\n", $p, " vpdpbusd ymm15, ymm0, ymm3\n",
             )
         };
     }
-    // SAFETY: registers only; the caller checked the instruction's features.
-    unsafe {
-        if VEX {
-            asm!("2:", chains!("{{vex}}"), "dec {n}", "jnz 2b", n = inout(reg) iters.max(1) => _,
-                out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _,
-                out("ymm10") _, out("ymm11") _, out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
-                options(nostack, nomem));
-        } else {
-            asm!("2:", chains!("{{evex}}"), "dec {n}", "jnz 2b", n = inout(reg) iters.max(1) => _,
-                out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _,
-                out("ymm10") _, out("ymm11") _, out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
-                options(nostack, nomem));
-        }
+    macro_rules! run {
+        ($p:literal) => {
+            // SAFETY: registers only; the caller checked the instruction's features.
+            unsafe {
+                asm!("2:", chains!($p), "dec {n}", "jnz 2b", n = inout(reg) iters.max(1) => _,
+                    out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _,
+                    out("ymm10") _, out("ymm11") _, out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
+                    options(nostack, nomem))
+            }
+        };
     }
+    if VEX { run!("{{vex}}") } else { run!("{{evex}}") }
     (iters.max(1) * 12 * 32) as u64
 }
 
-/// `vpsignb`, `vpmaddubsw` on |a| and w·sign(a), `vpmaddwd` by ones, `vpaddd`; 8 chains.
+/// An AVX2 register-only loop: `ymm2` set to 16-bit ones, then per iteration `$chain!` on 8
+/// (accumulator, weight, temporary) register triples; `ymm0` and `ymm1` hold activations.
+/// Evaluates to the MACs done, `$macs` per chain.
+macro_rules! avx2_loop {
+    ($iters:expr, $macs:expr, $chain:ident) => {{
+        // SAFETY: registers only; AVX2 checked by the caller.
+        unsafe {
+            asm!("vpcmpeqw ymm2, ymm2, ymm2", "vpsrlw ymm2, ymm2, 15", "2:",
+                $chain!("ymm5", "ymm3", "ymm13"), $chain!("ymm6", "ymm4", "ymm14"),
+                $chain!("ymm7", "ymm3", "ymm15"), $chain!("ymm8", "ymm4", "ymm13"),
+                $chain!("ymm9", "ymm3", "ymm14"), $chain!("ymm10", "ymm4", "ymm15"),
+                $chain!("ymm11", "ymm3", "ymm13"), $chain!("ymm12", "ymm4", "ymm14"),
+                "dec {n}", "jnz 2b", n = inout(reg) $iters.max(1) => _,
+                out("ymm2") _, out("ymm5") _, out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _,
+                out("ymm10") _, out("ymm11") _, out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
+                options(nostack, nomem));
+            }
+        ($iters.max(1) * 8 * $macs) as u64
+    }};
+}
+
+#[rustfmt::skip]
+macro_rules! sign_chain {
+    ($acc:literal, $w:literal, $t:literal) => {
+        concat!("vpsignb ", $t, ", ", $w, ", ymm0\n", "vpmaddubsw ", $t, ", ymm1, ", $t, "\n",
+            "vpmaddwd ", $t, ", ", $t, ", ymm2\n", "vpaddd ", $acc, ", ", $acc, ", ", $t, "\n")
+    };
+}
+#[rustfmt::skip]
+macro_rules! u8s8_chain {
+    ($acc:literal, $w:literal, $t:literal) => {
+        concat!("vpmaddubsw ", $t, ", ymm1, ", $w, "\n", "vpmaddwd ", $t, ", ", $t, ", ymm2\n",
+            "vpaddd ", $acc, ", ", $acc, ", ", $t, "\n")
+    };
+}
+#[rustfmt::skip]
+macro_rules! i16_chain {
+    ($acc:literal, $w:literal, $t:literal) => {
+        concat!("vpmaddwd ", $t, ", ymm0, ", $w, "\n", "vpaddd ", $acc, ", ", $acc, ", ", $t, "\n")
+    };
+}
+
+/// `vpsignb`, `vpmaddubsw` on |a| and w·sign(a), `vpmaddwd` by ones, `vpaddd`: exact.
 #[target_feature(enable = "avx2")]
 unsafe fn sign_maddubs_loop(iters: usize) -> u64 {
-    macro_rules! chain {
-        ($acc:literal, $w:literal, $t:literal) => {
-            concat!(
-                "vpsignb ",
-                $t,
-                ", ",
-                $w,
-                ", ymm0\n",
-                "vpmaddubsw ",
-                $t,
-                ", ymm1, ",
-                $t,
-                "\n",
-                "vpmaddwd ",
-                $t,
-                ", ",
-                $t,
-                ", ymm2\n",
-                "vpaddd ",
-                $acc,
-                ", ",
-                $acc,
-                ", ",
-                $t,
-                "\n",
-            )
-        };
-    }
-    // SAFETY: registers only; AVX2 checked by the caller.
-    unsafe {
-        asm!("vpcmpeqw ymm2, ymm2, ymm2", "vpsrlw ymm2, ymm2, 15", "2:",
-            chain!("ymm5", "ymm3", "ymm13"), chain!("ymm6", "ymm4", "ymm14"),
-            chain!("ymm7", "ymm3", "ymm15"), chain!("ymm8", "ymm4", "ymm13"),
-            chain!("ymm9", "ymm3", "ymm14"), chain!("ymm10", "ymm4", "ymm15"),
-            chain!("ymm11", "ymm3", "ymm13"), chain!("ymm12", "ymm4", "ymm14"),
-            "dec {n}", "jnz 2b", n = inout(reg) iters.max(1) => _,
-            out("ymm2") _, out("ymm5") _, out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _,
-            out("ymm10") _, out("ymm11") _, out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
-            options(nostack, nomem));
-    }
-    (iters.max(1) * 8 * 32) as u64
+    avx2_loop!(iters, 32, sign_chain)
 }
 
 /// ONNX Runtime's and fbgemm's AVX2 sequence on u8 x s8: `vpmaddubsw`, `vpmaddwd`, `vpaddd`.
-/// One instruction fewer than ours, but `vpmaddubsw` saturates on large pairs (inexact).
+/// One instruction fewer than the sign form, but `vpmaddubsw` saturates on large pairs.
 #[target_feature(enable = "avx2")]
 unsafe fn u8s8_loop(iters: usize) -> u64 {
-    macro_rules! chain {
-        ($acc:literal, $w:literal, $t:literal) => {
-            concat!(
-                "vpmaddubsw ",
-                $t,
-                ", ymm1, ",
-                $w,
-                "\n",
-                "vpmaddwd ",
-                $t,
-                ", ",
-                $t,
-                ", ymm2\n",
-                "vpaddd ",
-                $acc,
-                ", ",
-                $acc,
-                ", ",
-                $t,
-                "\n"
-            )
-        };
-    }
-    // SAFETY: registers only; AVX2 checked by the caller.
-    unsafe {
-        asm!("vpcmpeqw ymm2, ymm2, ymm2", "vpsrlw ymm2, ymm2, 15", "2:",
-            chain!("ymm5", "ymm3", "ymm13"), chain!("ymm6", "ymm4", "ymm14"),
-            chain!("ymm7", "ymm3", "ymm15"), chain!("ymm8", "ymm4", "ymm13"),
-            chain!("ymm9", "ymm3", "ymm14"), chain!("ymm10", "ymm4", "ymm15"),
-            chain!("ymm11", "ymm3", "ymm13"), chain!("ymm12", "ymm4", "ymm14"),
-            "dec {n}", "jnz 2b", n = inout(reg) iters.max(1) => _,
-            out("ymm2") _, out("ymm5") _, out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _,
-            out("ymm10") _, out("ymm11") _, out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
-            options(nostack, nomem));
-    }
-    (iters.max(1) * 8 * 32) as u64
+    avx2_loop!(iters, 32, u8s8_chain)
 }
 
-/// The AVX2 path's sequence: `vpmaddwd` on i16 operands and `vpaddd`; 8 chains. Exact; half
-/// the products per instruction of the byte forms, but one multiply-port instruction per 16.
+/// The AVX2 path's sequence: `vpmaddwd` on i16 operands and `vpaddd`. Exact; half the products
+/// per instruction of the byte forms, but one multiply-port instruction per 16.
 #[target_feature(enable = "avx2")]
 unsafe fn i16_madd_loop(iters: usize) -> u64 {
-    macro_rules! chain {
-        ($acc:literal, $w:literal, $t:literal) => {
-            concat!("vpmaddwd ", $t, ", ymm0, ", $w, "\n", "vpaddd ", $acc, ", ", $acc, ", ", $t, "\n")
-        };
-    }
-    // SAFETY: registers only; AVX2 checked by the caller.
-    unsafe {
-        asm!("2:",
-            chain!("ymm5", "ymm3", "ymm13"), chain!("ymm6", "ymm4", "ymm14"),
-            chain!("ymm7", "ymm3", "ymm15"), chain!("ymm8", "ymm4", "ymm13"),
-            chain!("ymm9", "ymm3", "ymm14"), chain!("ymm10", "ymm4", "ymm15"),
-            chain!("ymm11", "ymm3", "ymm13"), chain!("ymm12", "ymm4", "ymm14"),
-            "dec {n}", "jnz 2b", n = inout(reg) iters.max(1) => _,
-            out("ymm5") _, out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _,
-            out("ymm10") _, out("ymm11") _, out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
-            options(nostack, nomem));
-    }
-    (iters.max(1) * 8 * 16) as u64
+    avx2_loop!(iters, 16, i16_chain)
 }
 
 /// The AVX2 int8 sequences the AVX2 path was chosen from, each as a register-only loop
