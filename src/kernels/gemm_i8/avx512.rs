@@ -232,7 +232,7 @@ unsafe fn vpdpbusd_loop(iters: usize) -> u64 {
             "vpdpbusd zmm7, zmm0, zmm1", "vpdpbusd zmm8, zmm0, zmm2", "vpdpbusd zmm9, zmm0, zmm3",
             "vpdpbusd zmm10, zmm0, zmm1", "vpdpbusd zmm11, zmm0, zmm2", "vpdpbusd zmm12, zmm0, zmm3",
             "vpdpbusd zmm13, zmm0, zmm1", "vpdpbusd zmm14, zmm0, zmm2", "vpdpbusd zmm15, zmm0, zmm3",
-            "dec {n}", "jnz 2b",
+            "dec {n}", "jnz 2b", "vzeroupper",
             n = inout(reg) iters.max(1) => _,
             out("zmm4") _, out("zmm5") _, out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _,
             out("zmm10") _, out("zmm11") _, out("zmm12") _, out("zmm13") _, out("zmm14") _, out("zmm15") _,

@@ -317,7 +317,7 @@ unsafe fn dpbusd_ymm_loop<const VEX: bool>(iters: usize) -> u64 {
         ($p:literal) => {
             // SAFETY: registers only; the caller checked the instruction's features.
             unsafe {
-                asm!("2:", chains!($p), "dec {n}", "jnz 2b", n = inout(reg) iters.max(1) => _,
+                asm!("2:", chains!($p), "dec {n}", "jnz 2b", "vzeroupper", n = inout(reg) iters.max(1) => _,
                     out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _,
                     out("ymm10") _, out("ymm11") _, out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
                     options(nostack, nomem))
@@ -340,7 +340,7 @@ macro_rules! avx2_loop {
                 $chain!("ymm7", "ymm3", "ymm15"), $chain!("ymm8", "ymm4", "ymm13"),
                 $chain!("ymm9", "ymm3", "ymm14"), $chain!("ymm10", "ymm4", "ymm15"),
                 $chain!("ymm11", "ymm3", "ymm13"), $chain!("ymm12", "ymm4", "ymm14"),
-                "dec {n}", "jnz 2b", n = inout(reg) $iters.max(1) => _,
+                "dec {n}", "jnz 2b", "vzeroupper", n = inout(reg) $iters.max(1) => _,
                 out("ymm2") _, out("ymm5") _, out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _,
                 out("ymm10") _, out("ymm11") _, out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
                 options(nostack, nomem));
