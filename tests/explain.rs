@@ -201,12 +201,13 @@ fn overlay_covers_exactly_what_each_recipe_sees_on_a_three_tile_strip() {
     }
 }
 
-/// Hand-drawn boxes around the object of each shared photo (x0, y0, x1, y1 in its pixels).
+/// Hand-drawn boxes around the object of each shared photo (x0, y0, x1, y1 in its pixels): what
+/// a person would point at, drawn before looking at any map.
 const OBJECTS: [(&str, [f64; 4]); 4] = [
-    ("chelsea.png", [20.0, 0.0, 370.0, 300.0]),    // the cat's head
-    ("coffee.png", [170.0, 15.0, 425.0, 330.0]),   // cup and spoon
-    ("rocket.jpg", [295.0, 125.0, 345.0, 410.0]),  // the rocket
-    ("astronaut.png", [20.0, 10.0, 365.0, 512.0]), // the astronaut
+    ("chelsea.png", [120.0, 60.0, 370.0, 290.0]), // the cat's face: eyes, nose, muzzle
+    ("coffee.png", [175.0, 20.0, 410.0, 310.0]),  // the cup
+    ("rocket.jpg", [295.0, 125.0, 345.0, 410.0]), // the rocket
+    ("astronaut.png", [110.0, 15.0, 310.0, 300.0]), // the astronaut's head and collar ring
 ];
 
 /// Share of a patch map's mass on patches whose centre lies in `bbox`.
