@@ -284,8 +284,8 @@ pub fn compose(img: &RgbImage, layer: &[u8]) -> RgbImage {
     let mut out = img.clone();
     for (px, l) in out.pixels_mut().zip(layer.chunks_exact(4)) {
         let a = l[3] as f32 / 255.0;
-        for c in 0..3 {
-            px.0[c] = (l[c] as f32 * a + px.0[c] as f32 * (1.0 - a)).round() as u8;
+        for (p, &c) in px.0.iter_mut().zip(l) {
+            *p = (c as f32 * a + *p as f32 * (1.0 - a)).round() as u8;
         }
     }
     out
@@ -418,7 +418,7 @@ mod tests {
     }
 
     fn noise(w: u32, h: u32) -> RgbImage {
-        RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7 + y * 13) as u8, (x * 31 ^ y) as u8, (x + y * 3) as u8]))
+        RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7 + y * 13) as u8, ((x * 31) ^ y) as u8, (x + y * 3) as u8]))
     }
 
     #[test]
@@ -431,7 +431,7 @@ mod tests {
         let keep = 1.0 - UNSEEN_DIM;
         for (x, y, p) in out.enumerate_pixels() {
             let src = img.get_pixel(x, y);
-            if x < 38 || x > 82 {
+            if !(38..=82).contains(&x) {
                 // Far from the region: the image, darkened by the same factor everywhere.
                 for c in 0..3 {
                     assert_eq!(p.0[c], (src.0[c] as f32 * keep).round() as u8, "({x},{y})");
@@ -442,9 +442,9 @@ mod tests {
                     (x as f64 + 0.5 - region.left) / region.width(),
                     (y as f64 + 0.5 - region.top) / region.height(),
                 ));
-                for c in 0..3 {
-                    let blended = (want[c] as f32 * 0.6 + src.0[c] as f32 * 0.4).round();
-                    assert!((p.0[c] as f32 - blended).abs() <= 1.0, "({x},{y})");
+                for ((&o, &w), &i) in p.0.iter().zip(&want).zip(&src.0) {
+                    let blended = (w as f32 * 0.6 + i as f32 * 0.4).round();
+                    assert!((o as f32 - blended).abs() <= 1.0, "({x},{y})");
                 }
             }
         }
