@@ -406,3 +406,47 @@ fn exported_files_work_without_variant_and_name_themselves_in_errors() {
     assert_ne!(code, 0);
     assert_one_line_error(&err, &[f, "needs the fp32 model", "int8"]);
 }
+
+// ---- the window's worker draws the same overlay ------------------------------------------------
+
+#[test]
+fn the_window_overlay_covers_only_the_seen_region_and_follows_the_clicked_class() {
+    use vit_workbench::app::worker::{Command as WorkerCommand, ImageSource, Reply, spawn};
+    use vit_workbench::explain::{Colormap, Request};
+    let Some(shared) = shared() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strip.png");
+    strip(&shared).save(&path).unwrap();
+    let hub = vit_workbench::hub::Hub::from_env(true);
+    let worker = spawn(hub, || {});
+    worker.send(WorkerCommand::OpenImage(ImageSource::Path(path)));
+    worker.send(WorkerCommand::SetModel { spec: timm_tiny(&shared).display().to_string(), device: "cpu".into() });
+    let next_overlay = |worker: &vit_workbench::app::worker::WorkerHandle| loop {
+        match worker.rx.recv_timeout(std::time::Duration::from_secs(120)).expect("no overlay from the worker") {
+            Reply::Overlay { rgba, .. } => return rgba,
+            Reply::Error { message, .. } => panic!("{message}"),
+            _ => {}
+        }
+    };
+    let analyze =
+        |map| WorkerCommand::Analyze { variants: vec![Variant::Fp32], map, cmap: Colormap::Inferno, opacity: 0.6 };
+    worker.send(analyze(Request::Attribution { class: None }));
+    let top1 = next_overlay(&worker);
+    // Shown scaled to 1024 px wide: the left and right tiles are only dimmed (black at the dim
+    // alpha), every pixel of them; the centre tile holds the map at the chosen opacity.
+    let (w, h) = (top1.width, top1.height);
+    assert_eq!((w, h), (1024, 341));
+    let dim = (UNSEEN_DIM * 255.0).round() as u8;
+    let px = |x: usize, y: usize| &top1.pixels[(y * w + x) * 4..(y * w + x) * 4 + 4];
+    for y in 0..h {
+        for x in (0..w / 3).chain(2 * w / 3 + 1..w) {
+            assert_eq!(px(x, y), [0, 0, 0, dim], "({x},{y}) is not just dimmed");
+        }
+    }
+    assert!((w * 37 / 100..w * 63 / 100).all(|x| px(x, h / 2)[3] == 153), "the seen part is not at opacity 0.6");
+    // Another class gives another map over the same region.
+    worker.send(analyze(Request::Attribution { class: Some(968) })); // cup
+    let cup = next_overlay(&worker);
+    assert_ne!(cup.pixels, top1.pixels, "the clicked class does not change the map");
+    assert_eq!(&cup.pixels[..4], &[0, 0, 0, dim]);
+}

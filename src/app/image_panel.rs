@@ -45,8 +45,9 @@ impl ImagePanel {
                     let uv = Rect::from_min_max(pos2(0.0, 0.0), pos2(1.0, 1.0));
                     painter.image(img.texture.id(), fit, uv, Color32::WHITE);
                     if let Some(tex) = state.overlays.get(v).filter(|_| state.settings.overlay.enabled) {
-                        let a = (state.settings.overlay.opacity.clamp(0.0, 1.0) * 255.0) as u8;
-                        painter.image(tex.id(), fit, uv, Color32::from_rgba_unmultiplied(255, 255, 255, a));
+                        // The layer carries its opacity, the dimmed unseen part and the outline
+                        // (explain::overlay_layer, as `vit-workbench explain` draws it).
+                        painter.image(tex.id(), fit, uv, Color32::WHITE);
                     }
                     if panes.len() > 1 || state.settings.overlay.enabled {
                         painter.text(
@@ -96,13 +97,19 @@ impl ImagePanel {
 
     fn overlay_controls(&mut self, ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
         let before = state.settings.overlay.clone();
+        let class_text = explained_class(state);
         let o = &mut state.settings.overlay;
         ui.horizontal_wrapped(|ui| {
             ui.checkbox(&mut o.enabled, "Attention overlay");
             ui.add_enabled_ui(o.enabled, |ui| {
+                ui.selectable_value(&mut o.mode, OverlayMode::Attribution, "Attribution")
+                    .on_hover_text("what in the image speaks for a class (Chefer et al. 2021)");
                 ui.selectable_value(&mut o.mode, OverlayMode::Rollout, "Rollout");
                 ui.selectable_value(&mut o.mode, OverlayMode::Raw, "Raw layer/head");
                 match o.mode {
+                    OverlayMode::Attribution => {
+                        ui.label(&class_text).on_hover_text("click a class in the top-5 list to explain it");
+                    }
                     OverlayMode::Rollout => {
                         egui::ComboBox::from_label("head fusion")
                             .selected_text(format!("{:?}", o.fusion))
@@ -130,10 +137,25 @@ impl ImagePanel {
             });
         });
         let after = &state.settings.overlay;
-        // Opacity and the on/off switch are applied when drawing; the rest needs new maps.
-        if after.enabled && (after.map() != before.map() || after.cmap != before.cmap || !before.enabled) {
+        // The on/off switch is applied when drawing; the rest needs new layers (the worker keeps
+        // the last map, so opacity and colormap changes only redraw it).
+        let restyled = after.cmap != before.cmap || after.opacity != before.opacity;
+        if after.enabled && (after.map() != before.map() || restyled || !before.enabled) {
             actions.push(Action::RecomputeOverlay);
         }
+    }
+}
+
+/// Which class the attribution explains, as a label.
+fn explained_class(state: &AppState) -> String {
+    let top = state.result(state.settings.active_variants()[0]).map(|r| &r.top5);
+    match (state.settings.overlay.class, top) {
+        (Some(k), t) => {
+            let p = t.and_then(|t| t.iter().find(|p| p.index == k));
+            format!("class: {}", p.map_or(format!("class {k}"), |p| p.label.clone()))
+        }
+        (None, Some(t)) => format!("class: {} (top-1)", t[0].label),
+        (None, None) => "class: the top-1".to_string(),
     }
 }
 

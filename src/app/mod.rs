@@ -34,13 +34,18 @@ const SETTINGS_KEY: &str = "vit-workbench-settings";
 pub enum Action {
     OpenDialog,
     OpenPath(PathBuf),
-    OpenBytes { name: String, bytes: Arc<Vec<u8>> },
+    OpenBytes {
+        name: String,
+        bytes: Arc<Vec<u8>>,
+    },
     LoadModel(String),
     PickModelFolder,
     SetVariant(Variant),
     SetCompare(Option<Variant>),
     SetDevice(String),
     RecomputeOverlay,
+    /// Explain this class (clicked in a top-5 list) with attribution.
+    ExplainClass(usize),
     Benchmark,
     Cancel,
     ChooseExportPath,
@@ -158,6 +163,7 @@ impl WorkbenchApp {
                 variants: self.state.settings.active_variants(),
                 map: o.map(),
                 cmap: o.cmap,
+                opacity: o.opacity,
             });
         }
     }
@@ -189,7 +195,7 @@ impl WorkbenchApp {
             .default_size(230.0)
             .show(ui, |ui| self.chart.ui(ui, &mut self.state, &mut actions));
         egui::Panel::right("results").resizable(true).default_size(360.0).size_range(260.0..=560.0).show(ui, |ui| {
-            egui::ScrollArea::vertical().show(ui, |ui| self.results.ui(ui, &self.state));
+            egui::ScrollArea::vertical().show(ui, |ui| self.results.ui(ui, &self.state, &mut actions));
         });
         egui::CentralPanel::default().show(ui, |ui| self.image.ui(ui, &mut self.state, hovering, &mut actions));
 
@@ -301,7 +307,15 @@ impl WorkbenchApp {
                     variants: s.settings.active_variants(),
                     map: o.map(),
                     cmap: o.cmap,
+                    opacity: o.opacity,
                 });
+            }
+            Action::ExplainClass(class) => {
+                let o = &mut s.settings.overlay;
+                o.class = Some(class);
+                o.mode = state::OverlayMode::Attribution;
+                o.enabled = true;
+                self.act(Action::RecomputeOverlay);
             }
             Action::Benchmark => {
                 s.bench.running = true;

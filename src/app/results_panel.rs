@@ -2,20 +2,21 @@
 
 use egui::Ui;
 
-use super::state::{AppState, VariantResult};
+use super::Action;
+use super::state::{AppState, OverlayMode, VariantResult};
 use crate::quant::metrics::compare_logits;
 
 pub struct ResultsPanel;
 
 impl ResultsPanel {
-    pub fn ui(&mut self, ui: &mut Ui, state: &AppState) {
+    pub fn ui(&mut self, ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
         let variants = state.settings.active_variants();
         let waiting = state.image.is_some() && state.model.is_some();
         let primary = state.result(variants[0]);
         let Some(&second) = variants.get(1) else {
             ui.heading("Top-5");
             match primary {
-                Some(r) => top5(ui, variants[0].name(), r),
+                Some(r) => top5(ui, variants[0].name(), r, state, actions),
                 None => pending(ui, waiting),
             }
             return;
@@ -51,8 +52,8 @@ impl ResultsPanel {
         });
         ui.separator();
         ui.columns(2, |cols| {
-            top5(&mut cols[0], variants[0].name(), r1);
-            top5(&mut cols[1], second.name(), r2);
+            top5(&mut cols[0], variants[0].name(), r1, state, actions);
+            top5(&mut cols[1], second.name(), r2, state, actions);
         });
     }
 }
@@ -68,14 +69,23 @@ fn pending(ui: &mut Ui, waiting: bool) {
     }
 }
 
-fn top5(ui: &mut Ui, name: &str, r: &VariantResult) {
+/// The top-5; clicking a label explains that class (attribution).
+fn top5(ui: &mut Ui, name: &str, r: &VariantResult, state: &AppState, actions: &mut Vec<Action>) {
     ui.label(egui::RichText::new(name).strong());
+    let o = &state.settings.overlay;
+    let explained = (o.enabled && o.mode == OverlayMode::Attribution).then(|| o.class.unwrap_or(r.top5[0].index));
     for p in &r.top5 {
         ui.add(
             egui::ProgressBar::new(p.probability)
                 .desired_width(ui.available_width().min(170.0))
                 .text(format!("{:.1}%", p.probability * 100.0)),
         );
-        ui.label(&p.label);
+        if ui
+            .selectable_label(explained == Some(p.index), &p.label)
+            .on_hover_text(format!("class {}: click to see what in the image speaks for it", p.index))
+            .clicked()
+        {
+            actions.push(Action::ExplainClass(p.index));
+        }
     }
 }

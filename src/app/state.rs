@@ -9,12 +9,14 @@ use serde::{Deserialize, Serialize};
 
 use super::worker::{ModelSummary, Reply, Rgba};
 use crate::bench::BenchResult;
-use crate::explain::{AttentionMap, Colormap, HeadFusion};
+use crate::explain::{AttentionMap, Colormap, HeadFusion, Request};
 use crate::model::Prediction;
 use crate::quant::Variant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OverlayMode {
+    /// Class-specific attribution (the class clicked in the top-5, else the top-1).
+    Attribution,
     Rollout,
     Raw,
 }
@@ -31,29 +33,37 @@ pub struct OverlaySettings {
     pub head: Option<usize>,
     pub opacity: f32,
     pub cmap: Colormap,
+    /// The class attribution explains (clicked in the top-5); `None`: the top-1. Per image, so
+    /// not persisted.
+    #[serde(skip)]
+    pub class: Option<usize>,
 }
 
 impl Default for OverlaySettings {
     fn default() -> Self {
         OverlaySettings {
             enabled: true,
-            mode: OverlayMode::Rollout,
+            mode: OverlayMode::Attribution,
             // jacobgil/vit-explain's recommendation: max fusion, 90% discarded.
             fusion: HeadFusion::Max,
             discard_ratio: 0.9,
             layer: 0,
             head: None,
-            opacity: 0.6,
-            cmap: Colormap::Inferno,
+            opacity: crate::explain::DEFAULT_OPACITY,
+            cmap: crate::explain::DEFAULT_COLORMAP,
+            class: None,
         }
     }
 }
 
 impl OverlaySettings {
-    pub fn map(&self) -> AttentionMap {
+    pub fn map(&self) -> Request {
         match self.mode {
-            OverlayMode::Rollout => AttentionMap::Rollout { fusion: self.fusion, discard_ratio: self.discard_ratio },
-            OverlayMode::Raw => AttentionMap::Raw { layer: self.layer, head: self.head },
+            OverlayMode::Attribution => Request::Attribution { class: self.class },
+            OverlayMode::Rollout => {
+                Request::Attention(AttentionMap::Rollout { fusion: self.fusion, discard_ratio: self.discard_ratio })
+            }
+            OverlayMode::Raw => Request::Attention(AttentionMap::Raw { layer: self.layer, head: self.head }),
         }
     }
 }
@@ -220,6 +230,7 @@ impl AppState {
                     ctx.load_texture(format!("image-{image_id}"), to_color_image(&display), TextureOptions::LINEAR);
                 self.image = Some(ShownImage { id: image_id, name, texture, width, height });
                 self.overlays.clear();
+                self.settings.overlay.class = None;
                 return true;
             }
             Reply::ModelLoaded(summary) => {
@@ -232,6 +243,7 @@ impl AppState {
                 self.model = Some(summary);
                 self.results.clear();
                 self.overlays.clear();
+                self.settings.overlay.class = None;
                 return true;
             }
             Reply::Classified { image_id, variant, top5, logits, ms } => {

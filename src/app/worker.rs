@@ -17,7 +17,8 @@ use anyhow::{Context, Result, bail};
 use image::RgbImage;
 
 use crate::bench::{BenchConfig, BenchEvent, BenchInput, BenchJob, BenchResult, bench_model};
-use crate::explain::{AttentionMap, Attentions, Colormap, colorize, heatmap};
+use crate::explain::attribution::attribution;
+use crate::explain::{Attentions, Colormap, Heatmap, Request, grid_heatmap, heatmap, overlay_layer};
 use crate::hub::{DownloadEvent, Hub};
 use crate::model::{Capture, Model, Prediction, device_from_name};
 use crate::quant::{QuantOptions, Variant};
@@ -44,14 +45,16 @@ pub enum Command {
     /// compute their overlays.
     Analyze {
         variants: Vec<Variant>,
-        map: AttentionMap,
+        map: Request,
         cmap: Colormap,
+        opacity: f32,
     },
     /// Recompute overlays from the attention already captured.
     Overlay {
         variants: Vec<Variant>,
-        map: AttentionMap,
+        map: Request,
         cmap: Colormap,
+        opacity: f32,
     },
     Benchmark {
         variants: Vec<Variant>,
@@ -292,6 +295,11 @@ struct State {
     variants: HashMap<Variant, Model>,
     /// Attention of the current image per variant, for overlay changes without a new forward.
     attentions: HashMap<Variant, (u64, Attentions)>,
+    /// The current image as the model's input, and each variant's top-1 on it (attribution).
+    input: Option<(u64, candle_core::Tensor)>,
+    top1: HashMap<Variant, usize>,
+    /// The last map per variant: an opacity or colormap change redraws it without recomputing.
+    maps: HashMap<Variant, (u64, Request, Heatmap)>,
 }
 
 /// Longest side of the image shown in the window (the model always sees the full image).
@@ -307,6 +315,9 @@ impl State {
             spec: None,
             variants: HashMap::new(),
             attentions: HashMap::new(),
+            input: None,
+            top1: HashMap::new(),
+            maps: HashMap::new(),
         }
     }
 
@@ -314,8 +325,8 @@ impl State {
         match cmd {
             Command::OpenImage(src) => self.open_image(src, out),
             Command::SetModel { spec, device } => self.set_model(&spec, &device, out, cancel),
-            Command::Analyze { variants, map, cmap } => self.analyze(&variants, map, cmap, out),
-            Command::Overlay { variants, map, cmap } => self.overlays(&variants, map, cmap, out),
+            Command::Analyze { variants, map, cmap, opacity } => self.analyze(&variants, map, cmap, opacity, out),
+            Command::Overlay { variants, map, cmap, opacity } => self.overlays(&variants, map, cmap, opacity, out),
             Command::Benchmark { variants, cfg } => self.benchmark(&variants, &cfg, out, cancel),
             Command::ExportCsv { path, results } => {
                 out.send(Reply::Busy(format!("writing {}", path.display())));
@@ -345,6 +356,8 @@ impl State {
         self.next_image_id += 1;
         self.image = Some((id, Arc::new(img)));
         self.attentions.clear();
+        self.maps.clear();
+        self.top1.clear();
         out.send(Reply::ImageLoaded {
             image_id: id,
             name,
@@ -388,6 +401,8 @@ impl State {
         };
         self.variants.clear();
         self.attentions.clear();
+        self.maps.clear();
+        self.top1.clear();
         self.variants.insert(model.variant, model.clone());
         self.source = Some(model);
         self.spec = Some(spec.to_string());
@@ -405,7 +420,7 @@ impl State {
         Ok(&self.variants[&v])
     }
 
-    fn analyze(&mut self, variants: &[Variant], map: AttentionMap, cmap: Colormap, out: &Out) -> Result<()> {
+    fn analyze(&mut self, variants: &[Variant], map: Request, cmap: Colormap, opacity: f32, out: &Out) -> Result<()> {
         let Some((image_id, img)) = self.image.clone() else { bail!("no image is open") };
         for &v in variants {
             let model = self.variant(v, out)?;
@@ -417,32 +432,63 @@ impl State {
             let ms = t.elapsed().as_secs_f64() * 1000.0;
             let logits = fwd.logits.flatten_all()?.to_vec1::<f32>()?;
             let att = Attentions::from_tensors(fwd.attentions.as_deref().unwrap_or_default(), 0)?;
+            self.top1.insert(v, top5[0].index);
             out.send(Reply::Classified { image_id, variant: v, top5, logits, ms });
             self.attentions.insert(v, (image_id, att));
+            self.input = Some((image_id, x));
         }
-        self.overlays(variants, map, cmap, out)
+        self.overlays(variants, map, cmap, opacity, out)
     }
 
-    fn overlays(&mut self, variants: &[Variant], map: AttentionMap, cmap: Colormap, out: &Out) -> Result<()> {
+    fn overlays(&mut self, variants: &[Variant], map: Request, cmap: Colormap, opacity: f32, out: &Out) -> Result<()> {
         let Some((image_id, img)) = self.image.clone() else { return Ok(()) };
-        let prefix = self.source.as_ref().map(|m| m.config.num_prefix_tokens()).unwrap_or(1);
+        let Some(source) = self.source.as_ref() else { return Ok(()) };
+        let prefix = source.config.num_prefix_tokens();
         let (w, h) = img.dimensions();
         let s = (DISPLAY_MAX_SIDE as f64 / w.max(h) as f64).min(1.0);
         let (ow, oh) = (((w as f64 * s).round() as usize).max(1), ((h as f64 * s).round() as usize).max(1));
-        for v in variants {
-            let Some((id, att)) = self.attentions.get(v) else { continue };
+        // What the model saw, in the displayed copy's pixels: the map covers it, the rest is dimmed.
+        let region = source.recipe.seen_region(w, h)?.scaled(ow as f64 / w as f64, oh as f64 / h as f64);
+        for &v in variants {
+            let Some((id, _)) = self.attentions.get(&v) else { continue };
             if *id != image_id {
                 continue;
             }
-            let heat = heatmap(att, prefix, map)?;
-            let rgba = colorize(&heat, ow, oh, cmap);
+            let heat = match self.maps.get(&v) {
+                Some((id, m, heat)) if *id == image_id && *m == map => heat.clone(),
+                _ => {
+                    let heat = self.heatmap(v, image_id, map, prefix, out)?;
+                    self.maps.insert(v, (image_id, map, heat.clone()));
+                    heat
+                }
+            };
+            let rgba = overlay_layer(&heat, region, ow, oh, cmap, opacity);
             out.send(Reply::Overlay {
                 image_id,
-                variant: *v,
+                variant: v,
                 rgba: Rgba { width: ow, height: oh, pixels: Arc::new(rgba) },
             });
         }
         Ok(())
+    }
+
+    fn heatmap(&mut self, v: Variant, image_id: u64, map: Request, prefix: usize, out: &Out) -> Result<Heatmap> {
+        match map {
+            Request::Attention(m) => heatmap(&self.attentions[&v].1, prefix, m),
+            Request::Attribution { class } => {
+                let x = match &self.input {
+                    Some((id, x)) if *id == image_id => x.to_device(&candle_core::Device::Cpu)?,
+                    _ => bail!("the image has not been classified yet"),
+                };
+                let class = class.or_else(|| self.top1.get(&v).copied()).context("no class to explain")?;
+                out.send(Reply::Busy(format!("attribution for class {class} ({v})")));
+                let model = self.variant(v, out)?;
+                if !model.device.is_cpu() {
+                    bail!("attribution needs the model on the CPU; choose Rollout or Raw on {:?}", model.device);
+                }
+                grid_heatmap(&attribution(model, &x, class)?.row, prefix)
+            }
+        }
     }
 
     fn benchmark(&mut self, variants: &[Variant], cfg: &BenchConfig, out: &Out, cancel: &AtomicBool) -> Result<()> {
