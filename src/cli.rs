@@ -600,18 +600,13 @@ fn compare(hub: &Hub, images: &[PathBuf], model_spec: &str, variants: &str, json
 
 /// Files named directly, and the image files inside named folders (sorted).
 pub fn expand_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    const EXT: [&str; 8] = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"];
     let mut out = Vec::new();
     for p in paths {
         if p.is_dir() {
             let mut found: Vec<PathBuf> = std::fs::read_dir(p)
                 .with_context(|| format!("cannot list {}", p.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| {
-                    f.extension()
-                        .and_then(|e| e.to_str())
-                        .is_some_and(|e| EXT.contains(&e.to_ascii_lowercase().as_str()))
-                })
+                .filter(|f| crate::preprocess::has_image_extension(f))
                 .collect();
             found.sort();
             if found.is_empty() {
@@ -635,11 +630,12 @@ fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
     let device = device_from_name(&a.device)?;
     let cfg = BenchConfig {
         warmup: a.warmup,
-        min_runs: a.runs.max(1),
-        min_seconds: a.min_seconds.max(0.0),
-        max_runs: a.max_runs.max(1),
+        min_runs: a.runs,
+        min_seconds: a.min_seconds,
+        max_runs: a.max_runs,
         batch: a.batch,
-    };
+    }
+    .clamped();
     let input = if a.images.is_empty() {
         BenchInput::Synthetic
     } else {

@@ -397,6 +397,17 @@ fn limits() -> Limits {
     l
 }
 
+/// File extensions of the formats we decode (lower case): the CLI's folder listing and the
+/// window's open dialog both use this list.
+pub const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"];
+
+/// Whether `path` names a file of a format we decode, by its extension (any case).
+pub fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
 /// Decodes an image file (JPEG, PNG, WebP, BMP, GIF first frame, TIFF), applies its EXIF
 /// orientation and converts it to RGB as PIL's `convert("RGB")` does.
 pub fn load_image(path: &Path) -> Result<RgbImage> {

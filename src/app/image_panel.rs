@@ -9,13 +9,13 @@ use crate::explain::{Colormap, HeadFusion};
 pub struct ImagePanel;
 
 impl ImagePanel {
-    pub fn ui(&mut self, ui: &mut Ui, state: &mut AppState, hovering: bool, actions: &mut Vec<Action>) {
+    pub fn ui(&mut self, ui: &mut Ui, state: &AppState, hovering: bool, actions: &mut Vec<Action>) {
         self.overlay_controls(ui, state, actions);
         ui.separator();
-        let avail = ui.available_size();
+        let avail = ui.available_size().max(Vec2::ZERO);
         let (rect, _) = ui.allocate_exact_size(avail, Sense::hover());
         let painter = ui.painter_at(rect);
-        let variants = state.settings.active_variants();
+        let variants = state.active_variants();
         match &state.image {
             None => {
                 painter.text(
@@ -28,18 +28,20 @@ impl ImagePanel {
             }
             Some(img) => {
                 // Side by side when comparing overlays, one image otherwise.
-                let panes: Vec<_> = if state.settings.compare.is_some() && state.settings.overlay.enabled {
+                let panes: Vec<_> = if variants.len() > 1 && state.settings.overlay.enabled {
                     variants.clone()
                 } else {
                     vec![variants[0]]
                 };
                 let n = panes.len() as f32;
                 let gap = 8.0;
-                let pane_w = (rect.width() - gap * (n - 1.0)) / n;
+                let pane_w = ((rect.width() - gap * (n - 1.0)) / n).max(0.0);
+                // The bottom row holds the caption and the colour legend.
+                let pane_h = (rect.height() - CAPTION_HEIGHT).max(0.0);
                 for (i, v) in panes.iter().enumerate() {
                     let pane = Rect::from_min_size(
                         pos2(rect.left() + i as f32 * (pane_w + gap), rect.top()),
-                        Vec2::new(pane_w, rect.height() - 24.0),
+                        Vec2::new(pane_w, pane_h),
                     );
                     let fit = fit_rect(pane, img.width as f32, img.height as f32);
                     let uv = Rect::from_min_max(pos2(0.0, 0.0), pos2(1.0, 1.0));
@@ -59,23 +61,41 @@ impl ImagePanel {
                         );
                     }
                 }
+                let legend_w = if state.settings.overlay.enabled { LEGEND_WIDTH } else { 0.0 };
                 let caption = format!("{}  ({}x{})", img.name, img.width, img.height);
-                painter.text(
-                    pos2(rect.left(), rect.bottom() - 18.0),
-                    egui::Align2::LEFT_TOP,
-                    caption,
-                    egui::FontId::proportional(12.0),
-                    ui.visuals().weak_text_color(),
+                let caption_font = egui::FontId::proportional(12.0);
+                let caption_color = ui.visuals().weak_text_color();
+                // Cut the caption (from the left: the file name is at the end) to what the legend leaves.
+                let galley = ui.painter().layout(
+                    elide_left(ui, &caption, &caption_font, (rect.width() - legend_w - 8.0).max(0.0)),
+                    caption_font,
+                    caption_color,
+                    f32::INFINITY,
                 );
-                if state.settings.overlay.enabled {
+                painter.galley(pos2(rect.left(), rect.bottom() - CAPTION_HEIGHT + 4.0), galley, caption_color);
+                if state.settings.overlay.enabled && rect.width() >= LEGEND_WIDTH {
                     legend(
                         &painter,
-                        Rect::from_min_size(pos2(rect.right() - 240.0, rect.bottom() - 20.0), Vec2::new(200.0, 12.0)),
+                        Rect::from_min_size(
+                            pos2(rect.right() - LEGEND_WIDTH + 36.0, rect.bottom() - CAPTION_HEIGHT + 5.0),
+                            Vec2::new(LEGEND_WIDTH - 72.0, 12.0),
+                        ),
                         state.settings.overlay.cmap,
                         ui.visuals().text_color(),
                     );
                 }
             }
+        }
+        if let Some(name) = &state.decoding {
+            // Large images take seconds to decode; the old one stays until the new one is in.
+            let text = format!("decoding {name}…");
+            let font = egui::FontId::proportional(16.0);
+            let galley = ui.painter().layout_no_wrap(text, font, Color32::WHITE);
+            let r = Rect::from_center_size(rect.center(), galley.size() + Vec2::new(48.0, 16.0));
+            painter.rect_filled(r, 6.0, Color32::from_black_alpha(190));
+            painter.galley(pos2(r.left() + 36.0, r.top() + 8.0), galley, Color32::WHITE);
+            let spin = Rect::from_center_size(pos2(r.left() + 18.0, r.center().y), Vec2::splat(16.0));
+            ui.put(spin, egui::Spinner::new().color(Color32::WHITE));
         }
         if hovering {
             painter.rect_filled(rect, 8.0, Color32::from_rgba_unmultiplied(40, 120, 255, 60));
@@ -95,10 +115,9 @@ impl ImagePanel {
         }
     }
 
-    fn overlay_controls(&mut self, ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
-        let before = state.settings.overlay.clone();
-        let class_text = explained_class(state);
-        let o = &mut state.settings.overlay;
+    fn overlay_controls(&mut self, ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
+        // The panel edits a copy; the app applies it (and decides whether maps are recomputed).
+        let mut o = state.settings.overlay.clone();
         ui.horizontal_wrapped(|ui| {
             ui.checkbox(&mut o.enabled, "Attention overlay");
             ui.add_enabled_ui(o.enabled, |ui| {
@@ -106,49 +125,80 @@ impl ImagePanel {
                     .on_hover_text("what in the image speaks for a class (Chefer et al. 2021)");
                 ui.selectable_value(&mut o.mode, OverlayMode::Rollout, "Rollout");
                 ui.selectable_value(&mut o.mode, OverlayMode::Raw, "Raw layer/head");
+                ui.separator();
                 match o.mode {
                     OverlayMode::Attribution => {
-                        ui.label(&class_text).on_hover_text("click a class in the top-5 list to explain it");
+                        ui.label(explained_class(state)).on_hover_text("click a class in the top-5 list to explain it");
                     }
                     OverlayMode::Rollout => {
-                        egui::ComboBox::from_label("head fusion")
+                        let label = ui.label("head fusion");
+                        egui::ComboBox::from_id_salt("head fusion")
                             .selected_text(format!("{:?}", o.fusion))
-                            .width(70.0)
+                            .width(60.0)
                             .show_ui(ui, |ui| {
                                 for f in [HeadFusion::Mean, HeadFusion::Max, HeadFusion::Min] {
                                     ui.selectable_value(&mut o.fusion, f, format!("{f:?}"));
                                 }
-                            });
-                        ui.add(egui::Slider::new(&mut o.discard_ratio, 0.0..=0.99).text("discard"));
+                            })
+                            .response
+                            .labelled_by(label.id);
+                        let label = ui.label("discard");
+                        ui.add(egui::Slider::new(&mut o.discard_ratio, 0.0..=0.99).fixed_decimals(2))
+                            .labelled_by(label.id)
+                            .on_hover_text("share of the weakest attention dropped before rolling out");
                     }
                     OverlayMode::Raw => {
                         let (depth, heads) = state.model.as_ref().map_or((12, 12), |m| (m.depth, m.heads));
                         o.layer = o.layer.min(depth.saturating_sub(1));
-                        ui.add(egui::Slider::new(&mut o.layer, 0..=depth.saturating_sub(1)).text("layer"));
+                        let label = ui.label("layer");
+                        ui.add(egui::Slider::new(&mut o.layer, 0..=depth.saturating_sub(1))).labelled_by(label.id);
                         let mut head = o.head.map_or(-1i64, |h| h as i64);
-                        ui.add(egui::Slider::new(&mut head, -1..=heads as i64 - 1).text("head (-1: mean)"));
+                        let label = ui.label("head");
+                        ui.add(egui::Slider::new(&mut head, -1..=heads as i64 - 1))
+                            .labelled_by(label.id)
+                            .on_hover_text("-1: the mean of the heads");
                         o.head = (head >= 0).then_some(head as usize);
                     }
                 }
-                ui.add(egui::Slider::new(&mut o.opacity, 0.0..=1.0).text("opacity"));
+                ui.separator();
+                let label = ui.label("opacity");
+                ui.add(egui::Slider::new(&mut o.opacity, 0.0..=1.0).fixed_decimals(2)).labelled_by(label.id);
                 for c in [Colormap::Inferno, Colormap::Viridis] {
                     ui.selectable_value(&mut o.cmap, c, c.name());
                 }
             });
         });
-        let after = &state.settings.overlay;
-        // The on/off switch is applied when drawing; the rest needs new layers (the worker keeps
-        // the last map, so opacity and colormap changes only redraw it).
-        let restyled = after.cmap != before.cmap || after.opacity != before.opacity;
-        if after.enabled && (after.map() != before.map() || restyled || !before.enabled) {
-            actions.push(Action::RecomputeOverlay);
+        if o != state.settings.overlay {
+            actions.push(Action::SetOverlay(o));
         }
     }
 }
 
+/// Height of the row under the images: caption and colour legend.
+const CAPTION_HEIGHT: f32 = 22.0;
+/// Width the colour legend takes, its "low" and "high" labels included.
+const LEGEND_WIDTH: f32 = 240.0;
+
+/// `text` cut from the left with "…" so it fits `width` in `font`.
+fn elide_left(ui: &Ui, text: &str, font: &egui::FontId, width: f32) -> String {
+    let fits = |t: &str| ui.painter().layout_no_wrap(t.to_string(), font.clone(), Color32::WHITE).size().x <= width;
+    if fits(text) {
+        return text.to_string();
+    }
+    let chars: Vec<char> = text.chars().collect();
+    let cut = |start: usize| -> String { std::iter::once('…').chain(chars[start..].iter().copied()).collect() };
+    // The fewest characters dropped that make it fit (fitting only gets easier as more go).
+    let (mut lo, mut hi) = (1, chars.len());
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if fits(&cut(mid)) { hi = mid } else { lo = mid + 1 }
+    }
+    cut(lo)
+}
+
 /// Which class the attribution explains, as a label.
 fn explained_class(state: &AppState) -> String {
-    let top = state.result(state.settings.active_variants()[0]).map(|r| &r.top5);
+    let top = state.result(state.primary()).map(|r| &r.top5);
     match (state.settings.overlay.class, top) {
         (Some(k), t) => {
             let p = t.and_then(|t| t.iter().find(|p| p.index == k));

@@ -34,6 +34,29 @@ pub enum ImageSource {
     },
 }
 
+impl ImageSource {
+    /// How the image is named to the user.
+    pub fn name(&self) -> String {
+        match self {
+            ImageSource::Path(p) => p.display().to_string(),
+            ImageSource::Bytes { name, .. } => name.clone(),
+        }
+    }
+}
+
+/// What a command (and so its error) is about; an error notice goes away when the same kind
+/// of thing next succeeds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topic {
+    Image,
+    Model,
+    /// Classification and overlays.
+    Analysis,
+    Benchmark,
+    Export,
+    Other,
+}
+
 #[derive(Clone, Debug)]
 pub enum Command {
     OpenImage(ImageSource),
@@ -80,6 +103,17 @@ impl Command {
             Command::Crash => 6,
         }
     }
+
+    fn topic(&self) -> Topic {
+        match self {
+            Command::OpenImage(_) => Topic::Image,
+            Command::SetModel { .. } => Topic::Model,
+            Command::Analyze { .. } | Command::Overlay { .. } => Topic::Analysis,
+            Command::Benchmark { .. } => Topic::Benchmark,
+            Command::ExportCsv { .. } => Topic::Export,
+            Command::Crash => Topic::Other,
+        }
+    }
 }
 
 /// What a loaded model looks like, for display.
@@ -117,6 +151,8 @@ pub enum Reply {
     ImageLoaded {
         image_id: u64,
         name: String,
+        /// The file it came from (not for dropped bytes or the sample).
+        path: Option<PathBuf>,
         display: Rgba,
         width: u32,
         height: u32,
@@ -149,6 +185,7 @@ pub enum Reply {
     /// `what` failed (one line naming the file or model), the previous state is kept.
     Error {
         what: String,
+        about: Topic,
         message: String,
     },
 }
@@ -192,7 +229,7 @@ pub fn spawn(hub: Hub, wake: impl Fn() + Send + 'static) -> WorkerHandle {
                             if msg.contains("cancelled") {
                                 out.send(Reply::Cancelled(msg));
                             } else {
-                                out.send(Reply::Error { what: describe(&cmd), message: msg });
+                                out.send(Reply::Error { what: describe(&cmd), about: cmd.topic(), message: msg });
                             }
                         }
                         Err(panic) => {
@@ -207,6 +244,7 @@ pub fn spawn(hub: Hub, wake: impl Fn() + Send + 'static) -> WorkerHandle {
                             } else {
                                 out.send(Reply::Error {
                                     what: describe(&cmd),
+                                    about: cmd.topic(),
                                     message: format!("internal error, the worker restarted: {msg}"),
                                 });
                                 // Start over: no model or cache survives a panic. The decoded
@@ -339,6 +377,8 @@ impl State {
     }
 
     fn open_image(&mut self, src: ImageSource, out: &Out) -> Result<()> {
+        // Large images take seconds to decode: say so.
+        out.send(Reply::Busy(format!("decoding {}", src.name())));
         let (name, img) = match &src {
             ImageSource::Path(p) => (p.display().to_string(), crate::preprocess::load_image(p)?),
             ImageSource::Bytes { name, bytes } => (name.clone(), crate::preprocess::decode_image(bytes)?),
@@ -361,6 +401,10 @@ impl State {
         out.send(Reply::ImageLoaded {
             image_id: id,
             name,
+            path: match src {
+                ImageSource::Path(p) => Some(p),
+                ImageSource::Bytes { .. } => None,
+            },
             display: Rgba { width: shown.width() as usize, height: shown.height() as usize, pixels: Arc::new(rgba) },
             width: w,
             height: h,
