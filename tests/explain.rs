@@ -450,3 +450,39 @@ fn the_window_overlay_covers_only_the_seen_region_and_follows_the_clicked_class(
     assert_ne!(cup.pixels, top1.pixels, "the clicked class does not change the map");
     assert_eq!(&cup.pixels[..4], &[0, 0, 0, dim]);
 }
+
+#[test]
+fn clicking_a_top5_class_in_the_window_explains_that_class() {
+    use egui_kittest::Harness;
+    use egui_kittest::kittest::Queryable;
+    use vit_workbench::app::state::{OverlayMode, Settings};
+    use vit_workbench::app::{GuiOptions, WorkbenchApp};
+    let settings = Settings { model: fixture("timm_vit").display().to_string(), compare: None, ..Settings::default() };
+    let app = WorkbenchApp::new(settings, &GuiOptions { offline: true, ..Default::default() });
+    let mut h = Harness::builder()
+        .with_size(egui::Vec2::new(1280.0, 820.0))
+        .build_ui_state(|ui, app: &mut WorkbenchApp| app.show(ui), app);
+    let start = std::time::Instant::now();
+    let mut wait = |h: &mut Harness<'static, WorkbenchApp>, what: &str, done: &dyn Fn(&WorkbenchApp) -> bool| {
+        while !done(h.state()) {
+            assert!(start.elapsed().as_secs() < 60, "timed out waiting for {what}: {:?}", h.state().state.notices);
+            h.step();
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        h.step();
+    };
+    // Attribution is the default overlay, for the top-1.
+    wait(&mut h, "the first overlay", &|a| a.state.overlays.contains_key(&Variant::Fp32));
+    let o = &h.state().state.settings.overlay;
+    assert_eq!((o.mode, o.class), (OverlayMode::Attribution, None));
+    let top5 = h.state().state.result(Variant::Fp32).unwrap().top5.clone();
+    let first = h.state().state.overlays[&Variant::Fp32].id();
+    // Click the second class: it becomes the explained one and a new map arrives.
+    h.get_by_label(&top5[1].label).click();
+    h.step();
+    assert_eq!(h.state().state.settings.overlay.class, Some(top5[1].index));
+    wait(&mut h, "the second class's overlay", &|a| {
+        a.state.overlays.get(&Variant::Fp32).is_some_and(|t| t.id() != first)
+    });
+    assert!(h.state().state.notices.iter().all(|n| n.level != vit_workbench::app::state::Level::Error));
+}
