@@ -386,6 +386,9 @@ fn explain_outputs(images: &[PathBuf], out: &std::path::Path, method: ExplainMet
         crate::fsutil::check_writable(out)?;
         vec![out.to_path_buf()]
     } else {
+        if out.exists() && !out.is_dir() {
+            anyhow::bail!("--out {} is a file, not a folder: give a .png file name or a folder", out.display());
+        }
         if out.extension().is_some() && !out.is_dir() {
             anyhow::bail!("--out {}: expected a .png file or a folder", out.display());
         }

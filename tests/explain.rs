@@ -295,6 +295,10 @@ fn explain_refuses_bad_requests_with_one_line_errors() {
     let i = img.to_str().unwrap();
     let png = dir.path().join("out.png");
     let o = png.to_str().unwrap();
+    let image_bytes = std::fs::read(&img).unwrap();
+    let plain_file = dir.path().join("notes");
+    std::fs::write(&plain_file, "mine").unwrap();
+    let plain = plain_file.display().to_string();
     let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
         (vec!["explain", i, "--model", m, "--class", "10", "--out", o], vec!["--class 10", "10 classes"]),
         (vec!["explain", i, "--model", m, "--method", "rollout", "--class", "1", "--out", o], vec!["--class"]),
@@ -307,6 +311,7 @@ fn explain_refuses_bad_requests_with_one_line_errors() {
         (vec!["explain", i, "--model", m, "--out", "/nonexistent/dir/x.png"], vec!["/nonexistent/dir"]),
         (vec!["explain", i, "--model", m, "--out", "/tmp/x.jpg"], vec!["/tmp/x.jpg", ".png"]),
         (vec!["explain", i, "--model", m, "--out", i], vec!["refusing to overwrite"]),
+        (vec!["explain", i, "--model", m, "--out", plain.as_str()], vec!["is a file, not a folder"]),
         (vec!["explain", "/nonexistent/cat.png", "--model", m, "--out", o], vec!["/nonexistent/cat.png"]),
         (vec!["explain", i, "--model", m, "--opacity", "2", "--out", o], vec!["--opacity"]),
     ];
@@ -316,8 +321,9 @@ fn explain_refuses_bad_requests_with_one_line_errors() {
         assert_one_line_error(&err, &needles);
     }
     assert!(!png.exists(), "a failed explain left a file");
-    // The input image is untouched by the refused overwrite.
-    assert_eq!(std::fs::read(&img).unwrap().len(), std::fs::metadata(&img).unwrap().len() as usize);
+    // The input image and the user's file are untouched by the refused writes.
+    assert_eq!(std::fs::read(&img).unwrap(), image_bytes);
+    assert_eq!(std::fs::read_to_string(&plain_file).unwrap(), "mine");
 }
 
 #[test]
@@ -463,7 +469,7 @@ fn clicking_a_top5_class_in_the_window_explains_that_class() {
         .with_size(egui::Vec2::new(1280.0, 820.0))
         .build_ui_state(|ui, app: &mut WorkbenchApp| app.show(ui), app);
     let start = std::time::Instant::now();
-    let mut wait = |h: &mut Harness<'static, WorkbenchApp>, what: &str, done: &dyn Fn(&WorkbenchApp) -> bool| {
+    let wait = |h: &mut Harness<'static, WorkbenchApp>, what: &str, done: &dyn Fn(&WorkbenchApp) -> bool| {
         while !done(h.state()) {
             assert!(start.elapsed().as_secs() < 60, "timed out waiting for {what}: {:?}", h.state().state.notices);
             h.step();
