@@ -294,8 +294,6 @@ pub fn compose(img: &RgbImage, layer: &[u8]) -> RgbImage {
 /// The overlay's opacity and colormap when nothing else is chosen (the window's defaults too).
 pub const DEFAULT_OPACITY: f32 = 0.6;
 pub const DEFAULT_COLORMAP: Colormap = Colormap::Inferno;
-/// Rollout's defaults: jacobgil/vit-explain's recommendation, max fusion with 90% discarded.
-pub const DEFAULT_ROLLOUT: AttentionMap = AttentionMap::Rollout { fusion: HeadFusion::Max, discard_ratio: 0.9 };
 
 /// What to explain an image with.
 #[derive(Clone, Copy, Debug, PartialEq)]
