@@ -2,7 +2,9 @@
 //! p90), and the latest p50 latency and file size of every (model, variant) measured.
 
 use egui::{Color32, Stroke, Ui, Vec2};
-use egui_plot::{Bar, BarChart, GridInput, GridMark, HoverPosition, Line, LineStyle, Plot, PlotPoints, Points};
+use egui_plot::{
+    AxisHints, Bar, BarChart, GridInput, GridMark, HoverPosition, Line, LineStyle, Plot, PlotPoints, Points,
+};
 
 use super::Action;
 use super::state::AppState;
@@ -25,23 +27,39 @@ const TITLE_HEIGHT: f32 = 20.0;
 impl ChartPanel {
     pub fn ui(&mut self, ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
         self.options(ui, state, actions);
+        if state.bench.live.is_empty() && state.bench.results.is_empty() {
+            // Empty axes would show made-up ranges; say what will appear here instead.
+            ui.centered_and_justified(|ui| {
+                ui.weak(
+                    "Run a benchmark: latency of every timed run, p50 latency and file size per variant appear here.",
+                )
+            });
+            return;
+        }
         let latest = state.bench.latest();
         let models = model_keys(&latest);
         let h = (ui.available_height() - TITLE_HEIGHT - 4.0).max(60.0);
         let w = ui.available_width();
+        // Between the three columns: a gap, plus the item spacing around each added gap.
         let gap = 12.0;
-        let live_w = ((w - 2.0 * gap) * 0.44).max(120.0);
-        let bar_w = ((w - 2.0 * gap - live_w) / 2.0).max(100.0);
+        let spaces = 2.0 * gap + 4.0 * ui.spacing().item_spacing.x;
+        let live_w = ((w - spaces) * 0.44).max(120.0);
+        let bar_w = ((w - spaces - live_w) / 2.0).max(100.0);
         ui.horizontal_top(|ui| {
-            ui.allocate_ui(Vec2::new(live_w, h + TITLE_HEIGHT), |ui| live_plot(ui, state, h));
+            let column = |ui: &mut Ui, w: f32, add: &mut dyn FnMut(&mut Ui)| {
+                let layout = egui::Layout::top_down(egui::Align::LEFT);
+                ui.allocate_ui_with_layout(Vec2::new(w, h + TITLE_HEIGHT), layout, |ui| {
+                    ui.set_width(w);
+                    add(ui)
+                });
+            };
+            column(ui, live_w, &mut |ui| live_plot(ui, state, h));
             ui.add_space(gap);
-            ui.allocate_ui(Vec2::new(bar_w, h + TITLE_HEIGHT), |ui| {
+            column(ui, bar_w, &mut |ui| {
                 bar_plot(ui, "p50_latency", "p50 latency", &latest, &models, h, Measure::Latency)
             });
             ui.add_space(gap);
-            ui.allocate_ui(Vec2::new(bar_w, h + TITLE_HEIGHT), |ui| {
-                bar_plot(ui, "file_size", "file size", &latest, &models, h, Measure::Size)
-            });
+            column(ui, bar_w, &mut |ui| bar_plot(ui, "file_size", "file size", &latest, &models, h, Measure::Size));
         });
     }
 
@@ -101,8 +119,11 @@ impl ChartPanel {
 /// Samples as dots, the running median as a solid line and the running p90 dashed, one colour
 /// per variant; the legend sits above the plot, not over the data.
 fn live_plot(ui: &mut Ui, state: &AppState, h: f32) {
+    let roomy = ui.available_width() >= 420.0;
     ui.horizontal(|ui| {
-        ui.label(egui::RichText::new("latency per timed run").strong());
+        if roomy {
+            ui.label(egui::RichText::new("latency per run").strong());
+        }
         for v in state.bench.live.keys() {
             swatch(ui, color(*v), false);
             ui.label(v.name());
@@ -117,6 +138,7 @@ fn live_plot(ui: &mut Ui, state: &AppState, h: f32) {
     });
     let max_run = state.bench.live.values().map(|s| s.len()).max().unwrap_or(0).max(1) as f64;
     Plot::new("latency_over_runs")
+        .width(ui.available_width())
         .height(h)
         .include_x(0.0)
         .include_x(max_run)
@@ -210,11 +232,15 @@ fn bar_plot(
         })
         .collect();
     let unit = if measure == Measure::Latency { "ms" } else { "MB" };
+    // Room to the right of the longest bar, so it never runs into the edge.
+    let longest = bars.iter().map(|b| b.value).fold(0.0, f64::max);
     let n = latest.len();
     let names_axis = names.clone();
     Plot::new(id)
+        .width(ui.available_width())
         .height(h)
         .include_x(0.0)
+        .include_x(longest * 1.12)
         .include_y(0.5)
         .include_y(-(n.max(1) as f64) + 0.5)
         .allow_scroll(false)
@@ -229,14 +255,19 @@ fn bar_plot(
                 .collect()
         })
         .x_axis_formatter(move |m, _| if m.value >= 0.0 { format!("{} {unit}", trim(m.value)) } else { String::new() })
-        .y_axis_formatter(move |m, _| {
-            let i = (-m.value).round();
-            if (m.value + i).abs() < 1e-6 && i >= 0.0 {
-                names_axis.get(i as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
+        .custom_y_axes(vec![
+            // Bars sit 1 unit apart: name every one of them, however short the plot.
+            AxisHints::new_y().label_spacing(8.0..=10.0).tick_label_font(egui::FontId::proportional(11.0)).formatter(
+                move |m, _| {
+                    let i = (-m.value).round();
+                    if (m.value + i).abs() < 1e-6 && i >= 0.0 {
+                        names_axis.get(i as usize).cloned().unwrap_or_default()
+                    } else {
+                        String::new()
+                    }
+                },
+            ),
+        ])
         .label_formatter(|_| None)
         .show(ui, |plot| {
             if !bars.is_empty() {

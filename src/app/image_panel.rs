@@ -10,10 +10,13 @@ pub struct ImagePanel;
 
 impl ImagePanel {
     pub fn ui(&mut self, ui: &mut Ui, state: &AppState, hovering: bool, actions: &mut Vec<Action>) {
+        // The panel's own rect: the image area never grows past it, whatever the controls do.
+        let full = ui.max_rect();
         self.overlay_controls(ui, state, actions);
         ui.separator();
-        let avail = ui.available_size().max(Vec2::ZERO);
-        let (rect, _) = ui.allocate_exact_size(avail, Sense::hover());
+        let top = ui.cursor().top().min(full.bottom());
+        let rect = Rect::from_min_max(pos2(full.left(), top), full.max);
+        ui.allocate_rect(rect, Sense::hover());
         let painter = ui.painter_at(rect);
         let variants = state.active_variants();
         match &state.image {
@@ -118,20 +121,27 @@ impl ImagePanel {
     fn overlay_controls(&mut self, ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
         // The panel edits a copy; the app applies it (and decides whether maps are recomputed).
         let mut o = state.settings.overlay.clone();
+        // Flat widgets (no nested groups) so the row wraps between them at any width.
         ui.horizontal_wrapped(|ui| {
             ui.checkbox(&mut o.enabled, "Attention overlay");
-            ui.add_enabled_ui(o.enabled, |ui| {
-                ui.selectable_value(&mut o.mode, OverlayMode::Attribution, "Attribution")
-                    .on_hover_text("what in the image speaks for a class (Chefer et al. 2021)");
-                ui.selectable_value(&mut o.mode, OverlayMode::Rollout, "Rollout");
-                ui.selectable_value(&mut o.mode, OverlayMode::Raw, "Raw layer/head");
-                ui.separator();
-                match o.mode {
-                    OverlayMode::Attribution => {
-                        ui.label(explained_class(state)).on_hover_text("click a class in the top-5 list to explain it");
-                    }
-                    OverlayMode::Rollout => {
-                        let label = ui.label("head fusion");
+            let on = o.enabled;
+            let modes =
+                [(OverlayMode::Attribution, "Attribution"), (OverlayMode::Rollout, "Rollout"), (OverlayMode::Raw, "Raw layer/head")];
+            for (mode, text) in modes {
+                if ui.add_enabled(on, egui::Button::selectable(o.mode == mode, text)).clicked() {
+                    o.mode = mode;
+                }
+            }
+            ui.separator();
+            match o.mode {
+                OverlayMode::Attribution => {
+                    ui.add_enabled(on, egui::Label::new(explained_class(state)))
+                        .on_hover_text("what in the image speaks for this class (Chefer et al. 2021); click a class in the top-5 list to explain it");
+                }
+                OverlayMode::Rollout => {
+                    keep_together(ui, 150.0);
+                    let label = ui.add_enabled(on, egui::Label::new("head fusion").extend());
+                    ui.add_enabled_ui(on, |ui| {
                         egui::ComboBox::from_id_salt("head fusion")
                             .selected_text(format!("{:?}", o.fusion))
                             .width(60.0)
@@ -142,35 +152,51 @@ impl ImagePanel {
                             })
                             .response
                             .labelled_by(label.id);
-                        let label = ui.label("discard");
-                        ui.add(egui::Slider::new(&mut o.discard_ratio, 0.0..=0.99).fixed_decimals(2))
-                            .labelled_by(label.id)
-                            .on_hover_text("share of the weakest attention dropped before rolling out");
-                    }
-                    OverlayMode::Raw => {
-                        let (depth, heads) = state.model.as_ref().map_or((12, 12), |m| (m.depth, m.heads));
-                        o.layer = o.layer.min(depth.saturating_sub(1));
-                        let label = ui.label("layer");
-                        ui.add(egui::Slider::new(&mut o.layer, 0..=depth.saturating_sub(1))).labelled_by(label.id);
-                        let mut head = o.head.map_or(-1i64, |h| h as i64);
-                        let label = ui.label("head");
-                        ui.add(egui::Slider::new(&mut head, -1..=heads as i64 - 1))
-                            .labelled_by(label.id)
-                            .on_hover_text("-1: the mean of the heads");
-                        o.head = (head >= 0).then_some(head as usize);
-                    }
+                    });
+                    keep_together(ui, 230.0);
+                    let label = ui.add_enabled(on, egui::Label::new("discard").extend());
+                    ui.add_enabled(on, egui::Slider::new(&mut o.discard_ratio, 0.0..=0.99).fixed_decimals(2))
+                        .labelled_by(label.id)
+                        .on_hover_text("share of the weakest attention dropped before rolling out");
                 }
-                ui.separator();
-                let label = ui.label("opacity");
-                ui.add(egui::Slider::new(&mut o.opacity, 0.0..=1.0).fixed_decimals(2)).labelled_by(label.id);
-                for c in [Colormap::Inferno, Colormap::Viridis] {
-                    ui.selectable_value(&mut o.cmap, c, c.name());
+                OverlayMode::Raw => {
+                    let (depth, heads) = state.model.as_ref().map_or((12, 12), |m| (m.depth, m.heads));
+                    o.layer = o.layer.min(depth.saturating_sub(1));
+                    keep_together(ui, 220.0);
+                    let label = ui.add_enabled(on, egui::Label::new("layer").extend());
+                    ui.add_enabled(on, egui::Slider::new(&mut o.layer, 0..=depth.saturating_sub(1)))
+                        .labelled_by(label.id);
+                    let mut head = o.head.map_or(-1i64, |h| h as i64);
+                    keep_together(ui, 220.0);
+                    let label = ui.add_enabled(on, egui::Label::new("head").extend());
+                    ui.add_enabled(on, egui::Slider::new(&mut head, -1..=heads as i64 - 1))
+                        .labelled_by(label.id)
+                        .on_hover_text("-1: the mean of the heads");
+                    o.head = (head >= 0).then_some(head as usize);
                 }
-            });
+            }
+            ui.separator();
+            keep_together(ui, 230.0);
+            let label = ui.add_enabled(on, egui::Label::new("opacity").extend());
+            ui.add_enabled(on, egui::Slider::new(&mut o.opacity, 0.0..=1.0).fixed_decimals(2)).labelled_by(label.id);
+            keep_together(ui, 130.0);
+            for c in [Colormap::Inferno, Colormap::Viridis] {
+                if ui.add_enabled(on, egui::Button::selectable(o.cmap == c, c.name())).clicked() {
+                    o.cmap = c;
+                }
+            }
         });
         if o != state.settings.overlay {
             actions.push(Action::SetOverlay(o));
         }
+    }
+}
+
+/// Starts a new row unless `width` (a label with its widget) fits on this one: a slider is
+/// a group that a wrapping row cannot split, so it would run off the panel instead.
+fn keep_together(ui: &mut Ui, width: f32) {
+    if ui.available_size_before_wrap().x < width {
+        ui.end_row();
     }
 }
 

@@ -212,9 +212,7 @@ impl WorkbenchApp {
         // Side panels start in proportion to the window, so 800x600 still leaves room for the image.
         let screen = ctx.content_rect().size();
         egui::Panel::bottom("chart")
-            .resizable(true)
-            .default_size((screen.y * 0.3).clamp(170.0, 240.0))
-            .size_range(120.0..=(screen.y * 0.6).max(120.0))
+            .exact_size((screen.y * 0.3).clamp(170.0, 260.0))
             .show(ui, |ui| self.chart.ui(ui, &self.state, &mut actions));
         egui::Panel::right("results")
             .resizable(true)
