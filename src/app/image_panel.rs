@@ -135,7 +135,7 @@ impl ImagePanel {
             ui.separator();
             match o.mode {
                 OverlayMode::Attribution => {
-                    ui.add_enabled(on, egui::Label::new(explained_class(state)))
+                    ui.add_enabled(on, egui::Label::new(explained_class(state)).extend())
                         .on_hover_text("what in the image speaks for this class (Chefer et al. 2021); click a class in the top-5 list to explain it");
                 }
                 OverlayMode::Rollout => {
