@@ -433,9 +433,10 @@ impl WorkbenchApp {
             ctx.send_viewport_cmd(egui::ViewportCommand::Close);
             return;
         }
-        let primary = self.state.primary();
-        let ready = self.state.result(primary).is_some()
-            && (!self.state.settings.overlay.enabled || self.state.overlays.contains_key(&primary))
+        // Every pane shown: with a compare view, both variants' results and overlays.
+        let shown = self.state.active_variants();
+        let ready = shown.iter().all(|v| self.state.result(*v).is_some())
+            && (!self.state.settings.overlay.enabled || shown.iter().all(|v| self.state.overlays.contains_key(v)))
             && !self.pending_benchmark
             && !self.state.bench.running;
         if ready {
