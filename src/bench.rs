@@ -39,6 +39,16 @@ impl Default for BenchConfig {
 }
 
 impl BenchConfig {
+    /// The one place user-given options (CLI flags, the window's fields, restored settings)
+    /// become a config that can run: at least one timed run, a cap of at least one (the cap
+    /// wins over `min_runs`), and a finite, non-negative minimum duration. `batch` is left alone: 0 is refused with an error
+    /// by [`bench_model`] rather than silently changed.
+    pub fn clamped(self) -> BenchConfig {
+        let min_runs = self.min_runs.max(1);
+        let min_seconds = if self.min_seconds.is_finite() { self.min_seconds.max(0.0) } else { 0.0 };
+        BenchConfig { min_runs, min_seconds, max_runs: self.max_runs.max(1), ..self }
+    }
+
     /// Whether measurement is complete after `runs` timed runs taking `elapsed` seconds.
     pub fn done(&self, runs: usize, elapsed: f64) -> bool {
         runs >= self.max_runs || (runs >= self.min_runs && elapsed >= self.min_seconds)
@@ -674,6 +684,21 @@ mod tests {
         let cfg = BenchConfig { warmup: 0, min_runs: 3, min_seconds: 1e9, max_runs: 7, batch: 1 };
         let (s, _) = run_with(&cfg, 0.01);
         assert_eq!((s[0].len(), s[1].len()), (7, 7));
+    }
+
+    #[test]
+    fn clamped_config_always_runs() {
+        let wild = BenchConfig { warmup: 0, min_runs: 0, min_seconds: f64::NAN, max_runs: 0, batch: 4 };
+        let c = wild.clamped();
+        assert_eq!((c.min_runs, c.max_runs, c.min_seconds, c.batch), (1, 1, 0.0, 4));
+        let c = BenchConfig { min_seconds: -5.0, ..BenchConfig::default() }.clamped();
+        assert_eq!(c.min_seconds, 0.0);
+        let c = BenchConfig { min_seconds: f64::INFINITY, ..BenchConfig::default() }.clamped();
+        assert_eq!(c.min_seconds, 0.0);
+        // Sane values pass through; the cap still wins over min_runs.
+        let sane = BenchConfig { warmup: 3, min_runs: 50, min_seconds: 2.5, max_runs: 10, batch: 2 };
+        assert_eq!(sane.clone().clamped(), sane);
+        assert!(!c.done(0, 1e9), "no result without a timed run");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::model::{Prediction, device_from_name};
 use crate::preprocess::{LoadedImage, load_image_with};
 use crate::quant::metrics::compare_variants;
 use crate::quant::{Variant, export, parse_variants};
-use crate::zoo::{DEFAULT_MODEL, ModelSource, ZOO, load_model};
+use crate::zoo::{DEFAULT_MODEL, ModelSource, ZOO, load_model, load_model_as_is};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -84,9 +84,9 @@ pub enum Command {
         /// Device to run on (cuda:N picks a GPU).
         #[arg(long, default_value = "cpu", value_parser = device_parser())]
         device: String,
-        /// Weights to classify with.
-        #[arg(long, default_value = "fp32", value_parser = variant_parser())]
-        variant: Variant,
+        /// Weights to classify with (default: fp32, or the variant an exported file holds).
+        #[arg(long, value_parser = variant_parser())]
+        variant: Option<Variant>,
         /// Classify truncated image files from what decoded (marked truncated) instead of refusing them.
         #[arg(long)]
         allow_truncated: bool,
@@ -127,6 +127,9 @@ pub enum Command {
     Eval(EvalArgs),
     /// Where a forward's time goes: every stage of every block, per variant; a Chrome trace.
     Profile(ProfileArgs),
+    /// Write each image with the explanation overlay drawn over the part the model saw, as the
+    /// window draws it, at the image's own size.
+    Explain(ExplainArgs),
     /// Measure each CPU kernel (int8 per SIMD path, fp32, attention, elementwise) on ViT-B/16
     /// shapes against this machine's int8 peak.
     Kernels {
@@ -163,9 +166,10 @@ pub struct BenchArgs {
     /// Comma-separated hub ids, folders or exported files.
     #[arg(long, default_value = DEFAULT_MODEL)]
     models: String,
-    /// Comma-separated from fp32, int8, mobile.
-    #[arg(long, default_value = "fp32,int8,mobile")]
-    variants: String,
+    /// Comma-separated from fp32, int8, mobile (default: all three; for an exported file, the
+    /// variant it holds).
+    #[arg(long)]
+    variants: Option<String>,
     /// Image files or folders: timed on the first (batch) image(s); agreement over all of them.
     /// Without images a synthetic input is timed.
     #[arg(long, num_args = 1..)]
@@ -388,6 +392,67 @@ pub struct ProfileArgs {
     trace: Option<PathBuf>,
 }
 
+/// How `explain` computes its map.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExplainMethod {
+    /// Class-specific gradient-weighted attention relevance (Chefer et al. 2021).
+    Attribution,
+    /// Attention rollout (class-agnostic).
+    Rollout,
+    /// One layer's class-token attention (class-agnostic).
+    Raw,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FusionArg {
+    Mean,
+    Max,
+    Min,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColormapArg {
+    Inferno,
+    Viridis,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExplainArgs {
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// Hub id, folder or exported file.
+    #[arg(long, short, default_value = DEFAULT_MODEL)]
+    model: String,
+    /// fp32, int8 or mobile (default: fp32, or the variant an exported file holds).
+    #[arg(long)]
+    variant: Option<Variant>,
+    #[arg(long, value_enum, default_value = "attribution")]
+    method: ExplainMethod,
+    /// Class index to explain (attribution; default: the top-1 class).
+    #[arg(long)]
+    class: Option<usize>,
+    /// Layer of the raw attention map (default: the last).
+    #[arg(long)]
+    layer: Option<usize>,
+    /// Head of the raw attention map (default: the mean of the heads).
+    #[arg(long)]
+    head: Option<usize>,
+    /// Rollout's head fusion.
+    #[arg(long, value_enum, default_value = "max")]
+    fusion: FusionArg,
+    /// Rollout's share of the weakest attention weights dropped per layer, 0..0.99.
+    #[arg(long, default_value_t = 0.9)]
+    discard: f32,
+    /// Opacity of the map, 0..1.
+    #[arg(long, default_value_t = crate::explain::DEFAULT_OPACITY)]
+    opacity: f32,
+    #[arg(long, value_enum, default_value = "inferno")]
+    colormap: ColormapArg,
+    /// A .png file (one image), or a folder (created if missing) for `<stem>.<method>.png` files.
+    #[arg(long, required = true)]
+    out: PathBuf,
+}
+
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -458,6 +523,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Bench(args)) => bench(&hub, &args),
         Some(Command::Eval(args)) => eval(&hub, &args),
         Some(Command::Profile(args)) => profile(&hub, &args),
+        Some(Command::Explain(args)) => explain(&hub, &args),
         Some(Command::Download { model }) => {
             let source = ModelSource::parse(&model)?;
             let (files, _) = source.resolve(&hub, &mut download_bar())?;
@@ -562,11 +628,11 @@ fn classify(
     k: usize,
     json: bool,
     device: &str,
-    variant: Variant,
+    variant: Option<Variant>,
     allow_truncated: bool,
 ) -> Result<()> {
     let device = device_from_name(device)?;
-    let model = load_model(model_spec, variant, hub, &device, &mut download_bar())?;
+    let model = load_model_default(model_spec, variant, hub, &device)?;
     let variant_name = model.variant.name();
     let k = k.min(model.config.num_classes());
     let mut results = Vec::new();
@@ -595,6 +661,149 @@ fn classify(
     Ok(())
 }
 
+/// Loads `spec` as `variant`, or as it is stored when no variant is asked for (an exported file
+/// holds one variant; a checkpoint is fp32).
+fn load_model_default(spec: &str, variant: Option<Variant>, hub: &Hub, device: &Device) -> Result<crate::model::Model> {
+    let model = load_model_as_is(spec, hub, device, &mut download_bar())?;
+    match variant {
+        Some(v) => model.to_variant(v, Default::default()),
+        None => Ok(model),
+    }
+}
+
+/// Where `explain` writes the picture of each image.
+fn explain_outputs(images: &[PathBuf], out: &std::path::Path, method: ExplainMethod) -> Result<Vec<PathBuf>> {
+    let is_png = out.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    let outputs: Vec<PathBuf> = if is_png && !out.is_dir() {
+        if images.len() > 1 {
+            anyhow::bail!(
+                "--out {} is one PNG file but {} images were given: pass a folder instead",
+                out.display(),
+                images.len()
+            );
+        }
+        crate::fsutil::check_writable(out)?;
+        vec![out.to_path_buf()]
+    } else {
+        if out.exists() && !out.is_dir() {
+            anyhow::bail!("--out {} is a file, not a folder: give a .png file name or a folder", out.display());
+        }
+        if out.extension().is_some() && !out.is_dir() {
+            anyhow::bail!("--out {}: expected a .png file or a folder", out.display());
+        }
+        if !out.is_dir() {
+            std::fs::create_dir(out).with_context(|| format!("cannot create the folder {}", out.display()))?;
+        }
+        let suffix = format!("{method:?}").to_lowercase();
+        images
+            .iter()
+            .map(|p| {
+                let stem = p.file_stem().with_context(|| format!("{}: not a file name", p.display()))?;
+                Ok(out.join(format!("{}.{suffix}.png", stem.to_string_lossy())))
+            })
+            .collect::<Result<_>>()?
+    };
+    // Never overwrite an input, and never write two results to one file.
+    let canonical = |p: &std::path::Path| std::fs::canonicalize(p).ok();
+    for (i, o) in outputs.iter().enumerate() {
+        if let Some(j) = outputs[..i].iter().position(|x| x == o) {
+            anyhow::bail!(
+                "{} and {} would both be written to {}: give them different names or explain them separately",
+                images[j].display(),
+                images[i].display(),
+                o.display()
+            );
+        }
+        if let Some(c) = canonical(o)
+            && let Some(img) = images.iter().find(|p| canonical(p) == Some(c.clone()))
+        {
+            anyhow::bail!("--out {} is the input image {}: refusing to overwrite it", o.display(), img.display());
+        }
+    }
+    Ok(outputs)
+}
+
+fn explain(hub: &Hub, a: &ExplainArgs) -> Result<()> {
+    use crate::explain::{AttentionMap, Colormap, HeadFusion, Request, explain_image, render};
+    if !(0.0..=1.0).contains(&a.opacity) {
+        anyhow::bail!("--opacity {} is outside 0..1", a.opacity);
+    }
+    if !(0.0..1.0).contains(&a.discard) {
+        anyhow::bail!("--discard {} is outside 0..0.99", a.discard);
+    }
+    if a.class.is_some() && a.method != ExplainMethod::Attribution {
+        anyhow::bail!(
+            "--class applies to --method attribution only (rollout and raw attention do not depend on the class)"
+        );
+    }
+    if (a.layer.is_some() || a.head.is_some()) && a.method != ExplainMethod::Raw {
+        anyhow::bail!("--layer and --head apply to --method raw only");
+    }
+    let outputs = explain_outputs(&a.images, &a.out, a.method)?;
+    let model = load_model_default(&a.model, a.variant, hub, &Device::Cpu)?;
+    let c = &model.config;
+    if let Some(k) = a.class.filter(|k| *k >= c.num_classes()) {
+        anyhow::bail!("--class {k}: {} has {} classes (0..{})", a.model, c.num_classes(), c.num_classes() - 1);
+    }
+    let layer = a.layer.unwrap_or(c.depth - 1);
+    if layer >= c.depth {
+        anyhow::bail!("--layer {layer}: {} has {} layers (0..{})", a.model, c.depth, c.depth - 1);
+    }
+    if let Some(h) = a.head.filter(|h| *h >= c.heads) {
+        anyhow::bail!("--head {h}: {} has {} heads per layer (0..{})", a.model, c.heads, c.heads - 1);
+    }
+    let request = match a.method {
+        ExplainMethod::Attribution => Request::Attribution { class: a.class },
+        ExplainMethod::Rollout => Request::Attention(AttentionMap::Rollout {
+            fusion: match a.fusion {
+                FusionArg::Mean => HeadFusion::Mean,
+                FusionArg::Max => HeadFusion::Max,
+                FusionArg::Min => HeadFusion::Min,
+            },
+            discard_ratio: a.discard,
+        }),
+        ExplainMethod::Raw => Request::Attention(AttentionMap::Raw { layer, head: a.head }),
+    };
+    let cmap = match a.colormap {
+        ColormapArg::Inferno => Colormap::Inferno,
+        ColormapArg::Viridis => Colormap::Viridis,
+    };
+    for (path, out) in a.images.iter().zip(&outputs) {
+        let img = crate::preprocess::load_image(path)?;
+        let e = explain_image(&model, &img, request).with_context(|| format!("cannot explain {}", path.display()))?;
+        let picture = render(&img, &e, cmap, a.opacity);
+        let mut png = Vec::new();
+        picture.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+        crate::fsutil::write_atomic(out, &png)?;
+        let top = &e.top[0];
+        let what = match e.class {
+            Some(k) => {
+                let label = c.labels.get(k).cloned().unwrap_or_else(|| format!("class {k}"));
+                format!("attribution for [{k}] {label}")
+            }
+            None => format!("{:?}", a.method).to_lowercase(),
+        };
+        let r = e.region;
+        let seen = if r.covers(img.width(), img.height()) {
+            "the whole image".to_string()
+        } else {
+            format!("x {:.0}..{:.0}, y {:.0}..{:.0}", r.left, r.right, r.top, r.bottom)
+        };
+        println!(
+            "{}: top-1 {} {:.1}% [{}]; {what} ({}) -> {} ({}x{}, model saw {seen})",
+            path.display(),
+            top.label,
+            100.0 * top.probability,
+            top.index,
+            model.variant,
+            out.display(),
+            img.width(),
+            img.height()
+        );
+    }
+    Ok(())
+}
+
 /// `1234567` -> `1.23 MB`.
 pub fn human_bytes(b: u64) -> String {
     match b {
@@ -616,7 +825,13 @@ fn compare(
     let variants = parse_variants(variants)?;
     // Images first: a bad file fails in a second, not after the model is loaded and quantized.
     let imgs: Vec<_> = load_images(images, allow_truncated)?.into_iter().map(|i| i.image).collect();
-    let reference = load_model(model_spec, Variant::Fp32, hub, &Device::Cpu, &mut download_bar())?;
+    let reference = load_model_as_is(model_spec, hub, &Device::Cpu, &mut download_bar())?;
+    if reference.variant != Variant::Fp32 {
+        anyhow::bail!(
+            "compare needs the fp32 model as its reference, and {model_spec} holds {} weights: pass the original checkpoint (or an fp32 export) with --model",
+            reference.variant
+        );
+    }
     let others = variants.iter().map(|v| reference.to_variant(*v, Default::default())).collect::<Result<Vec<_>>>()?;
     let report = compare_variants(&reference, &others.iter().collect::<Vec<_>>(), &imgs)?;
     if json {
@@ -703,18 +918,13 @@ fn compare(
 
 /// Files named directly, and the image files inside named folders (sorted).
 pub fn expand_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    const EXT: [&str; 8] = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"];
     let mut out = Vec::new();
     for p in paths {
         if p.is_dir() {
             let mut found: Vec<PathBuf> = std::fs::read_dir(p)
                 .with_context(|| format!("cannot list {}", p.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| {
-                    f.extension()
-                        .and_then(|e| e.to_str())
-                        .is_some_and(|e| EXT.contains(&e.to_ascii_lowercase().as_str()))
-                })
+                .filter(|f| crate::preprocess::has_image_extension(f))
                 .collect();
             found.sort();
             if found.is_empty() {
@@ -751,7 +961,7 @@ fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
         Some(w) => w,
         None => a.max_runs.min(10),
     };
-    let variants = parse_variants(&a.variants)?;
+    let given_variants = a.variants.as_deref().map(parse_variants).transpose()?;
     let device = device_from_name(&a.device)?;
     let count = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
     let cfgs: Vec<BenchConfig> = parse_batches(&a.batch)?
@@ -772,6 +982,14 @@ fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
     };
     let mut results = Vec::new();
     for (spec, cfg) in models.iter().flat_map(|m| cfgs.iter().map(move |c| (m, c))) {
+        let variants = match &given_variants {
+            Some(v) => v.clone(),
+            // An exported file holds one variant: measure that one unless told otherwise.
+            None => match export::stored_variant(std::path::Path::new(spec)) {
+                Some(v) => vec![v],
+                None => Variant::ALL.to_vec(),
+            },
+        };
         let bar = ProgressBar::new((variants.len() * (cfg.warmup + cfg.min_runs)) as u64);
         bar.set_style(
             ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")

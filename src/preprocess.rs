@@ -175,14 +175,14 @@ impl Recipe {
                         MAX_RESIZED_BYTES >> 20
                     );
                 }
-                Region { left: 0, top: 0, width: nw, height: nh }
+                Kept { left: 0, top: 0, width: nw, height: nh }
             }
             Some(c) => {
                 if c.width > nw || c.height > nh {
                     bail!("cannot crop {}x{} from a {nw}x{nh} image", c.width, c.height);
                 }
                 let (left, top) = (crop_offset(nw, c.width, c.rounding), crop_offset(nh, c.height, c.rounding));
-                Region { left, top, width: c.width, height: c.height }
+                Kept { left, top, width: c.width, height: c.height }
             }
         };
         Ok(pil_resize_region(img, nw, nh, region, self.filter))
@@ -272,9 +272,9 @@ fn crop_offset(outer: u32, inner: u32, rounding: CropRounding) -> u32 {
     }
 }
 
-/// The part of a resized image that is kept.
+/// The part of a resized image that is kept, in its pixels.
 #[derive(Clone, Copy, Debug)]
-struct Region {
+struct Kept {
     left: u32,
     top: u32,
     width: u32,
@@ -285,6 +285,68 @@ struct Region {
 pub const MAX_RECIPE_SIDE: u32 = 4096;
 /// Largest resized image kept whole (recipes without a crop).
 pub const MAX_RESIZED_BYTES: u64 = 64 << 20;
+
+/// A rectangle in an image's own pixel coordinates (edges, not pixel centres; may be fractional).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Region {
+    pub left: f64,
+    pub top: f64,
+    pub right: f64,
+    pub bottom: f64,
+}
+
+impl Region {
+    pub fn width(&self) -> f64 {
+        self.right - self.left
+    }
+    pub fn height(&self) -> f64 {
+        self.bottom - self.top
+    }
+    /// The same region in an image scaled by `sx`, `sy` (a display copy of the image).
+    pub fn scaled(&self, sx: f64, sy: f64) -> Region {
+        Region { left: self.left * sx, top: self.top * sy, right: self.right * sx, bottom: self.bottom * sy }
+    }
+    /// Whether the region is the whole `w x h` image (to within a hundredth of a pixel).
+    pub fn covers(&self, w: u32, h: u32) -> bool {
+        const EPS: f64 = 0.01;
+        self.left <= EPS && self.top <= EPS && self.right >= w as f64 - EPS && self.bottom >= h as f64 - EPS
+    }
+}
+
+impl Recipe {
+    /// The part of a `width x height` image the model sees: the model's input square mapped back
+    /// through the resize (a linear map of edges, as PIL's resampler places pixel centres) and
+    /// the centre crop (with the same rounding as [`Recipe::resize_and_crop`]). Squash recipes
+    /// (no crop) see the whole image.
+    pub fn seen_region(&self, width: u32, height: u32) -> Result<Region> {
+        if width == 0 || height == 0 {
+            bail!("the image is empty ({width}x{height})");
+        }
+        let (nw, nh) = match self.resize {
+            Resize::Exact { width, height } => (width, height),
+            Resize::ShorterSide(s) => shorter_side_size(width, height, s),
+        };
+        if nw == 0 || nh == 0 {
+            bail!("the image ({width}x{height}) is too thin to resize to {nw}x{nh}");
+        }
+        let (left, top, cw, ch) = match self.crop {
+            None => (0, 0, nw, nh),
+            Some(c) => {
+                if c.width > nw || c.height > nh {
+                    bail!("cannot crop {}x{} from a {nw}x{nh} image", c.width, c.height);
+                }
+                (crop_offset(nw, c.width, c.rounding), crop_offset(nh, c.height, c.rounding), c.width, c.height)
+            }
+        };
+        let (sx, sy) = (width as f64 / nw as f64, height as f64 / nh as f64);
+        Ok(Region {
+            left: left as f64 * sx,
+            top: top as f64 * sy,
+            right: (left + cw) as f64 * sx,
+            bottom: (top + ch) as f64 * sy,
+        })
+    }
+}
 
 // ---- PIL's Resample.c, ported exactly ------------------------------------------------------
 
@@ -345,13 +407,13 @@ fn clip8(v: i32) -> u8 {
 
 /// `Image.resize((w, h), filter)` on an RGB image.
 pub fn pil_resize(img: &RgbImage, out_w: u32, out_h: u32, filter: Filter) -> RgbImage {
-    pil_resize_region(img, out_w, out_h, Region { left: 0, top: 0, width: out_w, height: out_h }, filter)
+    pil_resize_region(img, out_w, out_h, Kept { left: 0, top: 0, width: out_w, height: out_h }, filter)
 }
 
 /// `Image.resize((out_w, out_h), filter).crop(region)`, computing only the pixels of `region`:
 /// the horizontal pass runs over just the input rows the kept output rows read (as PIL itself
 /// does), and over just the kept columns.
-fn pil_resize_region(img: &RgbImage, out_w: u32, out_h: u32, region: Region, filter: Filter) -> RgbImage {
+fn pil_resize_region(img: &RgbImage, out_w: u32, out_h: u32, region: Kept, filter: Filter) -> RgbImage {
     let (in_w, in_h) = (img.width() as usize, img.height() as usize);
     let (out_w, out_h) = (out_w as usize, out_h as usize);
     let (left, top, rw, rh) =
@@ -423,6 +485,17 @@ fn limits() -> Limits {
     l.max_image_height = Some(MAX_IMAGE_SIDE);
     l.max_alloc = Some(MAX_IMAGE_ALLOC);
     l
+}
+
+/// File extensions of the formats we decode (lower case): the CLI's folder listing and the
+/// window's open dialog both use this list.
+pub const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"];
+
+/// Whether `path` names a file of a format we decode, by its extension (any case).
+pub fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
 /// Largest image file read (a 16384x16384 RGB PNG or JPEG is far smaller).
@@ -670,4 +743,102 @@ fn to_rgb_like_pil(img: DynamicImage) -> RgbImage {
 fn map_rgb(w: u32, h: u32, px: impl Iterator<Item = [u8; 3]>) -> RgbImage {
     let raw: Vec<u8> = px.flatten().collect();
     RgbImage::from_raw(w, h, raw).expect("buffer size matches dimensions")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// timm's ViT-Ti recipe: shorter side floor(224 / 0.9) = 248 bicubic, centre crop 224.
+    fn crop_recipe() -> Recipe {
+        Recipe {
+            resize: Resize::ShorterSide(248),
+            filter: Filter::Bicubic,
+            crop: Some(Crop { width: 224, height: 224, rounding: CropRounding::HalfEven }),
+            mean: IMAGENET_MEAN,
+            std: IMAGENET_STD,
+        }
+    }
+
+    fn close(a: Region, b: Region) -> bool {
+        [(a.left, b.left), (a.top, b.top), (a.right, b.right), (a.bottom, b.bottom)]
+            .iter()
+            .all(|(x, y)| (x - y).abs() < 1e-9)
+    }
+
+    #[test]
+    fn crop_recipes_see_the_centre_of_wide_tall_and_square_images() {
+        let r = crop_recipe();
+        // 1200x400 -> 744x248, crop origin (260, 12): edges scale by 1200/744 and 400/248.
+        let wide = r.seen_region(1200, 400).unwrap();
+        let want = Region {
+            left: 260.0 * 1200.0 / 744.0,
+            top: 12.0 * 400.0 / 248.0,
+            right: 484.0 * 1200.0 / 744.0,
+            bottom: 236.0 * 400.0 / 248.0,
+        };
+        assert!(close(wide, want), "{wide:?}");
+        assert!((wide.left - 419.355).abs() < 1e-3 && (wide.right - 780.645).abs() < 1e-3);
+        // The transpose sees the transposed region.
+        let tall = r.seen_region(400, 1200).unwrap();
+        assert!(close(tall, Region { left: want.top, top: want.left, right: want.bottom, bottom: want.right }));
+        // Square: 248x248, crop origin (12, 12).
+        let sq = r.seen_region(500, 500).unwrap();
+        let e = 12.0 * 500.0 / 248.0;
+        assert!(close(sq, Region { left: e, top: e, right: 500.0 - e, bottom: 500.0 - e }), "{sq:?}");
+        assert!(!sq.covers(500, 500));
+        // An odd margin rounds half to even like torchvision: 1000x331 -> 749x248, margin 525 -> 262.
+        let odd = r.seen_region(1000, 331).unwrap();
+        assert!((odd.left - 262.0 * 1000.0 / 749.0).abs() < 1e-9, "{odd:?}");
+    }
+
+    #[test]
+    fn squash_recipes_see_the_whole_image() {
+        let r = Recipe::hf_vit(224);
+        for (w, h) in [(1200, 400), (400, 1200), (500, 500), (1, 1)] {
+            let reg = r.seen_region(w, h).unwrap();
+            assert!(close(reg, Region { left: 0.0, top: 0.0, right: w as f64, bottom: h as f64 }), "{w}x{h}");
+            assert!(reg.covers(w, h));
+        }
+        assert!(r.seen_region(0, 5).is_err());
+    }
+
+    /// Green inside `region`, red elsewhere.
+    fn painted(w: u32, h: u32, region: Region) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| {
+            let (cx, cy) = (x as f64 + 0.5, y as f64 + 0.5);
+            let inside = cx > region.left && cx < region.right && cy > region.top && cy < region.bottom;
+            if inside { image::Rgb([0, 255, 0]) } else { image::Rgb([255, 0, 0]) }
+        })
+    }
+
+    #[test]
+    fn the_region_is_what_the_pipeline_actually_crops() {
+        // Paint the mapped region: the model's input must be green except where the resampling
+        // filter reaches across the edge (2 pixels). Paint it 3 input pixels smaller on each side:
+        // the input's outermost pixels must then be red. Together they pin the edges.
+        for recipe in [crop_recipe(), Recipe::deit(224), Recipe::hf_vit(224)] {
+            for (w, h) in [(1200, 400), (400, 1200), (500, 500), (333, 517)] {
+                let reg = recipe.seen_region(w, h).unwrap();
+                let input = recipe.resize_and_crop(&painted(w, h, reg)).unwrap();
+                let (iw, ih) = input.dimensions();
+                for (x, y, p) in input.enumerate_pixels() {
+                    if x >= 2 && y >= 2 && x < iw - 2 && y < ih - 2 {
+                        assert!(p.0[1] > 200 && p.0[0] < 60, "{recipe:?} {w}x{h}: ({x},{y}) is {p:?}");
+                    }
+                }
+                if recipe.crop.is_none() {
+                    continue; // the region is the whole image: nothing outside it
+                }
+                let (px, py) = (reg.width() / iw as f64 * 3.0, reg.height() / ih as f64 * 3.0);
+                let inner =
+                    Region { left: reg.left + px, top: reg.top + py, right: reg.right - px, bottom: reg.bottom - py };
+                let input = recipe.resize_and_crop(&painted(w, h, inner)).unwrap();
+                for (x, y) in [(0, ih / 2), (iw - 1, ih / 2), (iw / 2, 0), (iw / 2, ih - 1)] {
+                    let p = input.get_pixel(x, y);
+                    assert!(p.0[0] > 200, "{recipe:?} {w}x{h}: edge pixel ({x},{y}) is {p:?}, expected red");
+                }
+            }
+        }
+    }
 }

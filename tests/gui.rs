@@ -252,7 +252,7 @@ fn a_cancelled_benchmark_leaves_consistent_state() {
         s.bench_seconds = 600.0;
     }
     h.get_by_label("Run benchmark").click();
-    wait_for(&mut h, "the first timed runs", |a| a.state.bench.live.values().map(Vec::len).sum::<usize>() >= 3);
+    wait_for(&mut h, "the first timed runs", |a| a.state.bench.live.values().map(|s| s.len()).sum::<usize>() >= 3);
     h.get_by_label("Cancel").click();
     wait_for(&mut h, "the cancellation", |a| !a.state.bench.running);
     let st = &h.state().state;

@@ -1,28 +1,69 @@
-//! Live latency over the runs of a benchmark (samples, running median and p90) and bars of
-//! latency and size per variant.
+//! The benchmark: its options, live latency over the timed runs (samples, running median and
+//! p90), and the latest p50 latency and file size of every (model, variant) measured.
 
-use egui::Ui;
-use egui_plot::{Bar, BarChart, Legend, Line, Plot, PlotPoints, Points};
+use egui::{Color32, Stroke, Ui, Vec2};
+use egui_plot::{
+    AxisHints, Bar, BarChart, GridInput, GridMark, HoverPosition, Line, LineStyle, Plot, PlotPoints, Points,
+};
 
 use super::Action;
 use super::state::AppState;
-use crate::bench::stats;
+use crate::bench::BenchResult;
 use crate::quant::Variant;
 
 pub struct ChartPanel;
 
-const PLOT_HEIGHT: f32 = 190.0;
-
-fn color(v: Variant) -> egui::Color32 {
+pub fn color(v: Variant) -> Color32 {
     match v {
-        Variant::Fp32 => egui::Color32::from_rgb(90, 160, 255),
-        Variant::Int8 => egui::Color32::from_rgb(255, 150, 60),
-        Variant::Mobile => egui::Color32::from_rgb(110, 210, 120),
+        Variant::Fp32 => Color32::from_rgb(90, 160, 255),
+        Variant::Int8 => Color32::from_rgb(255, 150, 60),
+        Variant::Mobile => Color32::from_rgb(110, 210, 120),
     }
 }
 
+/// Space for the title and legend row above each plot.
+const TITLE_HEIGHT: f32 = 20.0;
+
 impl ChartPanel {
-    pub fn ui(&mut self, ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
+    pub fn ui(&mut self, ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
+        self.options(ui, state, actions);
+        if state.bench.live.is_empty() && state.bench.results.is_empty() {
+            // Empty axes would show made-up ranges; say what will appear here instead.
+            ui.centered_and_justified(|ui| {
+                ui.weak(
+                    "Run a benchmark: latency of every timed run, p50 latency and file size per variant appear here.",
+                )
+            });
+            return;
+        }
+        let latest = state.bench.latest();
+        let models = model_keys(&latest);
+        let h = (ui.available_height() - TITLE_HEIGHT - 4.0).max(60.0);
+        let w = ui.available_width();
+        // Between the three columns: a gap, plus the item spacing around each added gap.
+        let gap = 12.0;
+        let spaces = 2.0 * gap + 4.0 * ui.spacing().item_spacing.x;
+        let live_w = ((w - spaces) * 0.44).max(120.0);
+        let bar_w = ((w - spaces - live_w) / 2.0).max(100.0);
+        ui.horizontal_top(|ui| {
+            let column = |ui: &mut Ui, w: f32, add: &mut dyn FnMut(&mut Ui)| {
+                let layout = egui::Layout::top_down(egui::Align::LEFT);
+                ui.allocate_ui_with_layout(Vec2::new(w, h + TITLE_HEIGHT), layout, |ui| {
+                    ui.set_width(w);
+                    add(ui)
+                });
+            };
+            column(ui, live_w, &mut |ui| live_plot(ui, state, h));
+            ui.add_space(gap);
+            column(ui, bar_w, &mut |ui| {
+                bar_plot(ui, "p50_latency", "p50 latency", &latest, &models, h, Measure::Latency)
+            });
+            ui.add_space(gap);
+            column(ui, bar_w, &mut |ui| bar_plot(ui, "file_size", "file size", &latest, &models, h, Measure::Size));
+        });
+    }
+
+    fn options(&mut self, ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
         ui.horizontal_wrapped(|ui| {
             let running = state.bench.running;
             if ui.add_enabled(!running && state.model.is_some(), egui::Button::new("Run benchmark")).clicked() {
@@ -31,24 +72,33 @@ impl ChartPanel {
             if running {
                 // No spinner: its animation would repaint continuously and steal the CPU the
                 // measurement needs. The worker wakes the UI a few times a second instead.
-                let runs: usize = state.bench.live.values().map(Vec::len).sum();
+                let runs: usize = state.bench.live.values().map(|s| s.len()).sum();
                 ui.label(format!("benchmarking: {} ({runs} timed runs)", state.bench.phase));
                 if ui.button("Cancel").clicked() {
                     actions.push(Action::Cancel);
                 }
             }
-            ui.add(egui::DragValue::new(&mut state.settings.bench_warmup).range(0..=1000).prefix("warm-up "));
-            ui.add(egui::DragValue::new(&mut state.settings.bench_runs).range(1..=100_000).prefix("runs >= "));
-            ui.add(
-                egui::DragValue::new(&mut state.settings.bench_seconds)
-                    .range(0.0..=600.0)
-                    .speed(0.1)
-                    .prefix("seconds >= "),
-            );
+            let s = &state.settings;
+            let (mut warmup, mut runs, mut seconds) = (s.bench_warmup, s.bench_runs, s.bench_seconds);
+            let mut changed = false;
+            let label = ui.label("warm-up");
+            changed |= ui.add(egui::DragValue::new(&mut warmup).range(0..=1000)).labelled_by(label.id).changed();
+            let label = ui.label("runs ≥");
+            changed |= ui.add(egui::DragValue::new(&mut runs).range(1..=100_000)).labelled_by(label.id).changed();
+            let label = ui.label("seconds ≥");
+            changed |= ui
+                .add(egui::DragValue::new(&mut seconds).range(0.0..=600.0).speed(0.1))
+                .labelled_by(label.id)
+                .changed();
+            if changed {
+                actions.push(Action::SetBenchOptions { warmup, runs, seconds });
+            }
             ui.separator();
             let label = ui.label("CSV:");
-            ui.add(egui::TextEdit::singleline(&mut state.settings.export_path).desired_width(200.0))
-                .labelled_by(label.id);
+            let mut path = s.export_path.clone();
+            if ui.add(egui::TextEdit::singleline(&mut path).desired_width(180.0)).labelled_by(label.id).changed() {
+                actions.push(Action::SetExportPath(path));
+            }
             if ui.button("…").on_hover_text("Choose where to save the CSV").clicked() {
                 actions.push(Action::ChooseExportPath);
             }
@@ -59,76 +109,239 @@ impl ChartPanel {
             {
                 actions.push(Action::ExportCsv);
             }
-            ui.label(format!("{} result(s) gathered", state.bench.results.len()))
-                .on_hover_text("Benchmarks in the window share the CPU with drawing it; `vit-workbench bench` measures without a window.");
+            ui.label(format!("{} result(s) gathered", state.bench.results.len())).on_hover_text(
+                "Benchmarks in the window share the CPU with drawing it; `vit-workbench bench` measures without a window.",
+            );
         });
-        // A fixed height: the panel sizes itself to its content.
-        let h = PLOT_HEIGHT;
-        ui.columns(2, |cols| {
-            Plot::new("latency_over_runs")
-                .legend(Legend::default().position(egui_plot::Corner::LeftTop))
-                .height(h - 8.0)
-                .x_axis_label("run")
-                .y_axis_label("ms")
-                .show(&mut cols[0], |plot| {
-                    for (v, samples) in &state.bench.live {
-                        let pts: Vec<[f64; 2]> =
-                            samples.iter().enumerate().map(|(i, ms)| [i as f64 + 1.0, *ms]).collect();
-                        plot.points(Points::new("", PlotPoints::from(pts)).color(color(*v)).radius(1.5));
-                        // Running median and p90 as the runs accumulate.
-                        let mut med = Vec::with_capacity(samples.len());
-                        let mut p90 = Vec::with_capacity(samples.len());
-                        for i in 1..=samples.len() {
-                            let s = stats(&samples[..i]);
-                            med.push([i as f64, s.p50]);
-                            p90.push([i as f64, s.p90]);
-                        }
-                        plot.line(Line::new(format!("{v} median"), PlotPoints::from(med)).color(color(*v)).width(2.0));
-                        plot.line(
-                            Line::new(format!("{v} p90"), PlotPoints::from(p90))
-                                .color(color(*v).gamma_multiply(0.5))
-                                .width(1.0),
-                        );
-                    }
-                });
-            // Latest result per variant: p50 latency and file size relative to fp32.
-            let mut latest: Vec<&crate::bench::BenchResult> = Vec::new();
-            for r in state.bench.results.iter().rev() {
-                if !latest.iter().any(|o| o.variant == r.variant) {
-                    latest.push(r);
-                }
+    }
+}
+
+/// Samples as dots, the running median as a solid line and the running p90 dashed, one colour
+/// per variant; the legend sits above the plot, not over the data.
+fn live_plot(ui: &mut Ui, state: &AppState, h: f32) {
+    let roomy = ui.available_width() >= 420.0;
+    ui.horizontal(|ui| {
+        if roomy {
+            ui.label(egui::RichText::new("latency per run").strong());
+        }
+        for v in state.bench.live.keys() {
+            swatch(ui, color(*v), false);
+            ui.label(v.name());
+        }
+        if !state.bench.live.is_empty() {
+            ui.add_space(6.0);
+            swatch(ui, ui.visuals().text_color(), false);
+            ui.label("median");
+            swatch(ui, ui.visuals().text_color(), true);
+            ui.label("p90");
+        }
+    });
+    let max_run = state.bench.live.values().map(|s| s.len()).max().unwrap_or(0).max(1) as f64;
+    Plot::new("latency_over_runs")
+        .width(ui.available_width())
+        .height(h)
+        .include_x(0.0)
+        .include_x(max_run)
+        .include_y(0.0)
+        .allow_scroll(false)
+        .allow_zoom(false)
+        .allow_drag(false)
+        .x_grid_spacer(nice_spacer(4.0, 1.0))
+        .y_grid_spacer(nice_spacer(4.0, 0.0))
+        .x_axis_formatter(|m, _| if m.value >= 0.0 { format!("{:.0}", m.value) } else { String::new() })
+        .y_axis_formatter(|m, _| if m.value >= 0.0 { format!("{} ms", trim(m.value)) } else { String::new() })
+        .x_axis_label("timed run")
+        .label_formatter(|pos| match pos {
+            HoverPosition::NearDataPoint { plot_name, position, .. } if !plot_name.is_empty() => {
+                Some(format!("{plot_name}\nrun {:.0}: {:.2} ms", position.x, position.y))
             }
-            latest.sort_by_key(|r| r.variant);
-            let fp32_size = latest.iter().find(|r| r.variant == Variant::Fp32).map(|r| r.file_bytes as f64);
-            let lat: Vec<Bar> = latest
-                .iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    Bar::new(i as f64 * 3.0, r.stats.p50)
-                        .name(format!("{} p50 ms", r.variant))
-                        .fill(color(r.variant))
-                        .width(0.9)
-                })
-                .collect();
-            let size: Vec<Bar> = latest
-                .iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    let rel = fp32_size.map_or(0.0, |f| 100.0 * r.file_bytes as f64 / f);
-                    Bar::new(i as f64 * 3.0 + 1.0, rel)
-                        .name(format!("{} size % of fp32", r.variant))
-                        .fill(color(r.variant).gamma_multiply(0.5))
-                        .width(0.9)
-                })
-                .collect();
-            Plot::new("latency_size_bars")
-                .legend(Legend::default().position(egui_plot::Corner::LeftTop))
-                .height(h - 8.0)
-                .y_axis_label("p50 ms | size %")
-                .show(&mut cols[1], |plot| {
-                    plot.bar_chart(BarChart::new("p50 latency (ms)", lat));
-                    plot.bar_chart(BarChart::new("file size (% of fp32)", size));
-                });
+            _ => None,
+        })
+        .show(ui, |plot| {
+            for (v, series) in &state.bench.live {
+                let pts: Vec<[f64; 2]> =
+                    series.samples.iter().enumerate().map(|(i, ms)| [i as f64 + 1.0, *ms]).collect();
+                plot.points(Points::new(format!("{v} sample"), PlotPoints::from(pts)).color(color(*v)).radius(1.5));
+                plot.line(
+                    Line::new(format!("{v} running median"), PlotPoints::from(series.median.clone()))
+                        .color(color(*v))
+                        .width(2.0),
+                );
+                plot.line(
+                    Line::new(format!("{v} running p90"), PlotPoints::from(series.p90.clone()))
+                        .color(color(*v))
+                        .style(LineStyle::dashed_dense())
+                        .width(1.5),
+                );
+            }
         });
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Measure {
+    Latency,
+    Size,
+}
+
+/// Horizontal bars, one per (model, variant), named on the y axis; the value axis has its unit.
+fn bar_plot(
+    ui: &mut Ui,
+    id: &str,
+    title: &str,
+    latest: &[&BenchResult],
+    models: &[(String, String)],
+    h: f32,
+    measure: Measure,
+) {
+    ui.horizontal(|ui| {
+        ui.label(egui::RichText::new(title).strong());
+        if models.len() > 1 {
+            // Several models: each gets a letter; the letters are explained here.
+            let keys: Vec<String> = models.iter().map(|(k, m)| format!("{k}: {}", super::controls::short(m))).collect();
+            ui.add(egui::Label::new(keys.join("  ")).truncate());
+        }
+    });
+    let names: Vec<String> = latest
+        .iter()
+        .map(|r| match models.iter().find(|(_, m)| *m == r.model) {
+            Some((k, _)) if models.len() > 1 => format!("{k} {}", r.variant),
+            _ => r.variant.to_string(),
+        })
+        .collect();
+    let fp32_size = |model: &str| {
+        latest.iter().find(|r| r.model == model && r.variant == Variant::Fp32).map(|r| r.file_bytes as f64)
+    };
+    // The first result at the top: bars are placed at -i.
+    let bars: Vec<Bar> = latest
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let (value, text) = match measure {
+                Measure::Latency => (
+                    r.stats.p50,
+                    format!("{}: p50 {:.2} ms, p90 {:.2} ms ({} runs)", names[i], r.stats.p50, r.stats.p90, r.stats.n),
+                ),
+                Measure::Size => {
+                    let mb = r.file_bytes as f64 / 1e6;
+                    let rel =
+                        fp32_size(&r.model).map(|f| format!(" ({:.1}% of fp32)", 100.0 * r.file_bytes as f64 / f));
+                    (mb, format!("{}: {mb:.2} MB{}", names[i], rel.unwrap_or_default()))
+                }
+            };
+            Bar::new(-(i as f64), value).name(text).fill(color(r.variant)).width(0.7)
+        })
+        .collect();
+    let unit = if measure == Measure::Latency { "ms" } else { "MB" };
+    // Room to the right of the longest bar, so it never runs into the edge.
+    let longest = bars.iter().map(|b| b.value).fold(0.0, f64::max);
+    let n = latest.len();
+    let names_axis = names.clone();
+    Plot::new(id)
+        .width(ui.available_width())
+        .height(h)
+        .include_x(0.0)
+        .include_x(longest * 1.12)
+        .include_y(0.5)
+        .include_y(-(n.max(1) as f64) + 0.5)
+        .allow_scroll(false)
+        .allow_zoom(false)
+        .allow_drag(false)
+        .show_grid([true, false])
+        .x_grid_spacer(nice_spacer(3.0, 0.0))
+        .y_grid_spacer(move |input: GridInput| {
+            (0..n)
+                .map(|i| GridMark { value: -(i as f64), step_size: 1.0 })
+                .filter(|m| m.value >= input.bounds.0 && m.value <= input.bounds.1)
+                .collect()
+        })
+        .x_axis_formatter(move |m, _| if m.value >= 0.0 { format!("{} {unit}", trim(m.value)) } else { String::new() })
+        .custom_y_axes(vec![
+            // Bars sit 1 unit apart: name every one of them, however short the plot.
+            AxisHints::new_y().label_spacing(8.0..=10.0).tick_label_font(egui::FontId::proportional(11.0)).formatter(
+                move |m, _| {
+                    let i = (-m.value).round();
+                    if (m.value + i).abs() < 1e-6 && i >= 0.0 {
+                        names_axis.get(i as usize).cloned().unwrap_or_default()
+                    } else {
+                        String::new()
+                    }
+                },
+            ),
+        ])
+        .label_formatter(|_| None)
+        .show(ui, |plot| {
+            if !bars.is_empty() {
+                let chart =
+                    BarChart::new(title, bars).horizontal().element_formatter(Box::new(|bar, _| bar.name.clone()));
+                plot.bar_chart(chart);
+            }
+        });
+}
+
+/// Each model measured gets a letter (A, B, …), in the order first measured.
+fn model_keys(latest: &[&BenchResult]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for r in latest {
+        if !out.iter().any(|(_, m)| *m == r.model) {
+            let key = char::from(b'A' + (out.len() % 26) as u8).to_string();
+            out.push((key, r.model.clone()));
+        }
+    }
+    out
+}
+
+/// Grid lines at 1-2-5 steps, about `ticks` of them across the visible range (never finer than
+/// `min_step`): labelled ticks people can read, whatever the range.
+fn nice_spacer(ticks: f64, min_step: f64) -> impl Fn(GridInput) -> Vec<GridMark> {
+    move |input: GridInput| {
+        let (lo, hi) = input.bounds;
+        let step = nice_step((hi - lo) / ticks).max(min_step);
+        if !step.is_finite() || step <= 0.0 {
+            return Vec::new();
+        }
+        let first = (lo / step).ceil() as i64;
+        let last = (hi / step).floor() as i64;
+        (first..=last).take(100).map(|k| GridMark { value: k as f64 * step, step_size: step }).collect()
+    }
+}
+
+/// The 1, 2 or 5 times a power of ten nearest above `raw`.
+pub fn nice_step(raw: f64) -> f64 {
+    if !(raw.is_finite() && raw > 0.0) {
+        return 1.0;
+    }
+    let p = 10f64.powf(raw.log10().floor());
+    let f = raw / p;
+    let m = if f <= 1.0 {
+        1.0
+    } else if f <= 2.0 {
+        2.0
+    } else if f <= 5.0 {
+        5.0
+    } else {
+        10.0
+    };
+    m * p
+}
+
+/// A tick value without trailing zeros (`20`, `2.5`, `0.05`).
+fn trim(v: f64) -> String {
+    let s = format!("{v:.3}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// A short line sample for the legend: solid, or dashed as the p90 lines are.
+fn swatch(ui: &mut Ui, c: Color32, dashed: bool) {
+    let (rect, _) = ui.allocate_exact_size(Vec2::new(18.0, 10.0), egui::Sense::hover());
+    let y = rect.center().y;
+    if dashed {
+        let mut x = rect.left();
+        while x < rect.right() {
+            ui.painter()
+                .line_segment([egui::pos2(x, y), egui::pos2((x + 4.0).min(rect.right()), y)], Stroke::new(1.5, c));
+            x += 7.0;
+        }
+    } else {
+        ui.painter().line_segment([rect.left_center(), rect.right_center()], Stroke::new(2.5, c));
     }
 }

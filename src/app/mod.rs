@@ -20,32 +20,50 @@ use std::sync::{Arc, Mutex};
 use anyhow::Result;
 use egui::{Key, Modifiers, Ui};
 
-use crate::bench::BenchConfig;
 use crate::hub::Hub;
 use crate::quant::Variant;
-use state::{AppState, Level, Settings};
+use state::{AppState, Level, OverlaySettings, Settings, Topic};
 use worker::{Command, ImageSource, WorkerHandle};
 
 const SAMPLE_IMAGE: &[u8] = include_bytes!("../../assets/chelsea.png");
 const SETTINGS_KEY: &str = "vit-workbench-settings";
 
-/// What a panel asks for.
+/// What a panel asks for. Panels only read [`AppState`]; every change to it, and every
+/// command to the worker, goes through [`WorkbenchApp::act`].
 #[derive(Clone, Debug)]
 pub enum Action {
     OpenDialog,
     OpenPath(PathBuf),
-    OpenBytes { name: String, bytes: Arc<Vec<u8>> },
+    OpenBytes {
+        name: String,
+        bytes: Arc<Vec<u8>>,
+    },
+    /// The text of the image-path field changed.
+    EditImagePath(String),
+    /// The text of the model field changed.
+    EditModel(String),
     LoadModel(String),
     PickModelFolder,
     SetVariant(Variant),
     SetCompare(Option<Variant>),
     SetDevice(String),
-    RecomputeOverlay,
+    /// New overlay settings (the app decides whether the maps must be recomputed).
+    SetOverlay(OverlaySettings),
+    /// Explain this class (clicked in a top-5 list) with attribution.
+    ExplainClass(usize),
+    SetBenchOptions {
+        warmup: usize,
+        runs: usize,
+        seconds: f64,
+    },
+    SetExportPath(String),
     Benchmark,
     Cancel,
     ChooseExportPath,
     ExportCsv,
     Dismiss(u64),
+    /// Esc: the newest notice goes.
+    DismissLatest,
 }
 
 /// Command-line choices for the window.
@@ -104,9 +122,7 @@ impl WorkbenchApp {
         if let Some(v) = opts.variant {
             settings.variant = v;
         }
-        if settings.compare == Some(settings.variant) {
-            settings.compare = None;
-        }
+        settings.normalize();
         // A GPU remembered from another run or build may not be here now: start on the CPU and say why.
         let cuda = crate::device::cuda_status().clone();
         let cuda_fallback = (settings.device != "cpu").then(|| cuda.unavailable_reason()).flatten();
@@ -121,15 +137,19 @@ impl WorkbenchApp {
                 ctx.request_repaint();
             }
         });
-        worker.send(Command::OpenImage(match &opts.image {
-            Some(p) => ImageSource::Path(p.clone()),
+        // The image named on the command line, else the one open when the window last closed
+        // (if it is still there), else the bundled sample.
+        let first_image = match opts.image.clone().or_else(|| settings.last_image.clone().filter(|p| p.is_file())) {
+            Some(p) => ImageSource::Path(p),
             None => ImageSource::Bytes { name: "chelsea.png (sample)".into(), bytes: Arc::new(SAMPLE_IMAGE.to_vec()) },
-        }));
-        worker.send(Command::SetModel { spec: settings.model.clone(), device: settings.device.clone() });
+        };
         let mut state = AppState::with_cuda(settings, cuda);
         if let Some(why) = cuda_fallback {
-            state.notify(Level::Info, format!("CUDA is not available ({why}); using the CPU"));
+            state.notify(Level::Info, Topic::Model, format!("CUDA is not available ({why}); using the CPU"));
         }
+        state.decoding = Some(first_image.name());
+        worker.send(Command::OpenImage(first_image));
+        worker.send(Command::SetModel { spec: state.settings.model.clone(), device: state.settings.device.clone() });
         WorkbenchApp {
             state,
             worker,
@@ -165,9 +185,10 @@ impl WorkbenchApp {
         if self.state.image.is_some() && self.state.model.is_some() {
             let o = &self.state.settings.overlay;
             self.worker.send(Command::Analyze {
-                variants: self.state.settings.active_variants(),
+                variants: self.state.active_variants(),
                 map: o.map(),
                 cmap: o.cmap,
+                opacity: o.opacity,
             });
         }
     }
@@ -183,27 +204,37 @@ impl WorkbenchApp {
         if new_inputs {
             self.analyze();
         }
+        let now = ctx.input(|i| i.time);
+        if let Some(next) = self.state.expire_notices(now) {
+            ctx.request_repaint_after(std::time::Duration::from_secs_f64(next));
+        }
         let mut actions = Vec::new();
         self.input(&ctx, &mut actions);
         let hovering = ctx.input(|i| !i.raw.hovered_files.is_empty());
 
-        egui::Panel::top("controls").show(ui, |ui| {
+        let top = egui::Panel::top("controls").show(ui, |ui| {
             ui.add_space(4.0);
-            self.controls.ui(ui, &mut self.state, &mut actions);
-            self.notices.ui(ui, &self.state, &mut actions);
+            self.controls.ui(ui, &self.state, &mut actions);
             ui.add_space(2.0);
         });
         egui::Panel::bottom("status").show(ui, |ui| self.status.ui(ui, &self.state, &mut actions));
+        // Side panels start in proportion to the window, so 800x600 still leaves room for the image.
+        let screen = ctx.content_rect().size();
         egui::Panel::bottom("chart")
+            .exact_size((screen.y * 0.3).clamp(170.0, 260.0))
+            .show(ui, |ui| self.chart.ui(ui, &self.state, &mut actions));
+        egui::Panel::right("results")
             .resizable(true)
-            .default_size(230.0)
-            .show(ui, |ui| self.chart.ui(ui, &mut self.state, &mut actions));
-        egui::Panel::right("results").resizable(true).default_size(360.0).size_range(260.0..=560.0).show(ui, |ui| {
-            egui::ScrollArea::vertical().show(ui, |ui| self.results.ui(ui, &self.state));
-        });
-        egui::CentralPanel::default().show(ui, |ui| self.image.ui(ui, &mut self.state, hovering, &mut actions));
+            .default_size((screen.x * 0.28).clamp(260.0, 360.0))
+            .size_range(240.0..=(screen.x * 0.45).max(240.0))
+            .show(ui, |ui| {
+                egui::ScrollArea::vertical().show(ui, |ui| self.results.ui(ui, &self.state, &mut actions));
+            });
+        egui::CentralPanel::default().show(ui, |ui| self.image.ui(ui, &self.state, hovering, &mut actions));
+        // Notices float over the window below the top bar: they never push the layout.
+        self.notices.ui(&ctx, top.response.rect.bottom(), &self.state, &mut actions);
 
-        if self.pending_benchmark && self.state.result(self.state.settings.variant).is_some() {
+        if self.pending_benchmark && self.state.result(self.state.primary()).is_some() {
             self.pending_benchmark = false;
             actions.push(Action::Benchmark);
         }
@@ -228,9 +259,11 @@ impl WorkbenchApp {
                     Ok(bytes) => {
                         actions.push(Action::OpenBytes { name: path.display().to_string(), bytes: Arc::new(bytes) })
                     }
-                    Err(e) => {
-                        self.state.notify(Level::Error, format!("cannot read the dropped file {}: {e}", path.display()))
-                    }
+                    Err(e) => self.state.notify(
+                        Level::Error,
+                        Topic::Image,
+                        format!("cannot read the dropped file {}: {e}", path.display()),
+                    ),
                 }
             }
         }
@@ -240,38 +273,50 @@ impl WorkbenchApp {
         if ctx.input_mut(|i| i.consume_key(Modifiers::COMMAND, Key::E)) {
             actions.push(Action::ExportCsv);
         }
-        if !ctx.egui_wants_keyboard_input() {
-            for (key, v) in [(Key::Num1, Variant::Fp32), (Key::Num2, Variant::Int8), (Key::Num3, Variant::Mobile)] {
-                if ctx.input_mut(|i| i.consume_key(Modifiers::NONE, key)) {
-                    actions.push(Action::SetVariant(v));
-                }
-            }
+        // Esc closes an open menu first (egui does that); otherwise it dismisses the newest notice.
+        if !self.state.notices.is_empty()
+            && !egui::Popup::is_any_open(ctx)
+            && ctx.input_mut(|i| i.consume_key(Modifiers::NONE, Key::Escape))
+        {
+            actions.push(Action::DismissLatest);
+        }
+        if !ctx.egui_wants_keyboard_input()
+            && let Some(v) = ctx.input(|i| last_variant_key(&i.events))
+        {
+            actions.push(Action::SetVariant(v));
         }
     }
 
+    /// Applies one action: the only place the app's state changes in response to the user.
     fn act(&mut self, action: Action) {
         let s = &mut self.state;
         match action {
             Action::OpenDialog => match file_dialog() {
                 Some(dialog) => {
-                    if let Some(p) = dialog
-                        .add_filter("images", &["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"])
-                        .pick_file()
-                    {
+                    if let Some(p) = dialog.add_filter("images", &crate::preprocess::IMAGE_EXTENSIONS).pick_file() {
                         self.act(Action::OpenPath(p));
                     }
                 }
-                None => s.notify(Level::Info, NO_DIALOG),
+                None => s.notify(Level::Info, Topic::Other, NO_DIALOG),
             },
-            Action::OpenPath(p) => self.worker.send(Command::OpenImage(ImageSource::Path(p))),
+            Action::OpenPath(p) => {
+                s.decoding = Some(p.display().to_string());
+                self.worker.send(Command::OpenImage(ImageSource::Path(p)));
+            }
             Action::OpenBytes { name, bytes } => {
+                s.decoding = Some(name.clone());
                 self.worker.send(Command::OpenImage(ImageSource::Bytes { name, bytes }))
             }
-            Action::LoadModel(spec) if !spec.is_empty() => {
+            Action::EditImagePath(text) => s.path_input = text,
+            Action::EditModel(text) => s.model_input = text,
+            Action::LoadModel(spec) if !spec.trim().is_empty() => {
+                let spec = spec.trim().to_string();
                 s.model_input = spec.clone();
                 self.worker.send(Command::SetModel { spec, device: s.settings.device.clone() });
             }
-            Action::LoadModel(_) => s.notify(Level::Info, "name a model first: a hub id, a folder or an exported file"),
+            Action::LoadModel(_) => {
+                s.notify(Level::Info, Topic::Model, "name a model first: a hub id, a folder or an exported file")
+            }
             Action::PickModelFolder => match file_dialog() {
                 Some(dialog) => {
                     if let Some(p) = dialog.pick_folder() {
@@ -280,60 +325,75 @@ impl WorkbenchApp {
                 }
                 None => s.notify(
                     Level::Info,
+                    Topic::Other,
                     "no folder dialog is available here: type or paste the model folder into the field and press Load",
                 ),
             },
             Action::SetVariant(v) => {
-                let exported = s.model.as_ref().is_some_and(|m| m.stored_variant != Variant::Fp32);
-                if exported && s.model.as_ref().is_some_and(|m| m.stored_variant != v) {
-                    s.notify(Level::Info, "this exported file holds one variant; load the fp32 model to switch");
+                if let Some(held) = s.exported_variant().filter(|held| *held != v) {
+                    s.notify(
+                        Level::Info,
+                        Topic::Other,
+                        format!("this exported file holds only {held}; load the fp32 model to switch to {v}"),
+                    );
                     return;
                 }
                 if s.settings.variant != v {
                     s.settings.variant = v;
-                    if s.settings.compare == Some(v) {
-                        s.settings.compare = Some(if v == Variant::Fp32 { Variant::Int8 } else { Variant::Fp32 });
-                    }
+                    s.settings.normalize();
                     self.analyze();
                 }
             }
             Action::SetCompare(c) => {
                 s.settings.compare = c;
+                s.settings.normalize();
                 self.analyze();
             }
             Action::SetDevice(d) => {
                 if d != "cpu"
                     && let Some(why) = s.cuda.unavailable_reason()
                 {
-                    s.notify(Level::Error, format!("CUDA is not available: {why}"));
+                    s.notify(Level::Error, Topic::Model, format!("CUDA is not available: {why}"));
                     return;
                 }
                 s.settings.device = d.clone();
                 self.worker.send(Command::SetModel { spec: s.settings.model.clone(), device: d });
             }
-            Action::RecomputeOverlay => {
+            Action::SetOverlay(new) => {
+                let old = std::mem::replace(&mut s.settings.overlay, new);
                 let o = &s.settings.overlay;
-                self.worker.send(Command::Overlay {
-                    variants: s.settings.active_variants(),
-                    map: o.map(),
-                    cmap: o.cmap,
-                });
+                // The on/off switch is applied when drawing; the rest needs new layers (the worker
+                // keeps the last map, so opacity and colormap changes only redraw it).
+                let restyled = o.cmap != old.cmap || o.opacity != old.opacity;
+                if o.enabled && (o.map() != old.map() || restyled || !old.enabled) {
+                    self.worker.send(Command::Overlay {
+                        variants: s.active_variants(),
+                        map: o.map(),
+                        cmap: o.cmap,
+                        opacity: o.opacity,
+                    });
+                }
             }
+            Action::ExplainClass(class) => {
+                let mut o = s.settings.overlay.clone();
+                o.class = Some(class);
+                o.mode = state::OverlayMode::Attribution;
+                o.enabled = true;
+                self.act(Action::SetOverlay(o));
+            }
+            Action::SetBenchOptions { warmup, runs, seconds } => {
+                s.settings.bench_warmup = warmup;
+                s.settings.bench_runs = runs;
+                s.settings.bench_seconds = seconds;
+            }
+            Action::SetExportPath(p) => s.settings.export_path = p,
             Action::Benchmark => {
-                s.bench.running = true;
-                s.bench.live.clear();
-                s.bench.phase = "starting".into();
-                let variants = match s.model.as_ref().map(|m| m.stored_variant) {
-                    Some(Variant::Fp32) | None => Variant::ALL.to_vec(),
+                s.bench.start(s.settings.model.clone());
+                let variants = match s.exported_variant() {
                     Some(v) => vec![v],
+                    None => Variant::ALL.to_vec(),
                 };
-                let cfg = BenchConfig {
-                    warmup: s.settings.bench_warmup,
-                    min_runs: s.settings.bench_runs.max(1),
-                    min_seconds: s.settings.bench_seconds.max(0.0),
-                    ..BenchConfig::default()
-                };
-                self.worker.send(Command::Benchmark { variants, cfg });
+                self.worker.send(Command::Benchmark { variants, cfg: s.settings.bench_config() });
             }
             Action::Cancel => self.worker.cancel(),
             Action::ChooseExportPath => match file_dialog() {
@@ -344,11 +404,15 @@ impl WorkbenchApp {
                         s.settings.export_path = p.display().to_string();
                     }
                 }
-                None => s.notify(Level::Info, "no save dialog is available here: type the CSV path into the field"),
+                None => s.notify(
+                    Level::Info,
+                    Topic::Other,
+                    "no save dialog is available here: type the CSV path into the field",
+                ),
             },
             Action::ExportCsv => {
                 if s.bench.results.is_empty() {
-                    s.notify(Level::Info, "nothing to export yet: run a benchmark first");
+                    s.notify(Level::Info, Topic::Export, "nothing to export yet: run a benchmark first");
                 } else {
                     self.worker.send(Command::ExportCsv {
                         path: PathBuf::from(s.settings.export_path.trim()),
@@ -357,6 +421,11 @@ impl WorkbenchApp {
                 }
             }
             Action::Dismiss(id) => s.dismiss(id),
+            Action::DismissLatest => {
+                if let Some(id) = s.notices.last().map(|n| n.id) {
+                    s.dismiss(id);
+                }
+            }
         }
     }
 
@@ -379,9 +448,10 @@ impl WorkbenchApp {
             ctx.send_viewport_cmd(egui::ViewportCommand::Close);
             return;
         }
-        let primary = self.state.settings.variant;
-        let ready = self.state.result(primary).is_some()
-            && (!self.state.settings.overlay.enabled || self.state.overlays.contains_key(&primary))
+        // Every pane shown: with a compare view, both variants' results and overlays.
+        let shown = self.state.active_variants();
+        let ready = shown.iter().all(|v| self.state.result(*v).is_some())
+            && (!self.state.settings.overlay.enabled || shown.iter().all(|v| self.state.overlays.contains_key(v)))
             && !self.pending_benchmark
             && !self.state.bench.running;
         if ready {
@@ -400,6 +470,20 @@ impl WorkbenchApp {
             ctx.request_repaint();
         }
     }
+}
+
+/// The variant of the last of the keys 1, 2, 3 pressed this frame, in the order they were
+/// pressed (keys typed quickly can arrive in one frame; the last one wins).
+fn last_variant_key(events: &[egui::Event]) -> Option<Variant> {
+    events.iter().rev().find_map(|e| match e {
+        egui::Event::Key { key, pressed: true, modifiers, .. } if modifiers.is_none() => match key {
+            Key::Num1 => Some(Variant::Fp32),
+            Key::Num2 => Some(Variant::Int8),
+            Key::Num3 => Some(Variant::Mobile),
+            _ => None,
+        },
+        _ => None,
+    })
 }
 
 const NO_DIALOG: &str = "no file dialog is available here (no desktop portal): drag an image onto the window, or paste its path into the field and press Open path";
@@ -438,7 +522,7 @@ impl eframe::App for WorkbenchApp {
 /// Opens the window; returns when it is closed.
 pub fn run(opts: GuiOptions) -> Result<()> {
     let screenshot_mode = opts.screenshot.is_some();
-    let mut viewport = egui::ViewportBuilder::default().with_title("vit-workbench").with_min_inner_size([900.0, 600.0]);
+    let mut viewport = egui::ViewportBuilder::default().with_title("vit-workbench").with_min_inner_size([800.0, 600.0]);
     viewport = viewport.with_inner_size([1280.0, 820.0]);
     let native = eframe::NativeOptions {
         viewport,

@@ -2,20 +2,21 @@
 
 use egui::Ui;
 
-use super::state::{AppState, VariantResult};
+use super::Action;
+use super::state::{AppState, OverlayMode, VariantResult};
 use crate::quant::metrics::compare_logits;
 
 pub struct ResultsPanel;
 
 impl ResultsPanel {
-    pub fn ui(&mut self, ui: &mut Ui, state: &AppState) {
-        let variants = state.settings.active_variants();
+    pub fn ui(&mut self, ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
+        let variants = state.active_variants();
         let waiting = state.image.is_some() && state.model.is_some();
         let primary = state.result(variants[0]);
         let Some(&second) = variants.get(1) else {
             ui.heading("Top-5");
             match primary {
-                Some(r) => top5(ui, variants[0].name(), r),
+                Some(r) => top5(ui, variants[0].name(), r, state, actions),
                 None => pending(ui, waiting),
             }
             return;
@@ -50,10 +51,9 @@ impl ResultsPanel {
             ui.end_row();
         });
         ui.separator();
-        ui.columns(2, |cols| {
-            top5(&mut cols[0], variants[0].name(), r1);
-            top5(&mut cols[1], second.name(), r2);
-        });
+        top5(ui, variants[0].name(), r1, state, actions);
+        ui.add_space(6.0);
+        top5(ui, second.name(), r2, state, actions);
     }
 }
 
@@ -68,14 +68,36 @@ fn pending(ui: &mut Ui, waiting: bool) {
     }
 }
 
-fn top5(ui: &mut Ui, name: &str, r: &VariantResult) {
+/// One row per class: "label  [bar] p%", the label cut to fit (the full label on hover).
+/// Clicking a label explains that class (attribution); the explained class is underlined.
+fn top5(ui: &mut Ui, name: &str, r: &VariantResult, state: &AppState, actions: &mut Vec<Action>) {
+    let o = &state.settings.overlay;
+    let explained = (o.enabled && o.mode == OverlayMode::Attribution).then(|| o.class.unwrap_or(r.top5[0].index));
     ui.label(egui::RichText::new(name).strong());
-    for p in &r.top5 {
-        ui.add(
-            egui::ProgressBar::new(p.probability)
-                .desired_width(ui.available_width().min(170.0))
-                .text(format!("{:.1}%", p.probability * 100.0)),
-        );
-        ui.label(&p.label);
-    }
+    let width = ui.available_width();
+    let bar_width = (width * 0.35).clamp(50.0, 150.0);
+    let label_width = (width - bar_width - 70.0).max(60.0);
+    egui::Grid::new(("top5", name)).num_columns(3).spacing([8.0, 4.0]).show(ui, |ui| {
+        for p in &r.top5 {
+            let layout = egui::Layout::left_to_right(egui::Align::Center);
+            ui.allocate_ui_with_layout(egui::vec2(label_width, 18.0), layout, |ui| {
+                ui.set_width(label_width);
+                let text = egui::RichText::new(&p.label);
+                let text = if explained == Some(p.index) { text.strong().underline() } else { text };
+                let clicked = ui
+                    .add(egui::Label::new(text).truncate().sense(egui::Sense::click()))
+                    .on_hover_text(format!(
+                        "{} (class {}): click to see what in the image speaks for it",
+                        p.label, p.index
+                    ))
+                    .clicked();
+                if clicked {
+                    actions.push(Action::ExplainClass(p.index));
+                }
+            });
+            ui.add(egui::ProgressBar::new(p.probability).desired_width(bar_width).desired_height(12.0));
+            ui.label(format!("{:.1}%", p.probability * 100.0));
+            ui.end_row();
+        }
+    });
 }

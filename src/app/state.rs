@@ -1,5 +1,6 @@
 //! The app's state, apart from how it is drawn: persisted settings, what the worker reported,
-//! notices. Panels read and change it; only [`AppState::apply`] turns worker replies into state.
+//! notices. Panels only read it; the app changes it, through [`AppState::apply`] for worker
+//! replies and `WorkbenchApp::act` for what the user asked for.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -7,14 +8,17 @@ use std::path::PathBuf;
 use egui::{ColorImage, TextureHandle, TextureOptions};
 use serde::{Deserialize, Serialize};
 
+pub use super::worker::Topic;
 use super::worker::{ModelSummary, Reply, Rgba};
-use crate::bench::BenchResult;
-use crate::explain::{AttentionMap, Colormap, HeadFusion};
+use crate::bench::{BenchConfig, BenchResult, percentile};
+use crate::explain::{AttentionMap, Colormap, HeadFusion, Request};
 use crate::model::Prediction;
 use crate::quant::Variant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OverlayMode {
+    /// Class-specific attribution (the class clicked in the top-5, else the top-1).
+    Attribution,
     Rollout,
     Raw,
 }
@@ -31,29 +35,37 @@ pub struct OverlaySettings {
     pub head: Option<usize>,
     pub opacity: f32,
     pub cmap: Colormap,
+    /// The class attribution explains (clicked in the top-5); `None`: the top-1. Per image, so
+    /// not persisted.
+    #[serde(skip)]
+    pub class: Option<usize>,
 }
 
 impl Default for OverlaySettings {
     fn default() -> Self {
         OverlaySettings {
             enabled: true,
-            mode: OverlayMode::Rollout,
+            mode: OverlayMode::Attribution,
             // jacobgil/vit-explain's recommendation: max fusion, 90% discarded.
             fusion: HeadFusion::Max,
             discard_ratio: 0.9,
             layer: 0,
             head: None,
-            opacity: 0.6,
-            cmap: Colormap::Inferno,
+            opacity: crate::explain::DEFAULT_OPACITY,
+            cmap: crate::explain::DEFAULT_COLORMAP,
+            class: None,
         }
     }
 }
 
 impl OverlaySettings {
-    pub fn map(&self) -> AttentionMap {
+    pub fn map(&self) -> Request {
         match self.mode {
-            OverlayMode::Rollout => AttentionMap::Rollout { fusion: self.fusion, discard_ratio: self.discard_ratio },
-            OverlayMode::Raw => AttentionMap::Raw { layer: self.layer, head: self.head },
+            OverlayMode::Attribution => Request::Attribution { class: self.class },
+            OverlayMode::Rollout => {
+                Request::Attention(AttentionMap::Rollout { fusion: self.fusion, discard_ratio: self.discard_ratio })
+            }
+            OverlayMode::Raw => Request::Attention(AttentionMap::Raw { layer: self.layer, head: self.head }),
         }
     }
 }
@@ -72,6 +84,8 @@ pub struct Settings {
     pub bench_warmup: usize,
     pub bench_runs: usize,
     pub bench_seconds: f64,
+    /// The image file open when the window closed, reopened at the next start.
+    pub last_image: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -86,11 +100,33 @@ impl Default for Settings {
             bench_warmup: 5,
             bench_runs: 20,
             bench_seconds: 2.0,
+            last_image: None,
         }
     }
 }
 
 impl Settings {
+    /// Makes settings from anywhere (the command line, a restored file, an action) consistent:
+    /// a variant is never compared with itself, it gets its default partner instead.
+    pub fn normalize(&mut self) {
+        if self.compare == Some(self.variant) {
+            self.compare = Some(self.variant.default_partner());
+        }
+        self.overlay.opacity = self.overlay.opacity.clamp(0.0, 1.0);
+        self.overlay.discard_ratio = self.overlay.discard_ratio.clamp(0.0, 0.99);
+    }
+
+    /// The benchmark the window runs, from the user's fields, made runnable.
+    pub fn bench_config(&self) -> BenchConfig {
+        BenchConfig {
+            warmup: self.bench_warmup,
+            min_runs: self.bench_runs,
+            min_seconds: self.bench_seconds,
+            ..BenchConfig::default()
+        }
+        .clamped()
+    }
+
     /// The variants to classify with: the current one first, then the compare one.
     pub fn active_variants(&self) -> Vec<Variant> {
         let mut v = vec![self.variant];
@@ -111,8 +147,17 @@ pub enum Level {
 pub struct Notice {
     pub id: u64,
     pub level: Level,
+    /// What the notice is about: an error goes away when that thing next succeeds.
+    pub topic: Topic,
     pub text: String,
+    /// When it was first drawn (egui time), for info notices to fade out.
+    pub shown_at: Option<f64>,
 }
+
+/// How long an info notice stays; errors stay until dismissed or resolved.
+pub const INFO_SECONDS: f64 = 8.0;
+/// The most notices kept at once (the oldest go first).
+const MAX_NOTICES: usize = 4;
 
 pub struct ShownImage {
     pub id: u64,
@@ -130,18 +175,105 @@ pub struct VariantResult {
     pub ms: f64,
 }
 
+/// The timed samples of one variant in a running benchmark, with the running median and p90
+/// updated as each sample arrives (not recomputed from all samples every frame).
+#[derive(Clone, Debug, Default)]
+pub struct LiveSeries {
+    /// Samples in the order they were measured, ms.
+    pub samples: Vec<f64>,
+    sorted: Vec<f64>,
+    /// `[run, median of runs 1..=run]`.
+    pub median: Vec<[f64; 2]>,
+    /// `[run, p90 of runs 1..=run]`.
+    pub p90: Vec<[f64; 2]>,
+}
+
+impl LiveSeries {
+    pub fn push(&mut self, ms: f64) {
+        self.samples.push(ms);
+        let at = self.sorted.partition_point(|x| x.total_cmp(&ms).is_le());
+        self.sorted.insert(at, ms);
+        let run = self.samples.len() as f64;
+        self.median.push([run, percentile(&self.sorted, 50.0)]);
+        self.p90.push([run, percentile(&self.sorted, 90.0)]);
+    }
+
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+}
+
 #[derive(Default)]
 pub struct BenchState {
     pub running: bool,
     pub phase: String,
+    /// The model of the running (or last) benchmark.
+    pub model: String,
     /// Timed samples of the running (or last) benchmark, per variant, in order.
-    pub live: BTreeMap<Variant, Vec<f64>>,
+    pub live: BTreeMap<Variant, LiveSeries>,
     /// Every result gathered since the app started (what "Export CSV" writes).
     pub results: Vec<BenchResult>,
 }
 
+impl BenchState {
+    pub fn start(&mut self, model: String) {
+        self.running = true;
+        self.live.clear();
+        self.phase = "starting".into();
+        self.model = model;
+    }
+
+    /// The newest result of each (model, variant), in the order the models were first
+    /// benchmarked, variants in their usual order: what the bar charts show.
+    pub fn latest(&self) -> Vec<&BenchResult> {
+        let mut models: Vec<&str> = Vec::new();
+        for r in &self.results {
+            if !models.contains(&r.model.as_str()) {
+                models.push(&r.model);
+            }
+        }
+        let mut out = Vec::new();
+        for m in models {
+            for v in Variant::ALL {
+                if let Some(r) = self.results.iter().rev().find(|r| r.model == m && r.variant == v) {
+                    out.push(r);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The machine the numbers come from, for the status bar.
+#[derive(Clone, Debug)]
+pub struct Environment {
+    /// Threads and the int8 kernel path.
+    pub summary: String,
+    /// The CPU's SIMD features.
+    pub detail: String,
+}
+
+impl Environment {
+    pub fn detect() -> Environment {
+        Environment {
+            summary: format!(
+                "threads: {} · int8 kernel: {}",
+                rayon::current_num_threads(),
+                crate::kernels::selected_isa().name()
+            ),
+            detail: crate::bench::simd_summary(),
+        }
+    }
+}
+
 pub struct AppState {
     pub settings: Settings,
+    /// Shown in the status bar (snapshot tests pin it: it differs between machines).
+    pub environment: Environment,
     pub image: Option<ShownImage>,
     pub model: Option<ModelSummary>,
     pub results: BTreeMap<Variant, VariantResult>,
@@ -159,6 +291,8 @@ pub struct AppState {
     pub last_export: Option<PathBuf>,
     /// Whether CUDA can be used here, probed once at start.
     pub cuda: crate::device::CudaStatus,
+    /// The image being decoded (asked for, not arrived yet).
+    pub decoding: Option<String>,
 }
 
 impl AppState {
@@ -171,6 +305,7 @@ impl AppState {
         AppState {
             model_input: settings.model.clone(),
             settings,
+            environment: Environment::detect(),
             image: None,
             model: None,
             results: BTreeMap::new(),
@@ -184,24 +319,62 @@ impl AppState {
             needs_analysis: false,
             last_export: None,
             cuda,
+            decoding: None,
         }
     }
 
-    pub fn notify(&mut self, level: Level, text: impl Into<String>) {
+    pub fn notify(&mut self, level: Level, topic: Topic, text: impl Into<String>) {
         let text = text.into();
-        // The same message twice in a row is one notice.
-        if self.notices.last().is_some_and(|n| n.text == text) {
-            return;
-        }
-        self.notices.push(Notice { id: self.next_notice, level, text });
+        // The same message again replaces the old one (and restarts its time).
+        self.notices.retain(|n| n.text != text);
+        self.notices.push(Notice { id: self.next_notice, level, topic, text, shown_at: None });
         self.next_notice += 1;
-        if self.notices.len() > 6 {
+        if self.notices.len() > MAX_NOTICES {
             self.notices.remove(0);
         }
     }
 
     pub fn dismiss(&mut self, id: u64) {
         self.notices.retain(|n| n.id != id);
+    }
+
+    /// `topic` succeeded: its errors no longer apply.
+    fn resolved(&mut self, topic: Topic) {
+        self.notices.retain(|n| !(n.level == Level::Error && n.topic == topic));
+    }
+
+    /// Drops info notices older than [`INFO_SECONDS`] at egui time `now`; returns the seconds
+    /// until the next one expires, if any.
+    pub fn expire_notices(&mut self, now: f64) -> Option<f64> {
+        for n in &mut self.notices {
+            n.shown_at.get_or_insert(now);
+        }
+        let expired = |n: &Notice| n.level == Level::Info && n.shown_at.is_some_and(|t| now - t >= INFO_SECONDS);
+        self.notices.retain(|n| !expired(n));
+        self.notices
+            .iter()
+            .filter(|n| n.level == Level::Info)
+            .filter_map(|n| n.shown_at.map(|t| INFO_SECONDS - (now - t)))
+            .reduce(f64::min)
+    }
+
+    /// The variant an exported int8/mobile file holds (it cannot become another one).
+    pub fn exported_variant(&self) -> Option<Variant> {
+        self.model.as_ref().map(|m| m.stored_variant).filter(|v| *v != Variant::Fp32)
+    }
+
+    /// The variants shown: the settings' choice, or only the one an exported file holds. The
+    /// settings keep the user's choice, so it comes back with the next full model.
+    pub fn active_variants(&self) -> Vec<Variant> {
+        match self.exported_variant() {
+            Some(v) => vec![v],
+            None => self.settings.active_variants(),
+        }
+    }
+
+    /// The variant shown first.
+    pub fn primary(&self) -> Variant {
+        self.active_variants()[0]
     }
 
     /// The result of the current image for `v`, if computed.
@@ -223,33 +396,38 @@ impl AppState {
                 let total = if total > 0 { total } else { self.download.as_ref().map_or(0, |d| d.2) };
                 self.download = Some((file, done, total));
             }
-            Reply::ImageLoaded { image_id, name, display, width, height } => {
+            Reply::ImageLoaded { image_id, name, path, display, width, height } => {
                 let texture =
                     ctx.load_texture(format!("image-{image_id}"), to_color_image(&display), TextureOptions::LINEAR);
                 self.image = Some(ShownImage { id: image_id, name, texture, width, height });
                 self.overlays.clear();
+                self.settings.overlay.class = None;
+                self.decoding = None;
+                if path.is_some() {
+                    self.settings.last_image = path;
+                }
+                self.resolved(Topic::Image);
                 return true;
             }
             Reply::ModelLoaded(summary) => {
                 self.settings.model = summary.spec.clone();
-                if summary.stored_variant != Variant::Fp32 {
-                    // An exported int8/mobile file cannot be turned into other variants.
-                    self.settings.variant = summary.stored_variant;
-                    self.settings.compare = None;
-                }
                 self.model = Some(summary);
+                self.resolved(Topic::Model);
                 self.results.clear();
                 self.overlays.clear();
+                self.settings.overlay.class = None;
                 return true;
             }
             Reply::Classified { image_id, variant, top5, logits, ms } => {
                 self.results.insert(variant, VariantResult { image_id, top5, logits, ms });
+                self.resolved(Topic::Analysis);
             }
             Reply::Overlay { image_id, variant, rgba } => {
                 if self.image.as_ref().is_some_and(|i| i.id == image_id) {
                     let tex =
                         ctx.load_texture(format!("overlay-{variant}"), to_color_image(&rgba), TextureOptions::LINEAR);
                     self.overlays.insert(variant, tex);
+                    self.resolved(Topic::Analysis);
                 }
             }
             Reply::BenchPhase(p) => self.bench.phase = p,
@@ -265,8 +443,10 @@ impl AppState {
                             .then(|| format!("{} is {:.2}x slower than fp32", r.variant, r.stats.p50 / f.stats.p50))
                     })
                     .collect();
+                self.resolved(Topic::Benchmark);
                 self.notify(
                     Level::Info,
+                    Topic::Benchmark,
                     format!(
                         "benchmark done: {} results{}",
                         results.len(),
@@ -276,16 +456,26 @@ impl AppState {
                 self.bench.results.extend(results);
             }
             Reply::Exported { path, rows } => {
-                self.notify(Level::Info, format!("exported {rows} benchmark rows to {}", path.display()));
+                self.resolved(Topic::Export);
+                self.notify(
+                    Level::Info,
+                    Topic::Export,
+                    format!("exported {rows} benchmark rows to {}", path.display()),
+                );
                 self.last_export = Some(path);
             }
             Reply::Cancelled(what) => {
                 self.bench.running = false;
-                self.notify(Level::Info, what);
+                self.notify(Level::Info, Topic::Other, what);
             }
-            Reply::Error { what, message } => {
-                self.bench.running = false;
-                self.notify(Level::Error, format!("{what}: {message}"));
+            Reply::Error { what, about, message } => {
+                if about == Topic::Benchmark {
+                    self.bench.running = false;
+                }
+                if about == Topic::Image {
+                    self.decoding = None;
+                }
+                self.notify(Level::Error, about, format!("{what}: {message}"));
             }
         }
         false

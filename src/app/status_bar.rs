@@ -1,6 +1,7 @@
-//! The status bar (device, threads, kernel path, what the worker is doing) and the notices.
+//! The status bar (what the worker is doing, device, threads, kernel path, model) and the
+//! notices, drawn as toasts over the window.
 
-use egui::{Color32, Ui};
+use egui::{Align2, Color32, Frame, Order, RichText, Sense, Stroke, Ui, Vec2};
 
 use super::Action;
 use super::state::{AppState, Level};
@@ -11,30 +12,8 @@ pub struct StatusBar;
 impl StatusBar {
     pub fn ui(&mut self, ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
         ui.horizontal(|ui| {
-            // The loaded model's device, not the one asked for: they differ while loading or after a failure.
-            let device = state.model.as_ref().map_or_else(|| state.settings.device.clone(), |m| m.device.clone());
-            ui.label(format!("device: {}", device.to_uppercase()));
-            ui.separator();
-            ui.label(format!("threads: {}", rayon::current_num_threads()));
-            ui.separator();
-            match state.model.as_ref().map(|m| m.int8_kernel) {
-                Some(k @ Int8Kernel::CudaQ8_0) => ui.label(k.describe()),
-                _ => ui.label(crate::bench::simd_summary()).on_hover_text(Int8Kernel::CpuPerChannelRowwise.describe()),
-            };
-            ui.separator();
-            match &state.model {
-                Some(m) => ui.label(format!(
-                    "{} — {:.1}M params, {} layers, {} ({})",
-                    super::controls::short(&m.spec),
-                    m.params as f64 / 1e6,
-                    m.depth,
-                    m.recipe,
-                    m.stored_variant
-                )),
-                None => ui.label("no model loaded"),
-            };
+            // What is happening comes first: it must never be the part cut off.
             if let Some(busy) = &state.busy {
-                ui.separator();
                 if !state.bench.running {
                     ui.spinner();
                 }
@@ -51,6 +30,37 @@ impl StatusBar {
                 if !state.bench.running && ui.small_button("Cancel").clicked() {
                     actions.push(Action::Cancel);
                 }
+                ui.separator();
+            }
+            // The loaded model's device, not the one asked for: they differ while loading or after a failure.
+            let device = state.model.as_ref().map_or_else(|| state.settings.device.clone(), |m| m.device.clone());
+            ui.label(format!("device: {}", device.to_uppercase()));
+            ui.separator();
+            match state.model.as_ref().map(|m| m.int8_kernel) {
+                Some(k @ Int8Kernel::CudaQ8_0) => ui.label(k.describe()),
+                _ => ui.label(&state.environment.summary).on_hover_text(format!(
+                    "{}\n{}",
+                    state.environment.detail,
+                    Int8Kernel::CpuPerChannelRowwise.describe()
+                )),
+            };
+            ui.separator();
+            let model = match &state.model {
+                Some(m) => ui.add(
+                    egui::Label::new(format!(
+                        "{} ({}) — {:.1}M params, {} layers, {} classes",
+                        super::controls::short(&m.spec),
+                        m.stored_variant,
+                        m.params as f64 / 1e6,
+                        m.depth,
+                        m.classes,
+                    ))
+                    .truncate(),
+                ),
+                None => ui.label("no model loaded"),
+            };
+            if let Some(m) = &state.model {
+                model.on_hover_text(format!("{}\n{}\npreprocessing: {}", m.spec, m.architecture, m.recipe));
             }
         });
     }
@@ -58,21 +68,65 @@ impl StatusBar {
 
 pub struct Notices;
 
+/// Widest a notice gets; narrower windows get notices as wide as they are, less a margin.
+const NOTICE_WIDTH: f32 = 440.0;
+
 impl Notices {
-    pub fn ui(&mut self, ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
-        for n in &state.notices {
-            let (fill, text) = match n.level {
-                Level::Error => (Color32::from_rgb(110, 30, 30), Color32::WHITE),
-                Level::Info => (Color32::from_rgb(30, 60, 100), Color32::WHITE),
-            };
-            egui::Frame::new().fill(fill).inner_margin(6.0).corner_radius(4.0).show(ui, |ui| {
-                ui.horizontal(|ui| {
-                    ui.colored_label(text, &n.text);
-                    if ui.small_button("Dismiss").on_hover_text("Dismiss").clicked() {
-                        actions.push(Action::Dismiss(n.id));
-                    }
-                });
-            });
+    /// Draws the notices, newest first, in the top-right corner below `top` (the top bar's
+    /// bottom), over whatever is there.
+    pub fn ui(&mut self, ctx: &egui::Context, top: f32, state: &AppState, actions: &mut Vec<Action>) {
+        if state.notices.is_empty() {
+            return;
         }
+        let width = (ctx.content_rect().width() - 24.0).clamp(120.0, NOTICE_WIDTH);
+        egui::Area::new(egui::Id::unique("notices"))
+            .order(Order::Foreground)
+            .anchor(Align2::RIGHT_TOP, [-12.0, top + 8.0])
+            .show(ctx, |ui| {
+                ui.set_width(width);
+                for n in state.notices.iter().rev() {
+                    let fill = match n.level {
+                        Level::Error => Color32::from_rgb(120, 28, 28),
+                        Level::Info => Color32::from_rgb(28, 58, 100),
+                    };
+                    Frame::new()
+                        .fill(fill)
+                        .inner_margin(8.0)
+                        .corner_radius(6.0)
+                        .shadow(ui.visuals().popup_shadow)
+                        .show(ui, |ui| {
+                            ui.set_width(width - 16.0);
+                            ui.horizontal_top(|ui| {
+                                let text_width = ui.available_width() - 24.0;
+                                ui.allocate_ui(Vec2::new(text_width, 0.0), |ui| {
+                                    ui.set_width(text_width);
+                                    let prefix = if n.level == Level::Error { "Error: " } else { "" };
+                                    ui.add(
+                                        egui::Label::new(
+                                            RichText::new(format!("{prefix}{}", n.text)).color(Color32::WHITE),
+                                        )
+                                        .wrap(),
+                                    );
+                                });
+                                if close_button(ui).on_hover_text("Dismiss (Esc dismisses the newest)").clicked() {
+                                    actions.push(Action::Dismiss(n.id));
+                                }
+                            });
+                        });
+                    ui.add_space(6.0);
+                }
+            });
     }
+}
+
+/// A small x, drawn (no font needed), announced as "Dismiss".
+fn close_button(ui: &mut Ui) -> egui::Response {
+    let (rect, response) = ui.allocate_exact_size(Vec2::splat(18.0), Sense::click());
+    response.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Button, true, "Dismiss"));
+    let color = if response.hovered() { Color32::WHITE } else { Color32::from_gray(210) };
+    let r = rect.shrink(4.0);
+    let p = ui.painter();
+    p.line_segment([r.left_top(), r.right_bottom()], Stroke::new(2.0, color));
+    p.line_segment([r.right_top(), r.left_bottom()], Stroke::new(2.0, color));
+    response
 }

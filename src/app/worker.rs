@@ -17,7 +17,8 @@ use anyhow::{Context, Result, bail};
 use image::RgbImage;
 
 use crate::bench::{BenchConfig, BenchEvent, BenchInput, BenchJob, BenchResult, bench_model};
-use crate::explain::{AttentionMap, Attentions, Colormap, colorize, heatmap};
+use crate::explain::attribution::attribution;
+use crate::explain::{Attentions, Colormap, Heatmap, Request, grid_heatmap, heatmap, overlay_layer};
 use crate::hub::{DownloadEvent, Hub};
 use crate::model::{Capture, Model, Prediction, device_from_name};
 use crate::quant::{QuantOptions, Variant};
@@ -33,6 +34,29 @@ pub enum ImageSource {
     },
 }
 
+impl ImageSource {
+    /// How the image is named to the user.
+    pub fn name(&self) -> String {
+        match self {
+            ImageSource::Path(p) => p.display().to_string(),
+            ImageSource::Bytes { name, .. } => name.clone(),
+        }
+    }
+}
+
+/// What a command (and so its error) is about; an error notice goes away when the same kind
+/// of thing next succeeds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topic {
+    Image,
+    Model,
+    /// Classification and overlays.
+    Analysis,
+    Benchmark,
+    Export,
+    Other,
+}
+
 #[derive(Clone, Debug)]
 pub enum Command {
     OpenImage(ImageSource),
@@ -44,14 +68,16 @@ pub enum Command {
     /// compute their overlays.
     Analyze {
         variants: Vec<Variant>,
-        map: AttentionMap,
+        map: Request,
         cmap: Colormap,
+        opacity: f32,
     },
     /// Recompute overlays from the attention already captured.
     Overlay {
         variants: Vec<Variant>,
-        map: AttentionMap,
+        map: Request,
         cmap: Colormap,
+        opacity: f32,
     },
     Benchmark {
         variants: Vec<Variant>,
@@ -75,6 +101,17 @@ impl Command {
             Command::Benchmark { .. } => 4,
             Command::ExportCsv { .. } => 5,
             Command::Crash => 6,
+        }
+    }
+
+    fn topic(&self) -> Topic {
+        match self {
+            Command::OpenImage(_) => Topic::Image,
+            Command::SetModel { .. } => Topic::Model,
+            Command::Analyze { .. } | Command::Overlay { .. } => Topic::Analysis,
+            Command::Benchmark { .. } => Topic::Benchmark,
+            Command::ExportCsv { .. } => Topic::Export,
+            Command::Crash => Topic::Other,
         }
     }
 }
@@ -118,6 +155,8 @@ pub enum Reply {
     ImageLoaded {
         image_id: u64,
         name: String,
+        /// The file it came from (not for dropped bytes or the sample).
+        path: Option<PathBuf>,
         display: Rgba,
         width: u32,
         height: u32,
@@ -150,6 +189,7 @@ pub enum Reply {
     /// `what` failed (one line naming the file or model), the previous state is kept.
     Error {
         what: String,
+        about: Topic,
         message: String,
     },
 }
@@ -193,7 +233,7 @@ pub fn spawn(hub: Hub, wake: impl Fn() + Send + 'static) -> WorkerHandle {
                             if e.downcast_ref::<crate::bench::Cancelled>().is_some() {
                                 out.send(Reply::Cancelled(msg));
                             } else {
-                                out.send(Reply::Error { what: describe(&cmd), message: msg });
+                                out.send(Reply::Error { what: describe(&cmd), about: cmd.topic(), message: msg });
                             }
                         }
                         Err(panic) => {
@@ -208,6 +248,7 @@ pub fn spawn(hub: Hub, wake: impl Fn() + Send + 'static) -> WorkerHandle {
                             } else {
                                 out.send(Reply::Error {
                                     what: describe(&cmd),
+                                    about: cmd.topic(),
                                     message: format!("internal error, the worker restarted: {msg}"),
                                 });
                                 // Start over: no model or cache survives a panic. The decoded
@@ -296,6 +337,11 @@ struct State {
     variants: HashMap<Variant, Model>,
     /// Attention of the current image per variant, for overlay changes without a new forward.
     attentions: HashMap<Variant, (u64, Attentions)>,
+    /// The current image as the model's input, and each variant's top-1 on it (attribution).
+    input: Option<(u64, candle_core::Tensor)>,
+    top1: HashMap<Variant, usize>,
+    /// The last map per variant: an opacity or colormap change redraws it without recomputing.
+    maps: HashMap<Variant, (u64, Request, Heatmap)>,
 }
 
 /// Longest side of the image shown in the window (the model always sees the full image).
@@ -311,6 +357,9 @@ impl State {
             spec: None,
             variants: HashMap::new(),
             attentions: HashMap::new(),
+            input: None,
+            top1: HashMap::new(),
+            maps: HashMap::new(),
         }
     }
 
@@ -318,8 +367,8 @@ impl State {
         match cmd {
             Command::OpenImage(src) => self.open_image(src, out),
             Command::SetModel { spec, device } => self.set_model(&spec, &device, out, cancel),
-            Command::Analyze { variants, map, cmap } => self.analyze(&variants, map, cmap, out),
-            Command::Overlay { variants, map, cmap } => self.overlays(&variants, map, cmap, out),
+            Command::Analyze { variants, map, cmap, opacity } => self.analyze(&variants, map, cmap, opacity, out),
+            Command::Overlay { variants, map, cmap, opacity } => self.overlays(&variants, map, cmap, opacity, out),
             Command::Benchmark { variants, cfg } => self.benchmark(&variants, &cfg, out, cancel),
             Command::ExportCsv { path, results } => {
                 out.send(Reply::Busy(format!("writing {}", path.display())));
@@ -332,6 +381,8 @@ impl State {
     }
 
     fn open_image(&mut self, src: ImageSource, out: &Out) -> Result<()> {
+        // Large images take seconds to decode: say so.
+        out.send(Reply::Busy(format!("decoding {}", src.name())));
         let (name, img) = match &src {
             ImageSource::Path(p) => (p.display().to_string(), crate::preprocess::load_image(p)?),
             ImageSource::Bytes { name, bytes } => (name.clone(), crate::preprocess::decode_image(bytes)?),
@@ -349,9 +400,15 @@ impl State {
         self.next_image_id += 1;
         self.image = Some((id, Arc::new(img)));
         self.attentions.clear();
+        self.maps.clear();
+        self.top1.clear();
         out.send(Reply::ImageLoaded {
             image_id: id,
             name,
+            path: match src {
+                ImageSource::Path(p) => Some(p),
+                ImageSource::Bytes { .. } => None,
+            },
             display: Rgba { width: shown.width() as usize, height: shown.height() as usize, pixels: Arc::new(rgba) },
             width: w,
             height: h,
@@ -394,6 +451,8 @@ impl State {
         };
         self.variants.clear();
         self.attentions.clear();
+        self.maps.clear();
+        self.top1.clear();
         self.variants.insert(model.variant, model.clone());
         self.source = Some(model);
         self.spec = Some(spec.to_string());
@@ -411,7 +470,7 @@ impl State {
         Ok(&self.variants[&v])
     }
 
-    fn analyze(&mut self, variants: &[Variant], map: AttentionMap, cmap: Colormap, out: &Out) -> Result<()> {
+    fn analyze(&mut self, variants: &[Variant], map: Request, cmap: Colormap, opacity: f32, out: &Out) -> Result<()> {
         let Some((image_id, img)) = self.image.clone() else { bail!("no image is open") };
         for &v in variants {
             let model = self.variant(v, out)?;
@@ -423,32 +482,63 @@ impl State {
             let ms = t.elapsed().as_secs_f64() * 1000.0;
             let logits = fwd.logits.flatten_all()?.to_vec1::<f32>()?;
             let att = Attentions::from_tensors(fwd.attentions.as_deref().unwrap_or_default(), 0)?;
+            self.top1.insert(v, top5[0].index);
             out.send(Reply::Classified { image_id, variant: v, top5, logits, ms });
             self.attentions.insert(v, (image_id, att));
+            self.input = Some((image_id, x));
         }
-        self.overlays(variants, map, cmap, out)
+        self.overlays(variants, map, cmap, opacity, out)
     }
 
-    fn overlays(&mut self, variants: &[Variant], map: AttentionMap, cmap: Colormap, out: &Out) -> Result<()> {
+    fn overlays(&mut self, variants: &[Variant], map: Request, cmap: Colormap, opacity: f32, out: &Out) -> Result<()> {
         let Some((image_id, img)) = self.image.clone() else { return Ok(()) };
-        let prefix = self.source.as_ref().map(|m| m.config.num_prefix_tokens()).unwrap_or(1);
+        let Some(source) = self.source.as_ref() else { return Ok(()) };
+        let prefix = source.config.num_prefix_tokens();
         let (w, h) = img.dimensions();
         let s = (DISPLAY_MAX_SIDE as f64 / w.max(h) as f64).min(1.0);
         let (ow, oh) = (((w as f64 * s).round() as usize).max(1), ((h as f64 * s).round() as usize).max(1));
-        for v in variants {
-            let Some((id, att)) = self.attentions.get(v) else { continue };
+        // What the model saw, in the displayed copy's pixels: the map covers it, the rest is dimmed.
+        let region = source.recipe.seen_region(w, h)?.scaled(ow as f64 / w as f64, oh as f64 / h as f64);
+        for &v in variants {
+            let Some((id, _)) = self.attentions.get(&v) else { continue };
             if *id != image_id {
                 continue;
             }
-            let heat = heatmap(att, prefix, map)?;
-            let rgba = colorize(&heat, ow, oh, cmap);
+            let heat = match self.maps.get(&v) {
+                Some((id, m, heat)) if *id == image_id && *m == map => heat.clone(),
+                _ => {
+                    let heat = self.heatmap(v, image_id, map, prefix, out)?;
+                    self.maps.insert(v, (image_id, map, heat.clone()));
+                    heat
+                }
+            };
+            let rgba = overlay_layer(&heat, region, ow, oh, cmap, opacity);
             out.send(Reply::Overlay {
                 image_id,
-                variant: *v,
+                variant: v,
                 rgba: Rgba { width: ow, height: oh, pixels: Arc::new(rgba) },
             });
         }
         Ok(())
+    }
+
+    fn heatmap(&mut self, v: Variant, image_id: u64, map: Request, prefix: usize, out: &Out) -> Result<Heatmap> {
+        match map {
+            Request::Attention(m) => heatmap(&self.attentions[&v].1, prefix, m),
+            Request::Attribution { class } => {
+                let x = match &self.input {
+                    Some((id, x)) if *id == image_id => x.to_device(&candle_core::Device::Cpu)?,
+                    _ => bail!("the image has not been classified yet"),
+                };
+                let class = class.or_else(|| self.top1.get(&v).copied()).context("no class to explain")?;
+                out.send(Reply::Busy(format!("attribution for class {class} ({v})")));
+                let model = self.variant(v, out)?;
+                if !model.device.is_cpu() {
+                    bail!("attribution needs the model on the CPU; choose Rollout or Raw on {:?}", model.device);
+                }
+                grid_heatmap(&attribution(model, &x, class)?.row, prefix)
+            }
+        }
     }
 
     fn benchmark(&mut self, variants: &[Variant], cfg: &BenchConfig, out: &Out, cancel: &AtomicBool) -> Result<()> {

@@ -96,9 +96,14 @@ impl Model {
             return Ok(self.clone());
         }
         if self.variant != Variant::Fp32 {
+            // An exported file is named by its path as given, not by the model it was made from.
+            let name = if self.files.config == self.files.weights {
+                self.files.weights.display().to_string()
+            } else {
+                self.id.clone()
+            };
             bail!(
-                "{} holds {} weights; the {variant} variant must be made from the fp32 model (the original checkpoint or an fp32 export)",
-                self.id,
+                "{name} holds {} weights; the {variant} variant must be made from the fp32 model (the original checkpoint or an fp32 export)",
                 self.variant
             );
         }

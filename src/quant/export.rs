@@ -144,6 +144,15 @@ pub fn is_exported(path: &Path) -> bool {
     read_header_metadata(path).map(|m| m.get("format").map(String::as_str) == Some(FORMAT)).unwrap_or(false)
 }
 
+/// The variant an exported file holds (reads only the header); `None` for anything else.
+pub fn stored_variant(path: &Path) -> Option<Variant> {
+    let meta = read_header_metadata(path).ok()?;
+    if meta.get("format").map(String::as_str) != Some(FORMAT) {
+        return None;
+    }
+    meta.get("variant")?.parse().ok()
+}
+
 fn read_header_metadata(path: &Path) -> Result<HashMap<String, String>> {
     use std::io::Read;
     let mut f = std::fs::File::open(path)?;

@@ -34,6 +34,12 @@ impl Variant {
             Variant::Mobile => "mobile",
         }
     }
+
+    /// What `self` is compared with by default: fp32 is the reference for the quantized
+    /// variants, and fp32 itself is compared with int8 (the window's compare view).
+    pub fn default_partner(self) -> Variant {
+        if self == Variant::Fp32 { Variant::Int8 } else { Variant::Fp32 }
+    }
 }
 
 impl fmt::Display for Variant {

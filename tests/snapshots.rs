@@ -1,0 +1,209 @@
+//! Pictures of the window in its main states, rendered by wgpu (a software Vulkan driver,
+//! lavapipe, in CI) and compared with the committed PNGs under `tests/snapshots/`.
+//!
+//! After a deliberate change to how the window looks, regenerate them and look at every
+//! changed picture before committing it:
+//!
+//! ```sh
+//! UPDATE_SNAPSHOTS=1 cargo test --release --test snapshots
+//! ```
+//!
+//! What differs between machines is pinned so the pictures do not: the status bar's thread
+//! count and kernel path, the one-shot latencies, and the model field's text (the checkout's
+//! absolute path). Benchmark numbers are fixed ones fed to the window, not measured.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use egui_kittest::{Harness, SnapshotOptions, SnapshotResults};
+use vit_workbench::app::state::{Environment, Level, Settings};
+use vit_workbench::app::worker::Reply;
+use vit_workbench::app::{GuiOptions, WorkbenchApp};
+use vit_workbench::bench::{BenchResult, Stats};
+use vit_workbench::quant::Variant;
+
+const SIZES: [(f32, f32); 2] = [(1280.0, 820.0), (800.0, 600.0)];
+
+fn harness(settings: Settings, size: (f32, f32)) -> Harness<'static, WorkbenchApp> {
+    let app = WorkbenchApp::new(settings, &GuiOptions { offline: true, ..Default::default() });
+    Harness::builder()
+        .with_size(egui::Vec2::new(size.0, size.1))
+        .wgpu()
+        .build_ui_state(|ui, app: &mut WorkbenchApp| app.show(ui), app)
+}
+
+fn wait_for(h: &mut Harness<'static, WorkbenchApp>, what: &str, done: impl Fn(&WorkbenchApp) -> bool) {
+    let start = Instant::now();
+    while !done(h.state()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "timed out waiting for {what}; notices: {:?}",
+            h.state().state.notices
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Pins what differs between machines and runs, then lets the layout settle.
+fn settle(h: &mut Harness<'static, WorkbenchApp>, model_field: &str) {
+    let st = &mut h.state_mut().state;
+    st.environment = Environment { summary: "threads: 2 · int8 kernel: (pinned)".into(), detail: String::new() };
+    st.model_input = model_field.into();
+    for (i, r) in st.results.values_mut().enumerate() {
+        r.ms = 20.0 + 10.0 * i as f64;
+    }
+    for _ in 0..4 {
+        h.step();
+    }
+}
+
+/// Renders and compares one picture; the results of a test's pictures are gathered in `all`.
+fn snap(h: &mut Harness<'static, WorkbenchApp>, name: &str, all: &mut SnapshotResults) {
+    // Rendering differs by a few anti-aliased pixels between drivers; a moved widget is hundreds.
+    h.snapshot_options(name, &SnapshotOptions::new().threshold(1.0).max_failed_pixels(40));
+    all.extend_harness(h);
+}
+
+fn tiny_settings(shared: &std::path::Path, compare: Option<Variant>) -> Settings {
+    Settings { model: timm_tiny(shared).display().to_string(), compare, ..Settings::default() }
+}
+
+const MODEL_FIELD: &str = "../shared/models/vit_tiny_patch16_224.augreg_in21k_ft_in1k";
+
+#[test]
+fn first_result() {
+    let Some(shared) = shared() else { return };
+    let mut all = SnapshotResults::new();
+    for size in SIZES {
+        let mut h = harness(tiny_settings(&shared, None), size);
+        wait_for(&mut h, "the first result and its overlay", |a| {
+            a.state.result(Variant::Fp32).is_some()
+                && a.state.overlays.contains_key(&Variant::Fp32)
+                && a.state.busy.is_none()
+        });
+        settle(&mut h, MODEL_FIELD);
+        snap(&mut h, &format!("first_result_{}x{}", size.0, size.1), &mut all);
+    }
+    all.unwrap();
+}
+
+#[test]
+fn compare_with_overlay() {
+    let Some(shared) = shared() else { return };
+    let mut all = SnapshotResults::new();
+    for size in SIZES {
+        let mut h = harness(tiny_settings(&shared, Some(Variant::Int8)), size);
+        wait_for(&mut h, "both results and overlays", |a| {
+            [Variant::Fp32, Variant::Int8]
+                .iter()
+                .all(|v| a.state.result(*v).is_some() && a.state.overlays.contains_key(v))
+                && a.state.busy.is_none()
+        });
+        settle(&mut h, MODEL_FIELD);
+        snap(&mut h, &format!("compare_overlay_{}x{}", size.0, size.1), &mut all);
+    }
+    all.unwrap();
+}
+
+/// A finished benchmark of two models, with fixed numbers (measured ones change every run).
+#[test]
+fn benchmark_done() {
+    let Some(shared) = shared() else { return };
+    let mut all = SnapshotResults::new();
+    for size in SIZES {
+        let mut h = harness(tiny_settings(&shared, Some(Variant::Int8)), size);
+        wait_for(&mut h, "the first results", |a| {
+            a.state.result(Variant::Int8).is_some()
+                && a.state.overlays.contains_key(&Variant::Int8)
+                && a.state.busy.is_none()
+        });
+        let ctx = h.ctx.clone();
+        let st = &mut h.state_mut().state;
+        st.bench.start("google/vit-base-patch16-224".into());
+        st.apply(&ctx, Reply::BenchDone(fixed_results("google/vit-base-patch16-224", [98.0, 29.5, 29.2], 346.0)));
+        st.bench.start(timm_tiny(&shared).display().to_string());
+        for run in 0..40 {
+            for (i, v) in Variant::ALL.iter().enumerate() {
+                // Slow first runs, then a plateau with some spread: what real runs look like.
+                let base = [9.0, 4.8, 4.7][i];
+                let ms = base * (1.0 + 0.6 * (-(run as f64) / 4.0).exp()) + 0.4 * ((run * 7 + i * 3) % 5) as f64;
+                st.apply(&ctx, Reply::BenchSample { variant: *v, ms, run });
+            }
+        }
+        st.apply(
+            &ctx,
+            Reply::BenchDone(fixed_results(&timm_tiny(&shared).display().to_string(), [9.1, 4.8, 4.8], 22.9)),
+        );
+        settle(&mut h, MODEL_FIELD);
+        snap(&mut h, &format!("benchmark_done_{}x{}", size.0, size.1), &mut all);
+    }
+    all.unwrap();
+}
+
+#[test]
+fn an_error_notice() {
+    let mut all = SnapshotResults::new();
+    for size in SIZES {
+        let dir = tempfile::tempdir().unwrap();
+        let settings =
+            Settings { model: dir.path().join("no-such-model").display().to_string(), ..Settings::default() };
+        let mut h = harness(settings, size);
+        wait_for(&mut h, "the error and the sample", |a| {
+            a.state.notices.iter().any(|n| n.level == Level::Error) && a.state.image.is_some() && a.state.busy.is_none()
+        });
+        // The notice names the path given; pin it (a temporary folder's name changes every run).
+        for n in &mut h.state_mut().state.notices {
+            n.text = n.text.replace(&dir.path().display().to_string(), "/home/me/models");
+        }
+        settle(&mut h, "/home/me/models/no-such-model");
+        snap(&mut h, &format!("error_notice_{}x{}", size.0, size.1), &mut all);
+    }
+    all.unwrap();
+}
+
+fn fixed_results(model: &str, p50: [f64; 3], fp32_mb: f64) -> Vec<BenchResult> {
+    let sizes = [fp32_mb, fp32_mb * 0.264, fp32_mb * 0.268];
+    Variant::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, v)| BenchResult {
+            model: model.into(),
+            variant: *v,
+            batch: 1,
+            warmup: 5,
+            load_ms: 100.0,
+            first_ms: 2.0 * p50[i],
+            stats: Stats {
+                n: 40,
+                min: p50[i] * 0.95,
+                mean: p50[i],
+                std: 0.3,
+                p50: p50[i],
+                p90: p50[i] * 1.08,
+                p99: p50[i] * 1.2,
+                max: p50[i] * 1.3,
+            },
+            measured_seconds: 2.0,
+            throughput_ips: 1000.0 / p50[i],
+            file_bytes: (sizes[i] * 1e6) as u64,
+            weight_bytes: (sizes[i] * 1e6) as usize,
+            peak_rss_bytes: 500_000_000,
+            accuracy: None,
+            samples_ms: vec![p50[i]; 40],
+            env: vit_workbench::bench::Environment {
+                cpu: "pinned".into(),
+                simd: "pinned".into(),
+                threads: 2,
+                device: "cpu".into(),
+                os: "linux".into(),
+                app_version: "0".into(),
+                git_rev: "0".into(),
+                candle_version: "0".into(),
+                timestamp: "2026-11-29T00:00:00Z".into(),
+            },
+        })
+        .collect()
+}

@@ -1,0 +1,324 @@
+//! The window's own rules, without real weights: one write path (actions), notices, keys,
+//! fields, restored settings, and the benchmark state the charts draw.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use vit_workbench::app::state::{AppState, LiveSeries, Settings, Topic};
+use vit_workbench::app::worker::{ModelSummary, Reply, Rgba};
+use vit_workbench::app::{GuiOptions, WorkbenchApp};
+use vit_workbench::bench::{BenchResult, Environment, stats};
+use vit_workbench::quant::Variant;
+
+fn harness_with(settings: Settings) -> Harness<'static, WorkbenchApp> {
+    let app = WorkbenchApp::new(settings, &GuiOptions { offline: true, ..Default::default() });
+    Harness::builder()
+        .with_size(egui::Vec2::new(1280.0, 820.0))
+        .build_ui_state(|ui, app: &mut WorkbenchApp| app.show(ui), app)
+}
+
+fn harness(model: &Path) -> Harness<'static, WorkbenchApp> {
+    harness_with(Settings { model: model.display().to_string(), compare: None, ..Settings::default() })
+}
+
+fn wait_for(h: &mut Harness<'static, WorkbenchApp>, what: &str, done: impl Fn(&WorkbenchApp) -> bool) {
+    let start = Instant::now();
+    while !done(h.state()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}; notices: {:?}",
+            h.state().state.notices
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    h.step();
+}
+
+fn errors(app: &WorkbenchApp) -> Vec<String> {
+    app.state
+        .notices
+        .iter()
+        .filter(|n| n.level == vit_workbench::app::state::Level::Error)
+        .map(|n| n.text.clone())
+        .collect()
+}
+
+fn key(k: egui::Key) -> egui::Event {
+    egui::Event::Key { key: k, pressed: true, modifiers: egui::Modifiers::NONE, repeat: false, physical_key: None }
+}
+
+#[test]
+fn variant_keys_typed_quickly_end_on_the_last_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(&dir.path().join("no-model"));
+    h.step();
+    // 1, 3, 2 arriving within one frame (typed 40 ms apart while a frame was busy).
+    h.input_mut().events.extend([key(egui::Key::Num1), key(egui::Key::Num3), key(egui::Key::Num2)]);
+    h.step();
+    assert_eq!(h.state().state.settings.variant, Variant::Int8);
+    h.input_mut().events.extend([key(egui::Key::Num2), key(egui::Key::Num1)]);
+    h.step();
+    assert_eq!(h.state().state.settings.variant, Variant::Fp32);
+}
+
+#[test]
+fn an_error_notice_is_dismissed_with_esc_and_with_its_button() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(&dir.path().join("no-such-model"));
+    wait_for(&mut h, "the model error", |a| !errors(a).is_empty());
+    h.key_press(egui::Key::Escape);
+    h.step();
+    assert!(h.state().state.notices.is_empty(), "Esc must dismiss the notice");
+
+    // Another error, dismissed with its x.
+    h.state_mut().state.model_input = dir.path().join("still-missing").display().to_string();
+    h.get_by_label("Load").click();
+    wait_for(&mut h, "the second error", |a| errors(a).iter().any(|e| e.contains("still-missing")));
+    h.get_by_label("Dismiss").click();
+    h.step();
+    assert!(h.state().state.notices.is_empty());
+}
+
+#[test]
+fn enter_in_the_model_field_loads_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(&dir.path().join("first"));
+    wait_for(&mut h, "the first error", |a| errors(a).iter().any(|e| e.contains("first")));
+    let typed = dir.path().join("typed-model").display().to_string();
+    h.state_mut().state.model_input = typed.clone();
+    h.step();
+    let field = h.get_by_role_and_label(egui::accesskit::Role::TextInput, "Model:");
+    assert_eq!(field.value().as_deref(), Some(typed.as_str()));
+    field.focus();
+    h.step();
+    h.key_press(egui::Key::Enter);
+    wait_for(&mut h, "loading the typed model", |a| errors(a).iter().any(|e| e.contains("typed-model")));
+}
+
+#[test]
+fn a_failed_image_error_goes_when_the_next_image_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(&dir.path().join("no-model"));
+    wait_for(&mut h, "the sample image", |a| a.state.image.is_some());
+    let bad = dir.path().join("broken.png");
+    std::fs::write(&bad, b"not a png").unwrap();
+    h.state_mut().state.path_input = bad.display().to_string();
+    h.get_by_label("Open path").click();
+    wait_for(&mut h, "the image error", |a| errors(a).iter().any(|e| e.contains("broken.png")));
+    let good = dir.path().join("good.png");
+    image::RgbImage::from_pixel(40, 30, image::Rgb([200, 10, 10])).save(&good).unwrap();
+    h.state_mut().state.path_input = good.display().to_string();
+    h.get_by_label("Open path").click();
+    wait_for(&mut h, "the good image", |a| a.state.image.as_ref().is_some_and(|i| i.name.contains("good.png")));
+    let left = errors(h.state());
+    assert!(left.iter().all(|e| !e.contains("broken.png")), "the image error stayed: {left:?}");
+    // The model error is about something else and stays.
+    assert!(left.iter().any(|e| e.contains("no-model")), "{left:?}");
+}
+
+#[test]
+fn the_last_image_is_reopened_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let photo = dir.path().join("last-seen.png");
+    image::RgbImage::from_pixel(64, 48, image::Rgb([10, 200, 10])).save(&photo).unwrap();
+    let mut h = harness(&dir.path().join("no-model"));
+    wait_for(&mut h, "the sample", |a| a.state.image.is_some());
+    h.state_mut().state.path_input = photo.display().to_string();
+    h.get_by_label("Open path").click();
+    wait_for(&mut h, "the photo", |a| a.state.image.as_ref().is_some_and(|i| i.name.contains("last-seen.png")));
+    let saved = h.state().state.settings.clone();
+    assert_eq!(saved.last_image.as_deref(), Some(photo.as_path()));
+    // A new window from the saved settings opens it again.
+    let mut h2 = harness_with(saved.clone());
+    wait_for(&mut h2, "the photo after restart", |a| {
+        a.state.image.as_ref().is_some_and(|i| i.name.contains("last-seen.png") && i.width == 64)
+    });
+    // Gone from disk: the sample opens instead, without an error.
+    std::fs::remove_file(&photo).unwrap();
+    let mut h3 = harness_with(saved);
+    wait_for(&mut h3, "the sample instead", |a| a.state.image.as_ref().is_some_and(|i| i.name.contains("sample")));
+    assert!(errors(h3.state()).iter().all(|e| !e.contains("last-seen")));
+}
+
+#[test]
+fn compare_comes_back_after_an_exported_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let exported = dir.path().join("tiny.int8.safetensors");
+    let out = std::process::Command::new(bin())
+        .args(["export", "--model"])
+        .arg(fixture("timm_vit"))
+        .args(["--variant", "int8", "--out"])
+        .arg(&exported)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let settings = Settings {
+        model: fixture("timm_vit").display().to_string(),
+        compare: Some(Variant::Mobile),
+        ..Settings::default()
+    };
+    let mut h = harness_with(settings);
+    wait_for(&mut h, "both variants", |a| {
+        a.state.result(Variant::Fp32).is_some() && a.state.result(Variant::Mobile).is_some()
+    });
+    h.get_by_label("Compare with");
+
+    h.state_mut().state.model_input = exported.display().to_string();
+    h.get_by_label("Load").click();
+    wait_for(&mut h, "the exported file", |a| {
+        a.state.exported_variant() == Some(Variant::Int8) && a.state.result(Variant::Int8).is_some()
+    });
+    assert_eq!(h.state().state.active_variants(), vec![Variant::Int8]);
+    // Other variants cannot be asked of the file; the keys say so instead of switching.
+    h.key_press(egui::Key::Num3);
+    h.step();
+    assert_eq!(h.state().state.primary(), Variant::Int8);
+    assert!(h.state().state.notices.iter().any(|n| n.text.contains("holds only int8")));
+
+    h.state_mut().state.model_input = fixture("timm_vit").display().to_string();
+    h.get_by_label("Load").click();
+    wait_for(&mut h, "the full model again", |a| {
+        a.state.exported_variant().is_none() && a.state.result(Variant::Mobile).is_some()
+    });
+    assert_eq!(h.state().state.active_variants(), vec![Variant::Fp32, Variant::Mobile], "compare was not restored");
+}
+
+#[test]
+fn settings_are_made_consistent_in_one_place() {
+    let mut s = Settings { variant: Variant::Int8, compare: Some(Variant::Int8), ..Settings::default() };
+    s.overlay.opacity = 7.0;
+    s.normalize();
+    assert_eq!(s.compare, Some(Variant::Fp32), "a variant is compared with its default partner, not itself");
+    assert_eq!(s.overlay.opacity, 1.0);
+    assert_eq!(Variant::Fp32.default_partner(), Variant::Int8);
+    let s = Settings { bench_runs: 0, bench_seconds: -3.0, ..Settings::default() };
+    let cfg = s.bench_config();
+    assert_eq!((cfg.min_runs, cfg.min_seconds), (1, 0.0));
+}
+
+#[test]
+fn running_statistics_match_the_statistics_of_each_prefix() {
+    let samples = [30.0, 20.0, 25.0, 40.0, 22.0, 22.0, 35.0, 19.0, 50.0, 21.0, 23.5];
+    let mut live = LiveSeries::default();
+    for (i, ms) in samples.iter().enumerate() {
+        live.push(*ms);
+        let s = stats(&samples[..=i]);
+        assert_eq!(live.median[i], [i as f64 + 1.0, s.p50]);
+        assert_eq!(live.p90[i], [i as f64 + 1.0, s.p90]);
+    }
+    assert_eq!(live.samples, samples);
+}
+
+fn result(model: &str, variant: Variant, p50: f64) -> BenchResult {
+    BenchResult {
+        model: model.into(),
+        variant,
+        batch: 1,
+        warmup: 1,
+        load_ms: 1.0,
+        first_ms: 1.0,
+        stats: vit_workbench::bench::Stats { n: 3, p50, ..Default::default() },
+        measured_seconds: 1.0,
+        throughput_ips: 1.0,
+        file_bytes: 1000,
+        weight_bytes: 1000,
+        peak_rss_bytes: 1,
+        accuracy: None,
+        samples_ms: vec![p50],
+        env: Environment {
+            cpu: String::new(),
+            simd: String::new(),
+            threads: 1,
+            device: "cpu".into(),
+            os: String::new(),
+            app_version: String::new(),
+            git_rev: String::new(),
+            candle_version: String::new(),
+            timestamp: String::new(),
+        },
+    }
+}
+
+#[test]
+fn the_bar_charts_show_every_model_benchmarked() {
+    let ctx = egui::Context::default();
+    let mut st = AppState::new(Settings::default());
+    st.apply(&ctx, Reply::BenchDone(vec![result("a", Variant::Fp32, 30.0), result("a", Variant::Int8, 10.0)]));
+    st.apply(&ctx, Reply::BenchDone(vec![result("b", Variant::Fp32, 90.0), result("b", Variant::Int8, 40.0)]));
+    // Model a again: its newest numbers replace the old ones, in the same place.
+    st.apply(&ctx, Reply::BenchDone(vec![result("a", Variant::Fp32, 31.0)]));
+    let latest: Vec<(String, Variant, f64)> =
+        st.bench.latest().iter().map(|r| (r.model.clone(), r.variant, r.stats.p50)).collect();
+    assert_eq!(
+        latest,
+        vec![
+            ("a".into(), Variant::Fp32, 31.0),
+            ("a".into(), Variant::Int8, 10.0),
+            ("b".into(), Variant::Fp32, 90.0),
+            ("b".into(), Variant::Int8, 40.0)
+        ]
+    );
+    assert_eq!(st.bench.results.len(), 5);
+}
+
+fn summary(spec: &str) -> ModelSummary {
+    ModelSummary {
+        spec: spec.into(),
+        architecture: "vit".into(),
+        params: 1,
+        depth: 2,
+        heads: 2,
+        image_size: 32,
+        classes: 10,
+        prefix_tokens: 1,
+        recipe: String::new(),
+        stored_variant: Variant::Fp32,
+    }
+}
+
+#[test]
+fn errors_go_when_what_they_were_about_succeeds() {
+    let ctx = egui::Context::default();
+    let mut st = AppState::new(Settings::default());
+    let err = |about: Topic, what: &str| Reply::Error { what: what.into(), about, message: "failed".into() };
+    st.apply(&ctx, err(Topic::Model, "cannot load model hub/x"));
+    st.apply(&ctx, err(Topic::Image, "cannot open image a.png"));
+    st.apply(&ctx, err(Topic::Export, "cannot export r.csv"));
+    assert_eq!(st.notices.len(), 3);
+    st.apply(&ctx, Reply::ModelLoaded(summary("local/model")));
+    let left: Vec<&str> = st.notices.iter().map(|n| n.text.as_str()).collect();
+    assert!(left.iter().all(|t| !t.contains("hub/x")), "{left:?}");
+    let display = Rgba { width: 1, height: 1, pixels: std::sync::Arc::new(vec![0, 0, 0, 255]) };
+    st.apply(&ctx, Reply::ImageLoaded { image_id: 1, name: "b.png".into(), path: None, display, width: 1, height: 1 });
+    let left: Vec<&str> = st.notices.iter().map(|n| n.text.as_str()).collect();
+    assert_eq!(left, vec!["cannot export r.csv: failed"]);
+    // Info notices fade; errors stay until dismissed or resolved.
+    st.notify(vit_workbench::app::state::Level::Info, Topic::Other, "done");
+    assert!(st.expire_notices(100.0).is_some());
+    st.expire_notices(100.0 + vit_workbench::app::state::INFO_SECONDS);
+    let left: Vec<&str> = st.notices.iter().map(|n| n.text.as_str()).collect();
+    assert_eq!(left, vec!["cannot export r.csv: failed"]);
+}
+
+#[test]
+fn the_cli_and_the_window_know_the_same_image_formats() {
+    use vit_workbench::preprocess::{IMAGE_EXTENSIONS, has_image_extension};
+    for ext in IMAGE_EXTENSIONS {
+        assert!(has_image_extension(Path::new(&format!("x.{}", ext.to_uppercase()))));
+    }
+    assert!(!has_image_extension(Path::new("x.safetensors")));
+    // The CLI lists a folder by this rule.
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["a.PNG", "b.tiff", "c.txt", "d.json"] {
+        std::fs::write(dir.path().join(f), b"x").unwrap();
+    }
+    let found = vit_workbench::cli::expand_images(&[dir.path().to_path_buf()]).unwrap();
+    let names: Vec<String> = found.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, vec!["a.PNG", "b.tiff"]);
+}
