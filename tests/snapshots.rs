@@ -192,6 +192,7 @@ fn fixed_results(model: &str, p50: [f64; 3], fp32_mb: f64) -> Vec<BenchResult> {
             weight_bytes: (sizes[i] * 1e6) as usize,
             peak_rss_bytes: 500_000_000,
             accuracy: None,
+            int8_kernel: None,
             samples_ms: vec![p50[i]; 40],
             env: vit_workbench::bench::Environment {
                 cpu: "pinned".into(),
@@ -203,6 +204,7 @@ fn fixed_results(model: &str, p50: [f64; 3], fp32_mb: f64) -> Vec<BenchResult> {
                 git_rev: "0".into(),
                 candle_version: "0".into(),
                 timestamp: "2026-11-29T00:00:00Z".into(),
+                gpu: String::new(),
             },
         })
         .collect()

@@ -230,6 +230,7 @@ fn result(model: &str, variant: Variant, p50: f64) -> BenchResult {
         weight_bytes: 1000,
         peak_rss_bytes: 1,
         accuracy: None,
+        int8_kernel: None,
         samples_ms: vec![p50],
         env: Environment {
             cpu: String::new(),
@@ -241,6 +242,7 @@ fn result(model: &str, variant: Variant, p50: f64) -> BenchResult {
             git_rev: String::new(),
             candle_version: String::new(),
             timestamp: String::new(),
+            gpu: String::new(),
         },
     }
 }
@@ -279,6 +281,8 @@ fn summary(spec: &str) -> ModelSummary {
         prefix_tokens: 1,
         recipe: String::new(),
         stored_variant: Variant::Fp32,
+        device: "cpu".into(),
+        int8_kernel: vit_workbench::device::Int8Kernel::CpuPerChannelRowwise,
     }
 }
 

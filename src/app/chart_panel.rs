@@ -109,7 +109,7 @@ impl ChartPanel {
             {
                 actions.push(Action::ExportCsv);
             }
-            ui.label(format!("{} result(s) gathered", state.bench.results.len())).on_hover_text(
+            ui.add(egui::Label::new(format!("{} result(s) gathered", state.bench.results.len())).extend()).on_hover_text(
                 "Benchmarks in the window share the CPU with drawing it; `vit-workbench bench` measures without a window.",
             );
         });
