@@ -522,9 +522,9 @@ unsafe fn portable(
     let widened = w.widened.get_or_init(|| WidenedWeights::pack(w));
     let row_of = |i: usize| &a16[i * kv..(i + 1) * kv];
     let col_tasks = n.div_ceil(PORTABLE_COLUMNS);
-    let (row_chunks, chunk_rows) = row_split(m, col_tasks, PORTABLE_ROWS);
+    let (row_chunks, chunk_rows) = row_split(m, kv * 16, col_tasks, PORTABLE_ROWS);
     (0..col_tasks * row_chunks).into_par_iter().for_each(|task| {
-        let (task, chunk) = (task / row_chunks, task % row_chunks);
+        let (chunk, task) = (task / col_tasks, task % col_tasks);
         let (r0, r1) = (chunk * chunk_rows, ((chunk + 1) * chunk_rows).min(m));
         let (c0, c1) = (task * PORTABLE_COLUMNS, ((task + 1) * PORTABLE_COLUMNS).min(n));
         let weight_row = |j: usize| &widened.rows[j.min(n - 1) * kv..(j.min(n - 1) + 1) * kv];
@@ -766,9 +766,9 @@ unsafe fn run<K: Kernel>(
             .for_each(|(c, (r, s))| fill(c, r, s));
     }
     let col_tasks = (bw.np / NB).div_ceil(NT);
-    let (row_chunks, chunk_rows) = row_split(m, col_tasks, K::MR);
+    let (row_chunks, chunk_rows) = row_split(m, stride, col_tasks, K::MR);
     (0..col_tasks * row_chunks).into_par_iter().for_each(|task| {
-        let (task, chunk) = (task / row_chunks, task % row_chunks);
+        let (chunk, task) = (task / col_tasks, task % col_tasks);
         let (r0, r1) = (chunk * chunk_rows, ((chunk + 1) * chunk_rows).min(m));
         let nb = task * NT;
         let blocks = NT.min(bw.np / NB - nb);
@@ -800,13 +800,27 @@ unsafe fn run<K: Kernel>(
 /// Below this many activation elements a layer's rows are quantized without a parallel hand-off.
 const SERIAL_FILL_ELEMENTS: usize = 64 * 1024;
 
-/// How to split `m` rows so that `col_tasks` column tiles make enough tasks for every thread
-/// to get several (narrow layers — DeiT-Ti's proj and fc2 have 3 tiles — left a core idle):
-/// `(chunks, rows per chunk)`, chunks a multiple of `mr` rows. Wide layers keep one chunk, so
-/// each task streams its weights once.
-fn row_split(m: usize, col_tasks: usize, mr: usize) -> (usize, usize) {
+/// Activation bytes one row chunk may hold: every column task sweeps its chunk, so the chunk
+/// must stay in L2 (batch 8 of ViT-B: 1576 rows x 3072 = 4.8 MB was re-read from L3 by each of
+/// fc2's 12 tasks).
+const CHUNK_ACTIVATION_BYTES: usize = 256 * 1024;
+/// Activations up to this size are not chunked for the cache: one image's rows (ViT-B fc2:
+/// 197 x 3072 = 605 KB) ran slower in chunks, since every chunk re-reads the task's weights.
+const UNCHUNKED_ACTIVATION_BYTES: usize = 1024 * 1024;
+
+/// How to split `m` rows (of `row_bytes` activation bytes each) across tasks: `(chunks, rows
+/// per chunk)`, chunks a multiple of `mr` rows. Narrow layers get enough chunks that
+/// `col_tasks` column tiles make several tasks per thread (DeiT-Ti's proj and fc2 have 3 tiles
+/// and left a core idle); batches whose activations pass [`UNCHUNKED_ACTIVATION_BYTES`] get
+/// chunks of [`CHUNK_ACTIVATION_BYTES`]. Wide
+/// layers of one image keep one chunk, so each task streams its weights once. Tasks are
+/// numbered chunk-major, so the threads work on the same chunk at the same time.
+fn row_split(m: usize, row_bytes: usize, col_tasks: usize, mr: usize) -> (usize, usize) {
     let want = 4 * rayon::current_num_threads();
-    let chunks = want.div_ceil(col_tasks.max(1)).clamp(1, m.div_ceil(mr).max(1));
+    let for_threads = want.div_ceil(col_tasks.max(1));
+    let bytes = m * row_bytes;
+    let for_cache = if bytes > UNCHUNKED_ACTIVATION_BYTES { bytes.div_ceil(CHUNK_ACTIVATION_BYTES) } else { 1 };
+    let chunks = for_threads.max(for_cache).clamp(1, m.div_ceil(mr).max(1));
     let rows = m.div_ceil(chunks).next_multiple_of(mr).max(mr);
     (m.div_ceil(rows).max(1), rows)
 }
