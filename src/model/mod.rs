@@ -125,7 +125,7 @@ impl Model {
         &self,
         pixels: &Tensor,
         capture: Capture,
-        mut profiler: Option<&mut profiler::Profiler>,
+        profiler: Option<&mut profiler::Profiler>,
     ) -> Result<ForwardOutput> {
         let (_, c, h, w) = pixels.dims4()?;
         let s = self.config.image_size;
@@ -145,7 +145,7 @@ impl Model {
                 run()
             }
         };
-        let out = on_pool(capture, profiler.as_deref_mut())?;
+        let out = on_pool(capture, profiler)?;
         // NaN/Inf logits are an error, never a result: say where they first appear.
         if !all_finite(&out.logits)? {
             let traced = on_pool(Capture { block_outputs: true, ..capture }, None)?;
