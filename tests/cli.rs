@@ -6,30 +6,6 @@ use std::process::Command;
 
 use common::*;
 
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin())
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_HUB_CACHE", std::env::temp_dir().join("vitwb-empty-cache"))
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn assert_one_line_error(stderr: &str, needles: &[&str]) {
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
-    assert!(lines[0].starts_with("error: "), "{stderr}");
-    for n in needles {
-        assert!(lines[0].contains(n), "error line lacks `{n}`: {stderr}");
-    }
-    assert!(!stderr.contains("panicked"), "{stderr}");
-}
-
 #[test]
 fn classify_json_has_the_documented_shape() {
     let Some(shared) = shared() else { return };

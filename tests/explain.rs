@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::Command;
 
 use candle_core::{Device, Tensor};
 use common::*;
@@ -96,29 +95,6 @@ fn each_variant_gets_its_own_map_and_classes_differ() {
 }
 
 // ---- the explain command --------------------------------------------------------------------
-
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin())
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_HUB_CACHE", std::env::temp_dir().join("vitwb-empty-cache"))
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn assert_one_line_error(stderr: &str, needles: &[&str]) {
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
-    assert!(lines[0].starts_with("error: "), "{stderr}");
-    for n in needles {
-        assert!(lines[0].contains(n), "error line lacks `{n}`: {stderr}");
-    }
-}
 
 /// cat | coffee | rocket, each squeezed to 400x400: a 1200x400 strip.
 fn strip(shared: &std::path::Path) -> RgbImage {
