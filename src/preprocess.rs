@@ -620,11 +620,24 @@ pub fn decode_image_with(bytes: &[u8], allow_truncated: bool) -> Result<LoadedIm
     if let Some(what) = &truncated
         && !allow_truncated
     {
-        bail!("image file is truncated: {what} (the command line's --allow-truncated uses what decoded)");
+        return Err(Truncated(what.clone()).into());
     }
     img.apply_orientation(orientation);
     Ok(LoadedImage { image: to_rgb_like_pil(img), truncated })
 }
+
+/// The error for a file that decoded only in part when that was not allowed; a caller can
+/// find it in the error chain (the window then offers to open the image anyway).
+#[derive(Debug)]
+pub struct Truncated(pub String);
+
+impl std::fmt::Display for Truncated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "image file is truncated: {} (the command line's --allow-truncated uses what decoded)", self.0)
+    }
+}
+
+impl std::error::Error for Truncated {}
 
 /// Whether a file that decoded ended before its data did, and what was missing. Decoders
 /// that fill a cut-off image with grey instead of failing are checked here (JPEG).

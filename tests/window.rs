@@ -123,6 +123,40 @@ fn a_failed_image_error_goes_when_the_next_image_opens() {
 }
 
 #[test]
+fn a_truncated_image_opens_marked_truncated_with_open_anyway() {
+    let Some(shared) = shared() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(&dir.path().join("no-model"));
+    wait_for(&mut h, "the sample image", |a| a.state.image.is_some());
+    // The first 3000 bytes of a JPEG: the header and a few rows, no end-of-image marker.
+    let cut = dir.path().join("cut.jpg");
+    let whole = std::fs::read(shared.join("images").join("rocket.jpg")).unwrap();
+    std::fs::write(&cut, &whole[..3000]).unwrap();
+    h.state_mut().state.path_input = cut.display().to_string();
+    h.get_by_label("Open path").click();
+    wait_for(&mut h, "the truncation error", |a| errors(a).iter().any(|e| e.contains("cut.jpg")));
+    let error = errors(h.state()).into_iter().find(|e| e.contains("cut.jpg")).unwrap();
+    assert!(error.contains("truncated"), "{error}");
+    // Refused by default: the sample is still what is shown.
+    assert!(h.state().state.image.as_ref().is_some_and(|i| !i.name.contains("cut.jpg")));
+    h.get_by_label("Open anyway").click();
+    wait_for(&mut h, "the truncated image", |a| a.state.image.as_ref().is_some_and(|i| i.name.contains("cut.jpg")));
+    let shown = h.state().state.image.as_ref().unwrap();
+    assert!(shown.truncated.as_deref().is_some_and(|what| what.contains("3000 bytes")), "{:?}", shown.truncated);
+    assert!(shown.caption().ends_with("TRUNCATED: part of it did not decode"), "{}", shown.caption());
+    assert_eq!((shown.width, shown.height), image::image_dimensions(shared.join("images").join("rocket.jpg")).unwrap());
+    let left = errors(h.state());
+    assert!(left.iter().all(|e| !e.contains("cut.jpg")), "the truncation error stayed: {left:?}");
+    // Only a truncation offers this: another bad image's error has no such button.
+    let bad = dir.path().join("broken.png");
+    std::fs::write(&bad, b"not a png").unwrap();
+    h.state_mut().state.path_input = bad.display().to_string();
+    h.get_by_label("Open path").click();
+    wait_for(&mut h, "the broken image error", |a| errors(a).iter().any(|e| e.contains("broken.png")));
+    assert!(h.query_by_label("Open anyway").is_none());
+}
+
+#[test]
 fn the_last_image_is_reopened_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let photo = dir.path().join("last-seen.png");
@@ -290,7 +324,12 @@ fn summary(spec: &str) -> ModelSummary {
 fn errors_go_when_what_they_were_about_succeeds() {
     let ctx = egui::Context::default();
     let mut st = AppState::new(Settings::default());
-    let err = |about: Topic, what: &str| Reply::Error { what: what.into(), about, message: "failed".into() };
+    let err = |about: Topic, what: &str| Reply::Error {
+        what: what.into(),
+        about,
+        message: "failed".into(),
+        open_anyway: None,
+    };
     st.apply(&ctx, err(Topic::Model, "cannot load model hub/x"));
     st.apply(&ctx, err(Topic::Image, "cannot open image a.png"));
     st.apply(&ctx, err(Topic::Export, "cannot export r.csv"));
@@ -299,7 +338,18 @@ fn errors_go_when_what_they_were_about_succeeds() {
     let left: Vec<&str> = st.notices.iter().map(|n| n.text.as_str()).collect();
     assert!(left.iter().all(|t| !t.contains("hub/x")), "{left:?}");
     let display = Rgba { width: 1, height: 1, pixels: std::sync::Arc::new(vec![0, 0, 0, 255]) };
-    st.apply(&ctx, Reply::ImageLoaded { image_id: 1, name: "b.png".into(), path: None, display, width: 1, height: 1 });
+    st.apply(
+        &ctx,
+        Reply::ImageLoaded {
+            image_id: 1,
+            name: "b.png".into(),
+            path: None,
+            display,
+            width: 1,
+            height: 1,
+            truncated: None,
+        },
+    );
     let left: Vec<&str> = st.notices.iter().map(|n| n.text.as_str()).collect();
     assert_eq!(left, vec!["cannot export r.csv: failed"]);
     // Info notices fade; errors stay until dismissed or resolved.

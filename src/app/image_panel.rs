@@ -65,7 +65,7 @@ impl ImagePanel {
                     }
                 }
                 let legend_w = if state.settings.overlay.enabled { LEGEND_WIDTH } else { 0.0 };
-                let caption = format!("{}  ({}x{})", img.name, img.width, img.height);
+                let caption = img.caption();
                 let caption_font = egui::FontId::proportional(12.0);
                 let caption_color = ui.visuals().weak_text_color();
                 // Cut the caption (from the left: the file name is at the end) to what the legend leaves.

@@ -40,6 +40,8 @@ pub enum Action {
     },
     /// The text of the image-path field changed.
     EditImagePath(String),
+    /// Open an image that decoded only in part ("Open anyway" on its error).
+    OpenTruncated(ImageSource),
     /// The text of the model field changed.
     EditModel(String),
     LoadModel(String),
@@ -306,6 +308,10 @@ impl WorkbenchApp {
             Action::OpenBytes { name, bytes } => {
                 s.decoding = Some(name.clone());
                 self.worker.send(Command::OpenImage(ImageSource::Bytes { name, bytes }))
+            }
+            Action::OpenTruncated(source) => {
+                s.decoding = Some(source.name());
+                self.worker.send(Command::OpenTruncatedImage(source));
             }
             Action::EditImagePath(text) => s.path_input = text,
             Action::EditModel(text) => s.model_input = text,

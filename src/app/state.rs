@@ -9,7 +9,7 @@ use egui::{ColorImage, TextureHandle, TextureOptions};
 use serde::{Deserialize, Serialize};
 
 pub use super::worker::Topic;
-use super::worker::{ModelSummary, Reply, Rgba};
+use super::worker::{ImageSource, ModelSummary, Reply, Rgba};
 use crate::bench::{BenchConfig, BenchResult, percentile};
 use crate::explain::{AttentionMap, Colormap, HeadFusion, Request};
 use crate::model::Prediction;
@@ -150,6 +150,8 @@ pub struct Notice {
     /// What the notice is about: an error goes away when that thing next succeeds.
     pub topic: Topic,
     pub text: String,
+    /// The image decoded only in part: the notice offers to open it anyway.
+    pub open_anyway: Option<ImageSource>,
     /// When it was first drawn (egui time), for info notices to fade out.
     pub shown_at: Option<f64>,
 }
@@ -165,6 +167,16 @@ pub struct ShownImage {
     pub texture: TextureHandle,
     pub width: u32,
     pub height: u32,
+    /// Set when the user opened a file that decoded only in part: what was missing.
+    pub truncated: Option<String>,
+}
+
+impl ShownImage {
+    /// The line under the image. The truncation mark goes last: a narrow pane cuts from the left.
+    pub fn caption(&self) -> String {
+        let mark = if self.truncated.is_some() { "  TRUNCATED: part of it did not decode" } else { "" };
+        format!("{}  ({}x{}){mark}", self.name, self.width, self.height)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -327,7 +339,7 @@ impl AppState {
         let text = text.into();
         // The same message again replaces the old one (and restarts its time).
         self.notices.retain(|n| n.text != text);
-        self.notices.push(Notice { id: self.next_notice, level, topic, text, shown_at: None });
+        self.notices.push(Notice { id: self.next_notice, level, topic, text, open_anyway: None, shown_at: None });
         self.next_notice += 1;
         if self.notices.len() > MAX_NOTICES {
             self.notices.remove(0);
@@ -396,10 +408,10 @@ impl AppState {
                 let total = if total > 0 { total } else { self.download.as_ref().map_or(0, |d| d.2) };
                 self.download = Some((file, done, total));
             }
-            Reply::ImageLoaded { image_id, name, path, display, width, height } => {
+            Reply::ImageLoaded { image_id, name, path, display, width, height, truncated } => {
                 let texture =
                     ctx.load_texture(format!("image-{image_id}"), to_color_image(&display), TextureOptions::LINEAR);
-                self.image = Some(ShownImage { id: image_id, name, texture, width, height });
+                self.image = Some(ShownImage { id: image_id, name, texture, width, height, truncated });
                 self.overlays.clear();
                 self.settings.overlay.class = None;
                 self.decoding = None;
@@ -468,7 +480,7 @@ impl AppState {
                 self.bench.running = false;
                 self.notify(Level::Info, Topic::Other, what);
             }
-            Reply::Error { what, about, message } => {
+            Reply::Error { what, about, message, open_anyway } => {
                 if about == Topic::Benchmark {
                     self.bench.running = false;
                 }
@@ -476,6 +488,9 @@ impl AppState {
                     self.decoding = None;
                 }
                 self.notify(Level::Error, about, format!("{what}: {message}"));
+                if let Some(notice) = self.notices.last_mut() {
+                    notice.open_anyway = open_anyway;
+                }
             }
         }
         false

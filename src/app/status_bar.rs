@@ -107,6 +107,14 @@ impl Notices {
                                         )
                                         .wrap(),
                                     );
+                                    if let Some(source) = &n.open_anyway
+                                        && ui
+                                            .button("Open anyway")
+                                            .on_hover_text("Show the part that decoded; the image is marked truncated")
+                                            .clicked()
+                                    {
+                                        actions.push(Action::OpenTruncated(source.clone()));
+                                    }
                                 });
                                 if close_button(ui).on_hover_text("Dismiss (Esc dismisses the newest)").clicked() {
                                     actions.push(Action::Dismiss(n.id));

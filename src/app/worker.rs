@@ -60,6 +60,8 @@ pub enum Topic {
 #[derive(Clone, Debug)]
 pub enum Command {
     OpenImage(ImageSource),
+    /// Open an image that decoded only in part (the user chose "Open anyway").
+    OpenTruncatedImage(ImageSource),
     SetModel {
         spec: String,
         device: String,
@@ -94,7 +96,7 @@ pub enum Command {
 impl Command {
     fn kind(&self) -> u8 {
         match self {
-            Command::OpenImage(_) => 0,
+            Command::OpenImage(_) | Command::OpenTruncatedImage(_) => 0,
             Command::SetModel { .. } => 1,
             Command::Analyze { .. } => 2,
             Command::Overlay { .. } => 3,
@@ -106,7 +108,7 @@ impl Command {
 
     fn topic(&self) -> Topic {
         match self {
-            Command::OpenImage(_) => Topic::Image,
+            Command::OpenImage(_) | Command::OpenTruncatedImage(_) => Topic::Image,
             Command::SetModel { .. } => Topic::Model,
             Command::Analyze { .. } | Command::Overlay { .. } => Topic::Analysis,
             Command::Benchmark { .. } => Topic::Benchmark,
@@ -160,6 +162,8 @@ pub enum Reply {
         display: Rgba,
         width: u32,
         height: u32,
+        /// Set when the user opened a file that decoded only in part: what was missing.
+        truncated: Option<String>,
     },
     ModelLoaded(ModelSummary),
     Classified {
@@ -191,6 +195,8 @@ pub enum Reply {
         what: String,
         about: Topic,
         message: String,
+        /// Set when the image decoded only in part: the notice offers to open it anyway.
+        open_anyway: Option<ImageSource>,
     },
 }
 
@@ -233,7 +239,20 @@ pub fn spawn(hub: Hub, wake: impl Fn() + Send + 'static) -> WorkerHandle {
                             if e.downcast_ref::<crate::bench::Cancelled>().is_some() {
                                 out.send(Reply::Cancelled(msg));
                             } else {
-                                out.send(Reply::Error { what: describe(&cmd), about: cmd.topic(), message: msg });
+                                let open_anyway = match &cmd {
+                                    Command::OpenImage(src)
+                                        if e.downcast_ref::<crate::preprocess::Truncated>().is_some() =>
+                                    {
+                                        Some(src.clone())
+                                    }
+                                    _ => None,
+                                };
+                                out.send(Reply::Error {
+                                    what: describe(&cmd),
+                                    about: cmd.topic(),
+                                    message: msg,
+                                    open_anyway,
+                                });
                             }
                         }
                         Err(panic) => {
@@ -250,6 +269,7 @@ pub fn spawn(hub: Hub, wake: impl Fn() + Send + 'static) -> WorkerHandle {
                                     what: describe(&cmd),
                                     about: cmd.topic(),
                                     message: format!("internal error, the worker restarted: {msg}"),
+                                    open_anyway: None,
                                 });
                                 // Start over: no model or cache survives a panic. The decoded
                                 // image is plain data and stays, so the window and the worker
@@ -289,8 +309,7 @@ fn coalesce(first: Command, rx: &Receiver<Command>) -> Vec<Command> {
 
 fn describe(cmd: &Command) -> String {
     match cmd {
-        Command::OpenImage(ImageSource::Path(p)) => format!("cannot open image {}", p.display()),
-        Command::OpenImage(ImageSource::Bytes { name, .. }) => format!("cannot open image {name}"),
+        Command::OpenImage(src) | Command::OpenTruncatedImage(src) => format!("cannot open image {}", src.name()),
         Command::SetModel { spec, .. } => format!("cannot load model {spec}"),
         Command::Analyze { .. } => "cannot classify".into(),
         Command::Overlay { .. } => "cannot draw the attention overlay".into(),
@@ -365,7 +384,8 @@ impl State {
 
     fn handle(&mut self, cmd: Command, out: &Out, cancel: &AtomicBool) -> Result<()> {
         match cmd {
-            Command::OpenImage(src) => self.open_image(src, out),
+            Command::OpenImage(src) => self.open_image(src, false, out),
+            Command::OpenTruncatedImage(src) => self.open_image(src, true, out),
             Command::SetModel { spec, device } => self.set_model(&spec, &device, out, cancel),
             Command::Analyze { variants, map, cmap, opacity } => self.analyze(&variants, map, cmap, opacity, out),
             Command::Overlay { variants, map, cmap, opacity } => self.overlays(&variants, map, cmap, opacity, out),
@@ -380,13 +400,16 @@ impl State {
         }
     }
 
-    fn open_image(&mut self, src: ImageSource, out: &Out) -> Result<()> {
+    fn open_image(&mut self, src: ImageSource, allow_truncated: bool, out: &Out) -> Result<()> {
         // Large images take seconds to decode: say so.
         out.send(Reply::Busy(format!("decoding {}", src.name())));
-        let (name, img) = match &src {
-            ImageSource::Path(p) => (p.display().to_string(), crate::preprocess::load_image(p)?),
-            ImageSource::Bytes { name, bytes } => (name.clone(), crate::preprocess::decode_image(bytes)?),
+        let (name, loaded) = match &src {
+            ImageSource::Path(p) => (p.display().to_string(), crate::preprocess::load_image_with(p, allow_truncated)?),
+            ImageSource::Bytes { name, bytes } => {
+                (name.clone(), crate::preprocess::decode_image_with(bytes, allow_truncated)?)
+            }
         };
+        let (img, truncated) = (loaded.image, loaded.truncated);
         let (w, h) = img.dimensions();
         let shown = if w.max(h) > DISPLAY_MAX_SIDE {
             let s = DISPLAY_MAX_SIDE as f64 / w.max(h) as f64;
@@ -412,6 +435,7 @@ impl State {
             display: Rgba { width: shown.width() as usize, height: shown.height() as usize, pixels: Arc::new(rgba) },
             width: w,
             height: h,
+            truncated,
         });
         Ok(())
     }
