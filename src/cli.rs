@@ -631,6 +631,7 @@ fn classify(
     variant: Option<Variant>,
     allow_truncated: bool,
 ) -> Result<()> {
+    let images = &expand_images(images)?;
     let device = device_from_name(device)?;
     let model = load_model_default(model_spec, variant, hub, &device)?;
     let variant_name = model.variant.name();
@@ -739,7 +740,8 @@ fn explain(hub: &Hub, a: &ExplainArgs) -> Result<()> {
     if (a.layer.is_some() || a.head.is_some()) && a.method != ExplainMethod::Raw {
         anyhow::bail!("--layer and --head apply to --method raw only");
     }
-    let outputs = explain_outputs(&a.images, &a.out, a.method)?;
+    let images = expand_images(&a.images)?;
+    let outputs = explain_outputs(&images, &a.out, a.method)?;
     let model = load_model_default(&a.model, a.variant, hub, &Device::Cpu)?;
     let c = &model.config;
     if let Some(k) = a.class.filter(|k| *k >= c.num_classes()) {
@@ -768,7 +770,7 @@ fn explain(hub: &Hub, a: &ExplainArgs) -> Result<()> {
         ColormapArg::Inferno => Colormap::Inferno,
         ColormapArg::Viridis => Colormap::Viridis,
     };
-    for (path, out) in a.images.iter().zip(&outputs) {
+    for (path, out) in images.iter().zip(&outputs) {
         let img = crate::preprocess::load_image(path)?;
         let e = explain_image(&model, &img, request).with_context(|| format!("cannot explain {}", path.display()))?;
         let picture = render(&img, &e, cmap, a.opacity);
@@ -823,6 +825,7 @@ fn compare(
     allow_truncated: bool,
 ) -> Result<()> {
     let variants = parse_variants(variants)?;
+    let images = &expand_images(images)?;
     // Images first: a bad file fails in a second, not after the model is loaded and quantized.
     let imgs: Vec<_> = load_images(images, allow_truncated)?.into_iter().map(|i| i.image).collect();
     let reference = load_model_as_is(model_spec, hub, &Device::Cpu, &mut download_bar())?;
