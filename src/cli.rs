@@ -1185,6 +1185,9 @@ fn eval(hub: &Hub, a: &EvalArgs) -> Result<()> {
 }
 
 fn profile(hub: &Hub, a: &ProfileArgs) -> Result<()> {
+    if !crate::model::profiler::PROFILER_COMPILED_IN {
+        anyhow::bail!("this build has the profiler compiled out (feature `no-profiler`): build without it to profile");
+    }
     if let Some(p) = &a.trace {
         crate::fsutil::check_writable(p)?;
         crate::fsutil::check_outputs_distinct(&[("--trace", p)], &[std::path::Path::new(&a.model)])?;
