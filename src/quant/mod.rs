@@ -183,6 +183,8 @@ impl LayerChoices {
             bail!("layer choices need an fp32 model and a quantized variant (got {} -> {variant})", fp32.variant);
         }
         let all = QuantOptions { keep_fp32: fp32.weights.layer_names().into_iter().collect(), ..opts.clone() };
+        // The rest of `opts` (today nothing else) carries through to both sides.
+        #[allow(clippy::needless_update)]
         let none = QuantOptions { keep_fp32: BTreeSet::new(), patch_embed: true, ..opts.clone() };
         let make = |o: QuantOptions| quantize(&fp32.weights, variant, fp32.config.heads, o, &fp32.device);
         Ok(LayerChoices { variant, kept: make(all)?, quantized: make(none)? })
