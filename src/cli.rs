@@ -1393,7 +1393,8 @@ fn sensitivity(hub: &Hub, a: &SensitivityArgs) -> Result<()> {
         "flips",
         "max|dlog|"
     );
-    outln!("{:>4}  {:<14} {:^28}   {:^29}", "", "", "(only this layer int8)", "(all int8 but this layer)");
+    let (alone, all_but) = (format!("(only this layer {})", a.variant), format!("(all {} but this layer)", a.variant));
+    outln!("{:>4}  {:<14} {alone:^28}   {all_but:^29}", "", "");
     for l in &s.layers {
         outln!(
             "{:>4}  {:<14} {:>10.3e} {:>6} {:>10.4}   {:>11.3e} {:>6} {:>10.4}",
