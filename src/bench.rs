@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::hub::{DownloadEvent, Hub};
 use crate::model::{Capture, Model};
 use crate::quant::metrics::{AgreementSummary, compare_logits, summarize};
-use crate::quant::{QuantOptions, Variant};
+use crate::quant::{QuantOptions, Scheme, Variant};
 
 /// How long and how often to measure.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -324,8 +324,22 @@ pub struct BenchResult {
     /// Which int8 numerics the quantized layers used (`cpu-per-channel-rowwise`, `cuda-q8_0`);
     /// `None` for fp32, which has none.
     pub int8_kernel: Option<String>,
+    /// The quantization scheme of int8/mobile rows (`default`, `torch`, ...); empty for fp32.
+    #[serde(default)]
+    pub scheme: String,
     pub samples_ms: Vec<f64>,
     pub env: Environment,
+}
+
+impl BenchResult {
+    /// `int8`, or `int8[torch]` for a scheme other than the default.
+    pub fn label(&self) -> String {
+        if self.scheme.is_empty() || self.scheme == "default" {
+            self.variant.to_string()
+        } else {
+            format!("{}[{}]", self.variant, self.scheme)
+        }
+    }
 }
 
 /// The input a benchmark times.
@@ -401,19 +415,43 @@ pub fn load_variants(
     device: &Device,
     on_download: &mut dyn FnMut(DownloadEvent),
 ) -> Result<(Model, Vec<(Model, f64)>)> {
+    load_variants_with(spec, variants, &[], hub, device, on_download)
+}
+
+/// [`load_variants`], each quantized variant once per scheme (in the order given; fp32 once).
+/// `schemes` empty: the default scheme, and an exported file's variant as it is stored; given,
+/// an exported file whose scheme is not among them is refused.
+pub fn load_variants_with(
+    spec: &str,
+    variants: &[Variant],
+    schemes: &[Scheme],
+    hub: &Hub,
+    device: &Device,
+    on_download: &mut dyn FnMut(DownloadEvent),
+) -> Result<(Model, Vec<(Model, f64)>)> {
     if variants.is_empty() {
         bail!("no variants given");
     }
     let t0 = Instant::now();
     let source = crate::zoo::load_model_as_is(spec, hub, device, on_download)?;
     let base_load_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let explicit = !schemes.is_empty();
+    let schemes = if explicit { schemes } else { &[Scheme::DEFAULT][..] };
     let mut made = Vec::new();
     for v in variants {
-        let t = Instant::now();
-        let m = source
-            .to_variant(*v, QuantOptions::default())
-            .with_context(|| format!("cannot make the {v} variant of {spec}"))?;
-        made.push((m, base_load_ms + t.elapsed().as_secs_f64() * 1000.0));
+        // fp32, and the variant an exported file holds, exist once: no scheme makes them again.
+        let stored = *v != Variant::Fp32 && *v == source.variant;
+        if stored && explicit {
+            schemes.iter().try_for_each(|s| crate::quant::check_scheme(&source, s))?;
+        }
+        let once = *v == Variant::Fp32 || stored;
+        for scheme in if once { &schemes[..1] } else { schemes } {
+            let t = Instant::now();
+            let m = source
+                .to_variant(*v, QuantOptions::with_scheme(*scheme))
+                .with_context(|| format!("cannot make the {v} variant of {spec}"))?;
+            made.push((m, base_load_ms + t.elapsed().as_secs_f64() * 1000.0));
+        }
     }
     Ok((source, made))
 }
@@ -441,6 +479,18 @@ pub fn prepare(
     on_download: &mut dyn FnMut(DownloadEvent),
     on_event: &mut dyn FnMut(BenchEvent),
 ) -> Result<Prepared> {
+    prepare_with(job, &[], hub, device, on_download, on_event)
+}
+
+/// [`prepare`] with each quantized variant made once per scheme ([`load_variants_with`]).
+pub fn prepare_with(
+    job: &BenchJob,
+    schemes: &[Scheme],
+    hub: &Hub,
+    device: &Device,
+    on_download: &mut dyn FnMut(DownloadEvent),
+    on_event: &mut dyn FnMut(BenchEvent),
+) -> Result<Prepared> {
     let BenchJob { spec, variants, cfg, input, .. } = *job;
     if variants.is_empty() {
         bail!("no variants to benchmark");
@@ -452,7 +502,7 @@ pub fn prepare(
         on_event(BenchEvent::Phase { model: spec.to_string(), phase: p.to_string() })
     };
     phase(on_event, "loading");
-    let (source, made) = load_variants(spec, variants, hub, device, on_download)?;
+    let (source, made) = load_variants_with(spec, variants, schemes, hub, device, on_download)?;
 
     phase(on_event, "sizes and accuracy");
     let reference = (source.variant == Variant::Fp32).then_some(&source);
@@ -561,6 +611,7 @@ pub fn assemble(
                 accuracy: p.accuracy.clone(),
                 int8_kernel: (p.model.variant != Variant::Fp32)
                     .then(|| crate::device::Int8Kernel::for_device(&p.model.device).id().to_string()),
+                scheme: crate::quant::model_scheme(&p.model).map(|s| s.name()).unwrap_or_default(),
                 samples_ms,
                 env: env.clone(),
             }
@@ -577,7 +628,20 @@ pub fn bench_model(
     on_download: &mut dyn FnMut(DownloadEvent),
     on_event: &mut dyn FnMut(BenchEvent),
 ) -> Result<Vec<BenchResult>> {
-    let prepared = prepare(job, hub, device, on_download, on_event)?;
+    bench_model_with(job, &[], hub, device, on_download, on_event)
+}
+
+/// [`bench_model`] with each quantized variant made once per scheme (measured interleaved with
+/// the others).
+pub fn bench_model_with(
+    job: &BenchJob,
+    schemes: &[Scheme],
+    hub: &Hub,
+    device: &Device,
+    on_download: &mut dyn FnMut(DownloadEvent),
+    on_event: &mut dyn FnMut(BenchEvent),
+) -> Result<Vec<BenchResult>> {
+    let prepared = prepare_with(job, schemes, hub, device, on_download, on_event)?;
     let (samples, peak) = measure(&prepared, job.cfg, job.cancel, on_event)?;
     Ok(assemble(&prepared, job.cfg, samples, peak, &Environment::capture(device)))
 }

@@ -15,8 +15,8 @@ use candle_core::Device;
 use crate::model::{Prediction, device_from_name};
 use crate::preprocess::{LoadedImage, load_image_with};
 use crate::quant::metrics::compare_variants;
-use crate::quant::{Variant, export, parse_variants};
-use crate::zoo::{DEFAULT_MODEL, ModelSource, ZOO, load_model, load_model_as_is};
+use crate::quant::{QuantOptions, Scheme, Variant, export, parse_variants, variant_label};
+use crate::zoo::{DEFAULT_MODEL, ModelSource, ZOO, load_model_as_is};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -90,6 +90,10 @@ pub enum Command {
         /// Classify truncated image files from what decoded (marked truncated) instead of refusing them.
         #[arg(long)]
         allow_truncated: bool,
+        /// Quantization scheme of int8/mobile: default, torch (PyTorch quantize_dynamic, x86), or
+        /// a list like weights=per-tensor,acts=per-tensor,bits=7,acts=asym (README: Schemes).
+        #[arg(long, value_parser = parse_scheme)]
+        scheme: Option<Scheme>,
     },
     /// Write a variant of a model as one self-contained file (safetensors + metadata).
     Export {
@@ -102,6 +106,10 @@ pub enum Command {
         /// File to write (replaced atomically; never a device, FIFO or one of the inputs).
         #[arg(long)]
         out: PathBuf,
+        /// Quantization scheme of int8/mobile: default, torch (PyTorch quantize_dynamic, x86), or
+        /// a list like weights=per-tensor,acts=per-tensor,bits=7,acts=asym (README: Schemes).
+        #[arg(long, value_parser = parse_scheme)]
+        scheme: Option<Scheme>,
     },
     /// What each variant loses against fp32 on the same images: agreement, KL, per-layer error.
     Compare {
@@ -120,6 +128,10 @@ pub enum Command {
         /// Use truncated image files from what decoded instead of refusing them.
         #[arg(long)]
         allow_truncated: bool,
+        /// Quantization scheme of int8/mobile; repeat it to compare schemes side by side: default, torch (PyTorch quantize_dynamic, x86), or
+        /// a list like weights=per-tensor,acts=per-tensor,bits=7,acts=asym (README: Schemes).
+        #[arg(long = "scheme", value_parser = parse_scheme)]
+        schemes: Vec<Scheme>,
     },
     /// Measure latency, size and accuracy of variants; print a table, write CSV/JSON reports.
     Bench(BenchArgs),
@@ -206,6 +218,10 @@ pub struct BenchArgs {
     /// Use truncated image files from what decoded instead of refusing them.
     #[arg(long)]
     allow_truncated: bool,
+    /// Quantization scheme of int8/mobile; repeat it to measure several: default, torch (PyTorch quantize_dynamic, x86), or
+    /// a list like weights=per-tensor,acts=per-tensor,bits=7,acts=asym (README: Schemes).
+    #[arg(long = "scheme", value_parser = parse_scheme)]
+    schemes: Vec<Scheme>,
 }
 
 /// `--threads`: 1 up to 4x the logical cores (more only oversubscribes: a classify with 1000
@@ -226,6 +242,11 @@ fn parse_seconds(s: &str) -> std::result::Result<f64, String> {
         return Err(format!("{v} is not a finite number of seconds >= 0"));
     }
     Ok(v)
+}
+
+/// `--scheme`: a preset or a list; a bad value names the valid ones.
+fn parse_scheme(s: &str) -> std::result::Result<Scheme, String> {
+    s.parse().map_err(|e: anyhow::Error| e.to_string())
 }
 
 /// fp32, int8 or mobile, listed in --help.
@@ -530,23 +551,23 @@ pub fn run(cli: Cli) -> Result<()> {
             outln!("{model}: {} and {}", files.config.display(), files.weights.display());
             Ok(())
         }
-        Some(Command::Classify { images, model, top, json, device, variant, allow_truncated }) => {
+        Some(Command::Classify { images, model, top, json, device, variant, allow_truncated, scheme }) => {
             let k = usize::try_from(top).unwrap_or(usize::MAX);
-            classify(&hub, &images, &model, k, json, &device, variant, allow_truncated)
+            classify(&hub, &images, &model, k, json, &device, (variant, scheme), allow_truncated)
         }
-        Some(Command::Export { model, variant, out }) => {
+        Some(Command::Export { model, variant, out, scheme }) => {
             // Before minutes of loading and quantizing: the output must be writable and must
             // not be the model being read.
             crate::fsutil::check_writable(&out)?;
             crate::fsutil::check_outputs_distinct(&[("--out", &out)], &[std::path::Path::new(&model)])?;
-            let m = load_model(&model, variant, &hub, &Device::Cpu, &mut download_bar())?;
+            let m = load_model_default(&model, Some(variant), scheme, &hub, &Device::Cpu)?;
             crate::fsutil::check_outputs_distinct(&[("--out", &out)], &[&m.files.config, &m.files.weights])?;
             let bytes = export::export(&m, &out)?;
-            outln!("{} ({variant}): wrote {} ({})", m.id, out.display(), human_bytes(bytes));
+            outln!("{} ({}): wrote {} ({})", m.id, variant_label(&m), out.display(), human_bytes(bytes));
             Ok(())
         }
-        Some(Command::Compare { images, model, variants, json, allow_truncated }) => {
-            compare(&hub, &images, &model, &variants, json, allow_truncated)
+        Some(Command::Compare { images, model, variants, json, allow_truncated, schemes }) => {
+            compare(&hub, &images, &model, (&variants, &schemes), json, allow_truncated)
         }
     }
 }
@@ -600,6 +621,9 @@ struct ImageResult<'a> {
     image: String,
     model: &'a str,
     variant: &'a str,
+    /// The quantization scheme of an int8/mobile variant other than the default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scheme: Option<String>,
     top: Vec<Prediction>,
     /// The file was cut off and `--allow-truncated` let it through: what was missing.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -628,12 +652,14 @@ fn classify(
     k: usize,
     json: bool,
     device: &str,
-    variant: Option<Variant>,
+    (variant, scheme): (Option<Variant>, Option<Scheme>),
     allow_truncated: bool,
 ) -> Result<()> {
     let device = device_from_name(device)?;
-    let model = load_model_default(model_spec, variant, hub, &device)?;
+    let model = load_model_default(model_spec, variant, scheme, hub, &device)?;
     let variant_name = model.variant.name();
+    let label = variant_label(&model);
+    let scheme_name = crate::quant::model_scheme(&model).filter(|s| !s.is_default()).map(|s| s.name());
     let k = k.min(model.config.num_classes());
     let mut results = Vec::new();
     for path in images {
@@ -643,6 +669,7 @@ fn classify(
             image: path.display().to_string(),
             model: model_spec,
             variant: variant_name,
+            scheme: scheme_name.clone(),
             top,
             truncated: img.truncated,
         });
@@ -652,7 +679,7 @@ fn classify(
     } else {
         for r in &results {
             let mark = if r.truncated.is_some() { "  [TRUNCATED image: part of it did not decode]" } else { "" };
-            outln!("{}  ({}, {}, {}){mark}", r.image, r.model, r.variant, crate::device::describe(&device));
+            outln!("{}  ({}, {label}, {}){mark}", r.image, r.model, crate::device::describe(&device));
             for (i, p) in r.top.iter().enumerate() {
                 outln!("  {:>2}. {:<40} {:>7.3}%  [{}]", i + 1, p.label, p.probability * 100.0, p.index);
             }
@@ -661,12 +688,30 @@ fn classify(
     Ok(())
 }
 
-/// Loads `spec` as `variant`, or as it is stored when no variant is asked for (an exported file
-/// holds one variant; a checkpoint is fp32).
-fn load_model_default(spec: &str, variant: Option<Variant>, hub: &Hub, device: &Device) -> Result<crate::model::Model> {
+/// Loads `spec` as `variant` (quantized with `scheme`, default if none), or as it is stored when
+/// no variant is asked for (an exported file holds one variant; a checkpoint is fp32).
+fn load_model_default(
+    spec: &str,
+    variant: Option<Variant>,
+    scheme: Option<Scheme>,
+    hub: &Hub,
+    device: &Device,
+) -> Result<crate::model::Model> {
+    if variant == Some(Variant::Fp32) && scheme.is_some() {
+        anyhow::bail!("--scheme applies to the int8 and mobile variants, not fp32");
+    }
     let model = load_model_as_is(spec, hub, device, &mut download_bar())?;
+    let stored = variant.is_none_or(|v| v == model.variant);
+    if let Some(s) = scheme {
+        if stored && model.variant == Variant::Fp32 {
+            anyhow::bail!("--scheme applies to the int8 and mobile variants: add --variant int8 or --variant mobile");
+        }
+        if stored {
+            crate::quant::check_scheme(&model, &s)?;
+        }
+    }
     match variant {
-        Some(v) => model.to_variant(v, Default::default()),
+        Some(v) => model.to_variant(v, QuantOptions::with_scheme(scheme.unwrap_or_default())),
         None => Ok(model),
     }
 }
@@ -740,7 +785,7 @@ fn explain(hub: &Hub, a: &ExplainArgs) -> Result<()> {
         anyhow::bail!("--layer and --head apply to --method raw only");
     }
     let outputs = explain_outputs(&a.images, &a.out, a.method)?;
-    let model = load_model_default(&a.model, a.variant, hub, &Device::Cpu)?;
+    let model = load_model_default(&a.model, a.variant, None, hub, &Device::Cpu)?;
     let c = &model.config;
     if let Some(k) = a.class.filter(|k| *k >= c.num_classes()) {
         anyhow::bail!("--class {k}: {} has {} classes (0..{})", a.model, c.num_classes(), c.num_classes() - 1);
@@ -818,11 +863,12 @@ fn compare(
     hub: &Hub,
     images: &[PathBuf],
     model_spec: &str,
-    variants: &str,
+    (variants, schemes): (&str, &[Scheme]),
     json: bool,
     allow_truncated: bool,
 ) -> Result<()> {
     let variants = parse_variants(variants)?;
+    let schemes = if schemes.is_empty() { &[Scheme::DEFAULT][..] } else { schemes };
     // Images first: a bad file fails in a second, not after the model is loaded and quantized.
     let imgs: Vec<_> = load_images(images, allow_truncated)?.into_iter().map(|i| i.image).collect();
     let reference = load_model_as_is(model_spec, hub, &Device::Cpu, &mut download_bar())?;
@@ -832,7 +878,14 @@ fn compare(
             reference.variant
         );
     }
-    let others = variants.iter().map(|v| reference.to_variant(*v, Default::default())).collect::<Result<Vec<_>>>()?;
+    // Each quantized variant once per scheme (fp32 once), in the order given.
+    let others = variants
+        .iter()
+        .flat_map(|v| {
+            let schemes = if *v == Variant::Fp32 { &schemes[..1] } else { schemes };
+            schemes.iter().map(|s| reference.to_variant(*v, QuantOptions::with_scheme(*s)))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let report = compare_variants(&reference, &others.iter().collect::<Vec<_>>(), &imgs)?;
     if json {
         outln!("{}", serde_json::to_string_pretty(&report)?);
@@ -845,8 +898,9 @@ fn compare(
         imgs.len(),
         rayon::current_num_threads()
     );
+    let w = report.iter().map(|r| r.label.len()).max().unwrap_or(0).max(7);
     outln!(
-        "{:<7} {:>10} {:>7} {:>12} {:>7} {:>7} {:>10} {:>10} {:>10}",
+        "{:<w$} {:>10} {:>7} {:>12} {:>7} {:>7} {:>10} {:>10} {:>10}",
         "variant",
         "file",
         "vs fp32",
@@ -861,8 +915,8 @@ fn compare(
         let s = &r.summary;
         let rel = fp32_size.map(|f| format!("{:.1}%", 100.0 * r.file_bytes as f64 / f as f64)).unwrap_or_default();
         outln!(
-            "{:<7} {:>10} {:>7} {:>12} {:>6.0}% {:>6.0}% {:>10.2e} {:>10.4} {:>10.6}",
-            r.variant.name(),
+            "{:<w$} {:>10} {:>7} {:>12} {:>6.0}% {:>6.0}% {:>10.2e} {:>10.4} {:>10.6}",
+            r.label,
             human_bytes(r.file_bytes),
             rel,
             human_bytes(r.weight_bytes as u64),
@@ -878,7 +932,7 @@ fn compare(
         outln!("\nper-layer relative error of each block's output vs fp32 (mean over images):");
         out!("{:<6}", "block");
         for r in &quantized {
-            out!(" {:>10}", r.variant.name());
+            out!(" {:>10}", r.label);
         }
         outln!();
         for layer in 0..reference.config.depth {
@@ -899,7 +953,7 @@ fn compare(
                 })
                 .collect();
             if let Some((i, d)) = jumps.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)) {
-                outln!("{}: the largest error increase is at block {i} (+{d:.5})", r.variant.name());
+                outln!("{}: the largest error increase is at block {i} (+{d:.5})", r.label);
             }
         }
     }
@@ -907,9 +961,9 @@ fn compare(
     let model_outs: Vec<_> = std::iter::once(&reference).chain(others.iter()).collect();
     for (p, img) in images.iter().zip(&imgs) {
         let mut line = format!("{}:", p.display());
-        for (i, m) in model_outs.iter().enumerate().skip(1) {
+        for m in model_outs.iter().skip(1) {
             let top = m.classify(img, 1)?;
-            line.push_str(&format!("  {} {} {:.3}", variants[i - 1].name(), top[0].label, top[0].probability));
+            line.push_str(&format!("  {} {} {:.3}", variant_label(m), top[0].label, top[0].probability));
         }
         outln!("{line}");
     }
@@ -939,7 +993,7 @@ pub fn expand_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
-    use crate::bench::{BenchConfig, BenchEvent, BenchInput, BenchJob, bench_model};
+    use crate::bench::{BenchConfig, BenchEvent, BenchInput, BenchJob, bench_model_with};
     // Fail before minutes of measuring, not after: every output writable, none named twice,
     // none an input of this run.
     let outputs: Vec<(&str, &std::path::Path)> = [("--csv", &a.csv), ("--json", &a.json), ("--raw", &a.raw)]
@@ -990,7 +1044,10 @@ fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
                 None => Variant::ALL.to_vec(),
             },
         };
-        let bar = ProgressBar::new((variants.len() * (cfg.warmup + cfg.min_runs)) as u64);
+        // Each quantized variant is measured once per scheme.
+        let runners: usize =
+            variants.iter().map(|v| if *v == Variant::Fp32 { 1 } else { a.schemes.len().max(1) }).sum();
+        let bar = ProgressBar::new((runners * (cfg.warmup + cfg.min_runs)) as u64);
         bar.set_style(
             ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -999,12 +1056,12 @@ fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
         bar.set_prefix(spec.to_string());
         let mut samples_seen = 0u64;
         let job = BenchJob { spec, variants: &variants, cfg, input: &input, cancel: None };
-        let r = bench_model(&job, hub, &device, &mut download_bar(), &mut |ev| match ev {
+        let r = bench_model_with(&job, &a.schemes, hub, &device, &mut download_bar(), &mut |ev| match ev {
             BenchEvent::Phase { phase, .. } => bar.set_message(phase),
             BenchEvent::Warmup { done, .. } => bar.set_position(done as u64),
             BenchEvent::Sample { variant, ms, .. } => {
                 samples_seen += 1;
-                let pos = (variants.len() * cfg.warmup) as u64 + samples_seen;
+                let pos = (runners * cfg.warmup) as u64 + samples_seen;
                 if pos > bar.length().unwrap_or(0) {
                     bar.set_length(pos);
                 }
@@ -1055,8 +1112,9 @@ fn print_bench_table(results: &[crate::bench::BenchResult]) -> Result<()> {
     let batch_list = batches.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(",");
     let device = if e.gpu.is_empty() { e.device.clone() } else { format!("{} ({})", e.device, e.gpu) };
     outln!("cpu: {} | {} | threads: {} | device: {device} | batch {batch_list}", e.cpu, e.simd, e.threads);
+    let w = results.iter().map(|r| r.label().len()).max().unwrap_or(0).max(7);
     outln!(
-        "{:<44} {:<7} {:>9} {:>9} {:>9} {:>8} {:>10} {:>7} {:>6} {:>6} {:>9}",
+        "{:<44} {:<w$} {:>9} {:>9} {:>9} {:>8} {:>10} {:>7} {:>6} {:>6} {:>9}",
         "model",
         "variant",
         "p50 ms",
@@ -1078,9 +1136,9 @@ fn print_bench_table(results: &[crate::bench::BenchResult]) -> Result<()> {
         // A sweep's rows differ only by batch: say it where the model is named.
         let name = if batches.len() > 1 { format!("{} (batch {})", r.model, r.batch) } else { r.model.clone() };
         outln!(
-            "{:<44} {:<7} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>10} {:>7} {:>6} {:>6} {:>9}",
+            "{:<44} {:<w$} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>10} {:>7} {:>6} {:>6} {:>9}",
             name,
-            r.variant.name(),
+            r.label(),
             r.stats.p50,
             r.stats.p90,
             r.first_ms,
@@ -1092,7 +1150,7 @@ fn print_bench_table(results: &[crate::bench::BenchResult]) -> Result<()> {
             acc.map(|a| format!("{:.1e}", a.mean_kl_div)).unwrap_or_default(),
         );
         if let Some(s) = speed.filter(|s| *s < 1.0) {
-            notes.push(format!("{} {} is {:.2}x SLOWER than fp32 here", r.model, r.variant, 1.0 / s));
+            notes.push(format!("{} {} is {:.2}x SLOWER than fp32 here", r.model, r.label(), 1.0 / s));
         }
     }
     outln!(

@@ -83,7 +83,7 @@ fn int8_linear_is_within_the_rounding_bound_of_torch() {
 fn int8_models_lose_no_more_than_torch_quantize_dynamic() {
     for name in ["hf_vit", "hf_deit", "hf_deit_distilled", "timm_vit", "timm_deit_distilled"] {
         let (model, r) = load(name);
-        let torch_like = QuantOptions { patch_embed: false };
+        let torch_like = QuantOptions { patch_embed: false, ..Default::default() };
         let ours = model.to_variant(Variant::Int8, torch_like).unwrap();
         let logits = vec1(&ours.forward(&r["pixel_values"], Capture::NONE).unwrap().logits);
         let (fp32, torch) = (vec1(&r["logits"]), vec1(&r["logits_int8_torch"]));

@@ -107,7 +107,8 @@ impl Model {
                 self.variant
             );
         }
-        let weights = crate::quant::quantize(&self.weights, variant, self.config.heads, opts, &self.device)?;
+        let weights =
+            crate::quant::quantize(&self.weights, variant, self.config.heads, self.config.layout, opts, &self.device)?;
         Ok(Model { weights, variant, ..self.clone() })
     }
 

@@ -115,6 +115,10 @@ mod tests {
 #[derive(Clone, Debug, Serialize)]
 pub struct VariantComparison {
     pub variant: crate::quant::Variant,
+    /// `int8`, or `int8[torch]` for a scheme other than the default.
+    pub label: String,
+    /// The quantization scheme (`None` for fp32).
+    pub scheme: Option<String>,
     /// Size of the variant as an exported file.
     pub file_bytes: u64,
     pub weight_bytes: usize,
@@ -152,6 +156,8 @@ pub fn compare_variants(
         let n = inputs.len().max(1) as f64;
         result.push(VariantComparison {
             variant: v.variant,
+            label: crate::quant::variant_label(v),
+            scheme: crate::quant::model_scheme(v).map(|s| s.name()),
             file_bytes: crate::quant::export::serialize(v)?.len() as u64,
             weight_bytes: v.weight_bytes(),
             summary: summarize(&per_image),

@@ -5,6 +5,7 @@
 pub mod export;
 pub mod int8;
 pub mod metrics;
+pub mod scheme;
 
 use std::fmt;
 use std::str::FromStr;
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::vit::{Block, Linear, VitWeights};
 use int8::Int8Linear;
+pub use scheme::Scheme;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -83,11 +85,54 @@ pub struct QuantOptions {
     /// it is what brings a ViT-Ti file under 27% of fp32 (its fp32 patch and position weights
     /// alone are 3% of the model). On by default; off reproduces torch's choice exactly.
     pub patch_embed: bool,
+    /// How each quantized layer's weights and inputs are quantized ([`scheme`]).
+    pub scheme: Scheme,
 }
 
 impl Default for QuantOptions {
     fn default() -> Self {
-        QuantOptions { patch_embed: true }
+        QuantOptions { patch_embed: true, scheme: Scheme::DEFAULT }
+    }
+}
+
+impl QuantOptions {
+    /// The defaults with `scheme`. The `torch` preset also leaves the patch embedding fp32, as
+    /// torch does (it is a Conv2d there, not an `nn.Linear`), so its numbers are torch's.
+    pub fn with_scheme(scheme: Scheme) -> QuantOptions {
+        QuantOptions { patch_embed: scheme != Scheme::TORCH, scheme }
+    }
+}
+
+/// The scheme a model's int8 layers use (`None` when none is int8).
+pub fn model_scheme(model: &crate::model::Model) -> Option<Scheme> {
+    let w = &model.weights;
+    std::iter::once(&w.patch)
+        .chain(w.blocks.iter().flat_map(|b| [&b.qkv, &b.proj, &b.fc1, &b.fc2]))
+        .chain(w.heads.iter().map(|(h, _)| h))
+        .find_map(|l| match l {
+            Linear::Int8(q) => Some(q.scheme),
+            _ => None,
+        })
+}
+
+/// Refuses to use `model` (an exported quantized file) as if it had been quantized with
+/// `wanted`: its scheme is fixed; another needs the fp32 model.
+pub fn check_scheme(model: &crate::model::Model, wanted: &Scheme) -> Result<()> {
+    match model_scheme(model) {
+        Some(have) if have != *wanted => bail!(
+            "{} holds {} weights quantized with scheme `{have}`; scheme `{wanted}` must be made from the fp32 model",
+            model.files.weights.display(),
+            model.variant
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// A variant's name for people: `int8`, or `int8[torch]` when its scheme is not the default.
+pub fn variant_label(model: &crate::model::Model) -> String {
+    match model_scheme(model) {
+        Some(s) if !s.is_default() => format!("{}[{}]", model.variant, s),
+        _ => model.variant.to_string(),
     }
 }
 
@@ -98,7 +143,15 @@ fn to_vec2(t: &Tensor) -> Result<(Vec<f32>, usize, usize)> {
 
 /// One fp32 linear layer -> int8 (our kernel on CPU, candle's Q8_0 on CUDA).
 /// `row_scale` multiplies the first `rows_scaled` output rows (folding the attention scale).
-fn quantize_linear(l: &Linear, device: &Device, fused_gelu: bool, row_scale: Option<(usize, f32)>) -> Result<Linear> {
+/// `tensors`: the checkpoint tensors the layer's rows came from ([`Scheme::quantize_weights`]).
+fn quantize_linear(
+    l: &Linear,
+    device: &Device,
+    fused_gelu: bool,
+    row_scale: Option<(usize, f32)>,
+    scheme: Scheme,
+    tensors: usize,
+) -> Result<Linear> {
     let Linear::F32 { weight, bias, .. } = l else {
         bail!("only fp32 layers can be quantized (this one is already quantized)");
     };
@@ -111,7 +164,11 @@ fn quantize_linear(l: &Linear, device: &Device, fused_gelu: bool, row_scale: Opt
         }
     }
     if device.is_cpu() {
-        Ok(Linear::Int8(Arc::new(Int8Linear::quantize(&w, n, k, b, fused_gelu))))
+        Ok(Linear::Int8(Arc::new(Int8Linear::quantize_with(&w, n, k, b, fused_gelu, scheme, tensors))))
+    } else if !scheme.is_default() {
+        bail!(
+            "quantization scheme `{scheme}` runs on our CPU int8 kernels; CUDA int8 is candle's Q8_0 (use --device cpu)"
+        )
     } else {
         let wt = Tensor::from_vec(w, (n, k), device)?;
         let bt = b.map(|b| Tensor::from_vec(b, n, device)).transpose()?;
@@ -120,11 +177,13 @@ fn quantize_linear(l: &Linear, device: &Device, fused_gelu: bool, row_scale: Opt
 }
 
 /// Builds a variant's weights from fp32 weights. `heads` is the attention head count (mobile
-/// folds 1/sqrt(head_dim) into the q projection).
+/// folds 1/sqrt(head_dim) into the q projection); `layout` says whether q, k and v were one
+/// tensor (timm) or three (transformers), which per-tensor weight scales follow.
 pub fn quantize(
     w: &VitWeights,
     variant: Variant,
     heads: usize,
+    layout: crate::model::Layout,
     opts: QuantOptions,
     device: &Device,
 ) -> Result<VitWeights> {
@@ -139,22 +198,24 @@ pub fn quantize(
     let mobile = variant == Variant::Mobile;
     let d = w.cls_token.dims()[2];
     let fold = mobile.then(|| (d, ((d / heads) as f32).powf(-0.5)));
+    let qkv_tensors = if layout == crate::model::Layout::Hf { 3 } else { 1 };
+    let s = opts.scheme;
     let blocks = w
         .blocks
         .iter()
         .map(|b| {
             Ok(Block {
                 norm1: b.norm1.clone(),
-                qkv: quantize_linear(&b.qkv, device, false, fold)?,
-                proj: quantize_linear(&b.proj, device, false, None)?,
+                qkv: quantize_linear(&b.qkv, device, false, fold, s, qkv_tensors)?,
+                proj: quantize_linear(&b.proj, device, false, None, s, 1)?,
                 norm2: b.norm2.clone(),
-                fc1: quantize_linear(&b.fc1, device, mobile, None)?,
-                fc2: quantize_linear(&b.fc2, device, false, None)?,
+                fc1: quantize_linear(&b.fc1, device, mobile, None, s, 1)?,
+                fc2: quantize_linear(&b.fc2, device, false, None, s, 1)?,
             })
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(VitWeights {
-        patch: if opts.patch_embed { quantize_linear(&w.patch, device, false, None)? } else { w.patch.clone() },
+        patch: if opts.patch_embed { quantize_linear(&w.patch, device, false, None, s, 1)? } else { w.patch.clone() },
         cls_token: w.cls_token.clone(),
         dist_token: w.dist_token.clone(),
         pos_embed: w.pos_embed.clone(),
@@ -163,7 +224,7 @@ pub fn quantize(
         heads: w
             .heads
             .iter()
-            .map(|(h, t)| Ok((quantize_linear(h, device, false, None)?, *t)))
+            .map(|(h, t)| Ok((quantize_linear(h, device, false, None, s, 1)?, *t)))
             .collect::<Result<_>>()?,
         attention_scale_folded: mobile,
     })
