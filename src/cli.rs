@@ -840,7 +840,7 @@ fn explain(hub: &Hub, a: &ExplainArgs) -> Result<()> {
             top.label,
             100.0 * top.probability,
             top.index,
-            model.variant,
+            variant_label(&model),
             out.display(),
             img.width(),
             img.height()

@@ -493,7 +493,7 @@ mod tests {
     fn both_compilations_of_the_element_loops_agree_to_the_bit() {
         let x: Vec<f32> = (0..1000).map(|i| ((i * 7919) % 1013) as f32 / 97.0 - 5.0).collect();
         let sw: Vec<f32> = (0..1000).map(|i| 1e-3 + (i % 17) as f32 * 1e-4).collect();
-        let sums: Vec<i32> = (0..1000).map(|i| (i % 301) as i32 - 150).collect();
+        let sums: Vec<i32> = (0..1000).map(|i: i32| (i % 301) - 150).collect();
         for scheme in [Scheme::TORCH, "bits=7".parse().unwrap(), "acts=asym".parse().unwrap()] {
             let p = scheme.params(min_max(&x));
             let (mut a, mut b) = (vec![0i8; x.len()], vec![0i8; x.len()]);
