@@ -221,6 +221,11 @@ fn load_inner(path: &Path, device: &Device) -> Result<Model> {
         Some(s) => s.parse().context("bad `scheme` metadata")?,
         None => Scheme::DEFAULT,
     };
+    if !device.is_cpu() && variant != Variant::Fp32 && !scheme.is_default() {
+        bail!(
+            "its int8 weights use quantization scheme `{scheme}`, which runs on the CPU only (CUDA int8 is candle's Q8_0)"
+        );
+    }
 
     let mut r = Reader { st: &st, map: &map, used: Default::default(), scheme };
     let c = &config;
