@@ -292,7 +292,7 @@ fn model_keys(latest: &[&BenchResult]) -> Vec<(String, String)> {
 
 /// Grid lines at 1-2-5 steps, about `ticks` of them across the visible range (never finer than
 /// `min_step`): labelled ticks people can read, whatever the range.
-fn nice_spacer(ticks: f64, min_step: f64) -> impl Fn(GridInput) -> Vec<GridMark> {
+pub(super) fn nice_spacer(ticks: f64, min_step: f64) -> impl Fn(GridInput) -> Vec<GridMark> {
     move |input: GridInput| {
         let (lo, hi) = input.bounds;
         let step = nice_step((hi - lo) / ticks).max(min_step);
@@ -325,7 +325,7 @@ pub fn nice_step(raw: f64) -> f64 {
 }
 
 /// A tick value without trailing zeros (`20`, `2.5`, `0.05`).
-fn trim(v: f64) -> String {
+pub(super) fn trim(v: f64) -> String {
     let s = format!("{v:.3}");
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
