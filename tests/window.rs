@@ -552,7 +552,7 @@ fn a_cancelled_evaluation_keeps_nothing() {
 fn the_profile_view_times_every_stage_of_each_variant() {
     let mut h = harness_with(fixture_settings(None));
     wait_for(&mut h, "the model", |a| a.state.model.is_some() && a.state.busy.is_none());
-    click(&mut h, "Where time goes");
+    click(&mut h, "Stage times");
     click(&mut h, "Profile");
     assert!(h.state().state.profile.running || h.state().state.profile.report.is_some());
     wait_for(&mut h, "the profile", |a| !a.state.profile.running && a.state.busy.is_none());

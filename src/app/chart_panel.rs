@@ -21,6 +21,9 @@ pub fn color(v: Variant) -> Color32 {
     }
 }
 
+/// Width of the live plot's legend row (variants, median, p90) without its title.
+const LIVE_LEGEND_WIDTH: f32 = 330.0;
+
 /// Space for the title and legend row above each plot.
 const TITLE_HEIGHT: f32 = 20.0;
 
@@ -43,7 +46,8 @@ impl ChartPanel {
         // Between the three columns: a gap, plus the item spacing around each added gap.
         let gap = 12.0;
         let spaces = 2.0 * gap + 4.0 * ui.spacing().item_spacing.x;
-        let live_w = ((w - spaces) * 0.44).max(120.0);
+        // The live plot's legend row needs LIVE_LEGEND_WIDTH; the bars keep 100 px each.
+        let live_w = ((w - spaces) * 0.44).max(LIVE_LEGEND_WIDTH.min(w - spaces - 200.0)).max(120.0);
         let bar_w = ((w - spaces - live_w) / 2.0).max(100.0);
         ui.horizontal_top(|ui| {
             let column = |ui: &mut Ui, w: f32, add: &mut dyn FnMut(&mut Ui)| {

@@ -148,7 +148,8 @@ fn flips(ui: &mut Ui, state: &AppState, report: &EvalReport, actions: &mut Vec<A
         ui.weak("No image changed its top-1 against fp32.");
         return;
     }
-    ui.label(format!("Top-1 changed against fp32 ({}): click one to open it with both results", all.len()));
+    ui.label(format!("Top-1 changed vs fp32 ({}): click to compare", all.len()))
+        .on_hover_text("click an image to open it in the main view with fp32's and the variant's results");
     egui::ScrollArea::horizontal().id_salt("flips").show(ui, |ui| {
         ui.horizontal_top(|ui| {
             for (i, (variant, f)) in all.iter().enumerate() {

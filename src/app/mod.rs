@@ -588,14 +588,14 @@ fn view_tabs(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
         for v in BottomView::ALL {
             let button = egui::Button::selectable(state.settings.view == v, v.title())
                 .min_size(egui::vec2(VIEW_TABS_WIDTH, 0.0));
-            if ui.add(button).clicked() {
+            if ui.add(button).on_hover_text(v.hover()).clicked() {
                 actions.push(Action::ShowView(v));
             }
         }
     });
 }
 
-const VIEW_TABS_WIDTH: f32 = 112.0;
+const VIEW_TABS_WIDTH: f32 = 96.0;
 
 const NO_DIALOG: &str = "no file dialog is available here (no desktop portal): drag an image onto the window, or paste its path into the field and press Open path";
 

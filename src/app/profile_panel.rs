@@ -75,13 +75,16 @@ impl ProfilePanel {
         });
         let h = ui.available_height().max(50.0);
         ui.horizontal_top(|ui| {
-            let check_w = 250.0_f32.min(ui.available_width() * 0.36);
+            let check_w = 270.0_f32.min(ui.available_width() * 0.36);
             let plot_w = (ui.available_width() - check_w - 12.0).max(120.0);
             ui.allocate_ui_with_layout(Vec2::new(plot_w, h), egui::Layout::top_down(egui::Align::LEFT), |ui| {
                 ui.set_width(plot_w);
                 stacked_bars(ui, report, &stages, h);
             });
-            ui.vertical(|ui| checks(ui, report));
+            ui.allocate_ui_with_layout(Vec2::new(check_w, h), egui::Layout::top_down(egui::Align::LEFT), |ui| {
+                ui.set_width(check_w);
+                checks(ui, report)
+            });
         });
     }
 
@@ -205,18 +208,23 @@ fn stacked_bars(ui: &mut Ui, report: &[VariantProfile], stages: &[&'static str],
 /// Per variant: the stage sum against the forward without the profiler, and whether they agree
 /// within the tolerance (if not, the stages are not to be trusted; said, not hidden).
 fn checks(ui: &mut Ui, report: &[VariantProfile]) {
-    ui.label(RichText::new("stage sum vs forward (p50)").strong())
+    // One line each, cut rather than wrapped: the panel is short at 800x600.
+    let line = |ui: &mut Ui, text: RichText| ui.add(egui::Label::new(text).truncate());
+    line(ui, RichText::new(format!("stage sum / forward p50 (within {:.0}%?)", 100.0 * TOLERANCE)).strong())
         .on_hover_text("the same forward without the profiler, timed in the same rounds; they must agree within 10%");
     for v in report {
         let ratio = v.stage_sum_p50_ms / v.forward_p50_ms;
         let ok = v.within_tolerance();
         let verdict = format!("{}within {:.0}%", if ok { "" } else { "NOT " }, 100.0 * TOLERANCE);
         let text = format!(
-            "{}: {:.2} / {:.2} ms = {:.3}, {}",
-            v.variant, v.stage_sum_p50_ms, v.forward_p50_ms, ratio, verdict
+            "{}: {:.2} / {:.2} ms = {ratio:.3} {}",
+            v.variant,
+            v.stage_sum_p50_ms,
+            v.forward_p50_ms,
+            if ok { "ok" } else { "NOT within 10%" }
         );
-        let line = if ok { ui.label(text) } else { ui.colored_label(ui.visuals().warn_fg_color, text) };
-        line.on_hover_text(format!(
+        let text = if ok { RichText::new(text) } else { RichText::new(text).color(ui.visuals().warn_fg_color) };
+        line(ui, text).on_hover_text(format!(
             "stage sum {:.2} ms, forward without profiling p50 {:.2} ms, profiled forward p50 {:.2} ms: {}",
             v.stage_sum_p50_ms,
             v.forward_p50_ms,
@@ -229,11 +237,9 @@ fn checks(ui: &mut Ui, report: &[VariantProfile]) {
         ));
     }
     if report.iter().any(|v| v.fused) {
-        ui.add(
-            egui::Label::new(
-                RichText::new("int8/mobile: each norm runs inside the int8 layer after it").small().weak(),
-            )
-            .wrap(),
-        );
+        line(ui, RichText::new("int8/mobile: each norm runs inside the int8 layer after it").small().weak())
+            .on_hover_text(
+                "int8 and mobile normalise the rows as they quantize them: norm1+qkv and norm2+fc1 are one stage each",
+            );
     }
 }

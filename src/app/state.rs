@@ -85,11 +85,20 @@ pub enum BottomView {
 impl BottomView {
     pub const ALL: [BottomView; 3] = [BottomView::Benchmark, BottomView::Accuracy, BottomView::Profile];
 
+    /// What the view shows, on hover.
+    pub fn hover(self) -> &'static str {
+        match self {
+            BottomView::Benchmark => "Latency per run, p50 latency and file size of each variant",
+            BottomView::Accuracy => "Accuracy of each variant on a labelled folder or list (Evaluate folder…)",
+            BottomView::Profile => "Where the time goes: every stage of a forward, per variant (Profile)",
+        }
+    }
+
     pub fn title(self) -> &'static str {
         match self {
             BottomView::Benchmark => "Benchmark",
             BottomView::Accuracy => "Accuracy",
-            BottomView::Profile => "Where time goes",
+            BottomView::Profile => "Stage times",
         }
     }
 }
