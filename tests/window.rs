@@ -603,3 +603,23 @@ fn evaluate_measures_fp32_and_the_variants_shown() {
     assert_eq!(exported.eval_variants(), vec![Variant::Int8]);
     assert_eq!(exported.profile_variants(), vec![Variant::Int8]);
 }
+
+#[test]
+fn evaluate_and_profile_wait_for_a_running_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = fixture_set(dir.path(), &[1], 1, 24);
+    let mut h = harness_with(fixture_settings(None));
+    wait_for(&mut h, "the model", |a| a.state.model.is_some() && a.state.busy.is_none());
+    // As if a benchmark were running: nothing else starts, and the notice says why.
+    h.state_mut().state.bench.running = true;
+    evaluate_in_window(&mut h, &set);
+    assert!(!h.state().state.eval.running);
+    assert!(h.state().state.notices.iter().any(|n| n.text == "a benchmark is running: wait for it or cancel it"));
+    click(&mut h, "Stage times");
+    click(&mut h, "Profile");
+    assert!(!h.state().state.profile.running);
+    h.state_mut().state.bench.running = false;
+    click(&mut h, "Profile");
+    assert!(h.state().state.profile.running || h.state().state.profile.report.is_some());
+    wait_for(&mut h, "the profile", |a| !a.state.profile.running && a.state.busy.is_none());
+}

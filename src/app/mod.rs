@@ -482,7 +482,9 @@ impl WorkbenchApp {
                     s.notify(Level::Info, Topic::Evaluation, "name a labelled folder or a file,label CSV first");
                 } else if s.model.is_none() {
                     s.notify(Level::Info, Topic::Evaluation, "load a model first");
-                } else if !(s.eval.running || s.bench.running || s.profile.running) {
+                } else if let Some(job) = s.long_job() {
+                    s.notify(Level::Info, Topic::Evaluation, format!("{job} is running: wait for it or cancel it"));
+                } else {
                     s.settings.eval_path = path.clone();
                     s.settings.view = BottomView::Accuracy;
                     s.eval.running = true;
@@ -505,7 +507,9 @@ impl WorkbenchApp {
             Action::Profile => {
                 if s.model.is_none() {
                     s.notify(Level::Info, Topic::Profile, "load a model first");
-                } else if !(s.eval.running || s.bench.running || s.profile.running) {
+                } else if let Some(job) = s.long_job() {
+                    s.notify(Level::Info, Topic::Profile, format!("{job} is running: wait for it or cancel it"));
+                } else {
                     s.settings.view = BottomView::Profile;
                     s.profile.running = true;
                     s.profile.progress = (0, s.settings.profile_runs);

@@ -480,6 +480,19 @@ impl AppState {
         }
     }
 
+    /// The long job running, if any (one at a time: they share the worker and the CPU).
+    pub fn long_job(&self) -> Option<&'static str> {
+        if self.bench.running {
+            Some("a benchmark")
+        } else if self.eval.running {
+            Some("an evaluation")
+        } else if self.profile.running {
+            Some("a profile")
+        } else {
+            None
+        }
+    }
+
     /// The variant shown first.
     pub fn primary(&self) -> Variant {
         self.active_variants()[0]
