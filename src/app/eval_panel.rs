@@ -82,7 +82,8 @@ impl EvalPanel {
                 let frac = if total > 0 { done as f32 / total as f32 } else { 0.0 };
                 let text =
                     if total > 0 { format!("{done}/{total} images") } else { "reading the folder…".to_string() };
-                ui.add(egui::ProgressBar::new(frac).desired_width(150.0).text(text));
+                ui.add(egui::ProgressBar::new(frac).desired_width(150.0).text(text))
+                    .on_hover_text(format!("evaluating {}", state.eval.source));
                 if ui.button("Cancel").clicked() {
                     actions.push(Action::Cancel);
                 }
