@@ -52,9 +52,10 @@ pub struct Cli {
     /// token: HF_TOKEN, or the token file `huggingface-cli login` writes.
     #[arg(long, global = true)]
     pub revision: Option<String>,
-    /// Threads for every kernel (default: physical cores; at most 4x the logical cores).
-    #[arg(long, global = true, value_parser = parse_threads)]
-    pub threads: Option<usize>,
+    /// Threads for every kernel (default: physical cores; at most 4x the logical cores). `bench`
+    /// also takes a list (`1,2`): each count measured into its own rows.
+    #[arg(long, global = true, value_parser = parse_thread_counts)]
+    pub threads: Option<ThreadCounts>,
     /// More log output on stderr: -v info (and dependencies' warnings), -vv debug (dependencies'
     /// too), -vvv trace.
     /// RUST_LOG, when set, overrides this (env_logger syntax, e.g. RUST_LOG=hf_hub=debug).
@@ -278,6 +279,33 @@ fn parse_threads(s: &str) -> std::result::Result<usize, String> {
         return Err(format!("{n} is outside 1..={max} (4x this machine's {} logical cores)", num_cpus::get()));
     }
     Ok(n)
+}
+
+/// `--threads`: one count, or (for `bench`) a list of counts to sweep.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadCounts(pub Vec<usize>);
+
+impl ThreadCounts {
+    /// The count the process's pools start with: the largest, so no sweep point lacks threads.
+    pub fn largest(&self) -> usize {
+        self.0.iter().copied().max().unwrap_or(1)
+    }
+}
+
+/// `2` or `1,2`: each count as `--threads` takes it, none twice.
+fn parse_thread_counts(s: &str) -> std::result::Result<ThreadCounts, String> {
+    let mut out = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let n = parse_threads(item)?;
+        if out.contains(&n) {
+            return Err(format!("{n} is listed twice"));
+        }
+        out.push(n);
+    }
+    if out.is_empty() {
+        return Err("no thread count given".into());
+    }
+    Ok(ThreadCounts(out))
 }
 
 /// A duration in seconds: finite and >= 0.
@@ -528,7 +556,7 @@ pub fn main() -> ExitCode {
         }
     };
     init_logging(cli.verbose, cli.quiet);
-    crate::kernels::init_threads(cli.threads);
+    crate::kernels::init_threads(cli.threads.as_ref().map(ThreadCounts::largest));
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away: nothing is wrong and nobody is left to tell (as ripgrep does).
@@ -549,6 +577,10 @@ pub fn run(cli: Cli) -> Result<()> {
         && let Some(p) = &cli.screenshot
     {
         crate::fsutil::check_writable(p)?;
+    }
+    let sweep = cli.threads.clone().filter(|t| t.0.len() > 1);
+    if sweep.is_some() && !matches!(cli.command, Some(Command::Bench(_))) {
+        anyhow::bail!("--threads: a list of counts is for `bench` (a sweep); this command takes one count");
     }
     match cli.command {
         None => crate::app::run(crate::app::GuiOptions {
@@ -586,7 +618,7 @@ pub fn run(cli: Cli) -> Result<()> {
             out!("{}", crate::kernels::bench::table(&report));
             Ok(())
         }
-        Some(Command::Bench(args)) => bench(&hub, &args),
+        Some(Command::Bench(args)) => bench(&hub, &args, sweep.map(|t| t.0)),
         Some(Command::Eval(args)) => eval(&hub, &args),
         Some(Command::Sensitivity(args)) => sensitivity(&hub, &args),
         Some(Command::Profile(args)) => profile(&hub, &args),
@@ -1077,7 +1109,9 @@ pub fn expand_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
+/// `sweep`: thread counts to measure one after another, each in its own pool (`None`: the
+/// process's pool, as `--threads N` or the default set it).
+fn bench(hub: &Hub, a: &BenchArgs, sweep: Option<Vec<usize>>) -> Result<()> {
     use crate::bench::{BenchConfig, BenchEvent, BenchInput, BenchJob, bench_model_with};
     // Fail before minutes of measuring, not after: every output writable, none named twice,
     // none an input of this run.
@@ -1120,8 +1154,30 @@ fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
         let loaded = load_images(&image_files, a.allow_truncated)?;
         BenchInput::Images(image_files.iter().zip(loaded).map(|(f, i)| (f.display().to_string(), i.image)).collect())
     };
+    // Our kernels split their work by the pool they run in (rayon::current_num_threads), so a
+    // pool per count, entered with `install`, is what each sweep point measures on.
+    let pools: Vec<Option<rayon::ThreadPool>> = match &sweep {
+        None => vec![None],
+        Some(counts) => counts
+            .iter()
+            .map(|&n| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .thread_name(move |i| format!("vitwb-sweep-{n}-{i}"))
+                    .build()
+                    .map(Some)
+                    .with_context(|| format!("cannot start a pool of {n} threads"))
+            })
+            .collect::<Result<_>>()?,
+    };
     let mut results = Vec::new();
-    for (spec, cfg) in models.iter().flat_map(|m| cfgs.iter().map(move |c| (m, c))) {
+    let mut combos = Vec::new();
+    for m in &models {
+        for p in &pools {
+            combos.extend(cfgs.iter().map(|c| (m, p, c)));
+        }
+    }
+    for (spec, pool, cfg) in combos {
         let variants = match &given_variants {
             Some(v) => v.clone(),
             // An exported file holds one variant: measure that one unless told otherwise.
@@ -1139,22 +1195,31 @@ fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
         );
-        bar.set_prefix(spec.to_string());
+        bar.set_prefix(match pool {
+            Some(p) => format!("{spec} ({} threads)", p.current_num_threads()),
+            None => spec.to_string(),
+        });
         let mut samples_seen = 0u64;
         let job = BenchJob { spec, variants: &variants, cfg, input: &input, cancel: None };
-        let r = bench_model_with(&job, &keep, &a.schemes, hub, &device, &mut download_bar(), &mut |ev| match ev {
-            BenchEvent::Phase { phase, .. } => bar.set_message(phase),
-            BenchEvent::Warmup { done, .. } => bar.set_position(done as u64),
-            BenchEvent::Sample { variant, ms, .. } => {
-                samples_seen += 1;
-                let pos = (runners * cfg.warmup) as u64 + samples_seen;
-                if pos > bar.length().unwrap_or(0) {
-                    bar.set_length(pos);
+        let mut run = || {
+            bench_model_with(&job, &keep, &a.schemes, hub, &device, &mut download_bar(), &mut |ev| match ev {
+                BenchEvent::Phase { phase, .. } => bar.set_message(phase),
+                BenchEvent::Warmup { done, .. } => bar.set_position(done as u64),
+                BenchEvent::Sample { variant, ms, .. } => {
+                    samples_seen += 1;
+                    let pos = (runners * cfg.warmup) as u64 + samples_seen;
+                    if pos > bar.length().unwrap_or(0) {
+                        bar.set_length(pos);
+                    }
+                    bar.set_position(pos);
+                    bar.set_message(format!("{variant} {ms:.2} ms"));
                 }
-                bar.set_position(pos);
-                bar.set_message(format!("{variant} {ms:.2} ms"));
-            }
-        })?;
+            })
+        };
+        let r = match pool {
+            Some(p) => p.install(run)?,
+            None => run()?,
+        };
         bar.finish_and_clear();
         results.extend(r);
     }
@@ -1196,8 +1261,12 @@ fn print_bench_table(results: &[crate::bench::BenchResult]) -> Result<()> {
     batches.sort_unstable();
     batches.dedup();
     let batch_list = batches.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(",");
+    let mut threads: Vec<usize> = results.iter().map(|r| r.env.threads).collect();
+    threads.sort_unstable();
+    threads.dedup();
+    let thread_list = threads.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",");
     let device = if e.gpu.is_empty() { e.device.clone() } else { format!("{} ({})", e.device, e.gpu) };
-    outln!("cpu: {} | {} | threads: {} | device: {device} | batch {batch_list}", e.cpu, e.simd, e.threads);
+    outln!("cpu: {} | {} | threads: {thread_list} | device: {device} | batch {batch_list}", e.cpu, e.simd);
     let w = results.iter().map(|r| r.label().len()).max().unwrap_or(0).max(7);
     outln!(
         "{:<44} {:<w$} {:>9} {:>9} {:>9} {:>8} {:>10} {:>7} {:>6} {:>6} {:>9}",
@@ -1215,12 +1284,19 @@ fn print_bench_table(results: &[crate::bench::BenchResult]) -> Result<()> {
     );
     let mut notes = Vec::new();
     for r in results {
-        let fp32 = results.iter().find(|o| o.model == r.model && o.batch == r.batch && o.variant == Variant::Fp32);
+        let fp32 = results.iter().find(|o| {
+            o.model == r.model && o.batch == r.batch && o.env.threads == r.env.threads && o.variant == Variant::Fp32
+        });
         let speed = fp32.map(|f| f.stats.p50 / r.stats.p50);
         let size = fp32.filter(|f| f.file_bytes > 0).map(|f| r.file_bytes as f64 / f.file_bytes as f64);
         let acc = r.accuracy.as_ref();
-        // A sweep's rows differ only by batch: say it where the model is named.
-        let name = if batches.len() > 1 { format!("{} (batch {})", r.model, r.batch) } else { r.model.clone() };
+        // A sweep's rows differ only by batch and threads: say it where the model is named.
+        let name = match (batches.len() > 1, threads.len() > 1) {
+            (true, true) => format!("{} (batch {}, {} thr)", r.model, r.batch, r.env.threads),
+            (true, false) => format!("{} (batch {})", r.model, r.batch),
+            (false, true) => format!("{} ({} threads)", r.model, r.env.threads),
+            (false, false) => r.model.clone(),
+        };
         outln!(
             "{:<44} {:<w$} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>10} {:>7} {:>6} {:>6} {:>9}",
             name,

@@ -319,11 +319,33 @@ pub fn evaluate(
     k: usize,
     on_progress: &mut dyn FnMut(usize, usize),
 ) -> Result<EvalReport> {
+    evaluate_cancellable(model_spec, source, models, images, k, None, on_progress)
+}
+
+/// The evaluation was stopped by the user (the window's Cancel); a typed error the worker
+/// recognises by downcast. Nothing of the run is kept.
+#[derive(Debug, thiserror::Error)]
+#[error("evaluation cancelled")]
+pub struct Cancelled;
+
+/// [`evaluate`], stopping with [`Cancelled`] before the next image once `cancel` is set.
+pub fn evaluate_cancellable(
+    model_spec: &str,
+    source: &str,
+    models: &[&Model],
+    images: &[LabelledImage],
+    k: usize,
+    cancel: Option<&std::sync::atomic::AtomicBool>,
+    on_progress: &mut dyn FnMut(usize, usize),
+) -> Result<EvalReport> {
     let first = models.first().context("no variants to evaluate")?;
     let labels = &first.config.labels;
     let k = k.clamp(1, labels.len().max(1));
     let mut predictions = Vec::with_capacity(images.len());
     for (n, img) in images.iter().enumerate() {
+        if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+            return Err(Cancelled.into());
+        }
         let rgb = crate::preprocess::load_image(&img.file)?;
         let x = first.preprocess(&rgb).with_context(|| format!("cannot preprocess {}", img.file.display()))?;
         let mut top = Vec::with_capacity(models.len());

@@ -68,6 +68,25 @@ fn median(v: &[f64]) -> f64 {
 /// each model makes one forward without profiling and one with (interleaved, so both see the
 /// same machine).
 pub fn profile(models: &[&Model], warmup: usize, runs: usize) -> Result<Vec<VariantProfile>> {
+    profile_cancellable(models, warmup, runs, None, &mut |_, _| {})
+}
+
+/// The profiling was stopped by the user (the window's Cancel); a typed error the worker
+/// recognises by downcast.
+#[derive(Debug, thiserror::Error)]
+#[error("profiling cancelled")]
+pub struct Cancelled;
+
+/// [`profile`], reporting each finished round as `(done, runs)` and stopping with [`Cancelled`]
+/// before the next round once `cancel` is set.
+pub fn profile_cancellable(
+    models: &[&Model],
+    warmup: usize,
+    runs: usize,
+    cancel: Option<&std::sync::atomic::AtomicBool>,
+    on_round: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<VariantProfile>> {
+    let cancelled = || cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed));
     let Some(first) = models.first() else { bail!("no variants to profile") };
     if runs == 0 {
         bail!("--runs must be at least 1");
@@ -85,6 +104,9 @@ pub fn profile(models: &[&Model], warmup: usize, runs: usize) -> Result<Vec<Vari
     let mut profiled = vec![Vec::new(); models.len()];
     let mut stage_runs: Vec<Vec<Vec<StageTiming>>> = vec![Vec::new(); models.len()];
     for run in 0..runs {
+        if cancelled() {
+            return Err(Cancelled.into());
+        }
         for (i, m) in models.iter().enumerate() {
             // Alternate which of the pair goes first: the second finds the caches the first warmed.
             for profiled_now in [run % 2 == 1, run % 2 == 0] {
@@ -99,6 +121,7 @@ pub fn profile(models: &[&Model], warmup: usize, runs: usize) -> Result<Vec<Vari
                 }
             }
         }
+        on_round(run + 1, runs);
     }
     Ok(models
         .iter()

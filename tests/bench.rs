@@ -293,3 +293,49 @@ fn a_batch_sweep_measures_every_combination_into_one_csv() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("`0` is not a batch size"));
 }
+
+#[test]
+fn a_threads_sweep_measures_every_thread_and_batch_combination() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv_path = dir.path().join("threads.csv");
+    let model = fixture("timm_vit");
+    let out = Command::new(bin())
+        .args(["bench", "--warmup", "0", "--runs", "2", "--min-seconds", "0", "--variants", "fp32,int8"])
+        .args(["--models", model.to_str().unwrap(), "--threads", "1,2", "--batch", "1,2"])
+        .args(["--csv", csv_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("threads: 1,2") && stdout.contains("(batch 2, 1 thr)"), "{stdout}");
+    let mut rd = csv::Reader::from_path(&csv_path).unwrap();
+    let header: Vec<String> = rd.headers().unwrap().iter().map(str::to_string).collect();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let (variant, threads, batch, runs) = (col("variant"), col("threads"), col("batch"), col("runs"));
+    let mut rows: Vec<(String, String, String)> = rd
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            assert_eq!(&r[runs], "2");
+            (r[variant].to_string(), r[threads].to_string(), r[batch].to_string())
+        })
+        .collect();
+    rows.sort();
+    let mut expected = Vec::new();
+    for v in ["fp32", "int8"] {
+        for t in ["1", "2"] {
+            for b in ["1", "2"] {
+                expected.push((v.to_string(), t.to_string(), b.to_string()));
+            }
+        }
+    }
+    assert_eq!(rows, expected, "4 rows per variant, one per (threads, batch)");
+
+    // A list is for bench only; a count listed twice is refused by the parser.
+    let (code, _, stderr) = run(&["classify", "x.png", "--threads", "1,2"]);
+    assert_eq!(code, 1);
+    assert_one_line_error(&stderr, &["--threads", "bench"]);
+    let (code, _, stderr) = run(&["bench", "--threads", "2,2"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("listed twice"), "{stderr}");
+}

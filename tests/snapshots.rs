@@ -17,11 +17,13 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use egui_kittest::kittest::Queryable;
 use egui_kittest::{Harness, SnapshotOptions, SnapshotResults};
-use vit_workbench::app::state::{Environment, Level, Settings};
+use vit_workbench::app::state::{BottomView, Environment, Level, Settings};
 use vit_workbench::app::worker::Reply;
 use vit_workbench::app::{GuiOptions, WorkbenchApp};
 use vit_workbench::bench::{BenchResult, Stats};
+use vit_workbench::profile::{StageSummary, VariantProfile};
 use vit_workbench::quant::Variant;
 
 const SIZES: [(f32, f32); 2] = [(1280.0, 820.0), (800.0, 600.0)];
@@ -210,4 +212,170 @@ fn fixed_results(model: &str, p50: [f64; 3], fp32_mb: f64) -> Vec<BenchResult> {
             },
         })
         .collect()
+}
+
+/// A labelled set made from the shared photos, the three ways of naming a class mixed: each
+/// photo as it is, scaled down, mirrored, centre-cropped and in grey.
+fn labelled_photos(shared: &std::path::Path, dir: &std::path::Path) -> std::path::PathBuf {
+    let root = dir.join("photos");
+    for (photo, class) in [("chelsea.png", "n02124075"), ("coffee.png", "espresso"), ("rocket.jpg", "657")] {
+        let img = image::open(shared.join("images").join(photo)).unwrap().to_rgb8();
+        let stem = photo.split('.').next().unwrap();
+        let class_dir = root.join(class);
+        std::fs::create_dir_all(&class_dir).unwrap();
+        let (w, h) = img.dimensions();
+        let crop = image::imageops::crop_imm(&img, w * 15 / 100, h * 15 / 100, w * 7 / 10, h * 7 / 10).to_image();
+        let grey = image::DynamicImage::ImageLuma8(image::imageops::grayscale(&img)).to_rgb8();
+        let versions = [
+            ("", img.clone()),
+            ("-small", image::imageops::resize(&img, w * 6 / 10, h * 6 / 10, image::imageops::FilterType::Triangle)),
+            ("-mirrored", image::imageops::flip_horizontal(&img)),
+            ("-crop", crop),
+            ("-grey", grey),
+        ];
+        for (suffix, v) in versions {
+            v.save(class_dir.join(format!("{stem}{suffix}.png"))).unwrap();
+        }
+    }
+    root
+}
+
+/// "Evaluate folder…" on the labelled photos with the HF ViT-Ti, then its one flipped image
+/// (the grey coffee: fp32 says espresso, int8 cup) clicked open in the compare view.
+#[test]
+fn accuracy_view() {
+    let Some(shared) = shared() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let set = labelled_photos(&shared, dir.path());
+    let mut all = SnapshotResults::new();
+    for size in SIZES {
+        let settings = Settings {
+            model: hf_tiny(&shared).display().to_string(),
+            compare: Some(Variant::Int8),
+            view: BottomView::Accuracy,
+            eval_path: set.display().to_string(),
+            ..Settings::default()
+        };
+        let mut h = harness(settings, size);
+        wait_for(&mut h, "the first results", |a| {
+            a.state.result(Variant::Int8).is_some()
+                && a.state.overlays.contains_key(&Variant::Int8)
+                && a.state.busy.is_none()
+        });
+        h.get_by_label("Evaluate").click();
+        wait_for(&mut h, "the evaluation", |a| a.state.eval.report.is_some() && a.state.busy.is_none());
+        let report = h.state().state.eval.report.clone().unwrap();
+        assert_eq!(report.predictions.len(), 15);
+        let flips = &report.variants[1].flips;
+        assert!(!flips.is_empty(), "the set is chosen to have a flipped image; notices: {:?}", h.state().state.notices);
+        let name = std::path::Path::new(&flips[0].file).file_name().unwrap().to_string_lossy().into_owned();
+        h.get_by_label(&format!("open {name} (int8)")).click();
+        wait_for(&mut h, "the flipped image compared", |a| {
+            a.state.image.as_ref().is_some_and(|i| i.name.ends_with(&name))
+                && [Variant::Fp32, Variant::Int8]
+                    .iter()
+                    .all(|v| a.state.result(*v).is_some() && a.state.overlays.contains_key(v))
+                && a.state.busy.is_none()
+        });
+        // The temporary folder's name changes every run: pin it where it is shown.
+        let st = &mut h.state_mut().state;
+        let tmp = dir.path().display().to_string();
+        st.settings.eval_path = set.display().to_string().replace(&tmp, "/home/me");
+        if let Some(img) = st.image.as_mut() {
+            img.name = img.name.replace(&tmp, "/home/me");
+        }
+        let mut pinned = (*report).clone();
+        pinned.source = pinned.source.replace(&tmp, "/home/me");
+        st.eval.report = Some(std::sync::Arc::new(pinned));
+        settle(&mut h, "../shared/models/vit-tiny-patch16-224");
+        snap(&mut h, &format!("accuracy_{}x{}", size.0, size.1), &mut all);
+    }
+    all.unwrap();
+}
+
+/// The "where the time goes" view with fixed stage times (measured ones change every run).
+#[test]
+fn profile_view() {
+    let Some(shared) = shared() else { return };
+    let mut all = SnapshotResults::new();
+    for size in SIZES {
+        let settings = Settings { view: BottomView::Profile, ..tiny_settings(&shared, None) };
+        let mut h = harness(settings, size);
+        wait_for(&mut h, "the first result", |a| {
+            a.state.result(Variant::Fp32).is_some()
+                && a.state.overlays.contains_key(&Variant::Fp32)
+                && a.state.busy.is_none()
+        });
+        let ctx = h.ctx.clone();
+        h.state_mut().state.apply(
+            &ctx,
+            Reply::Profiled {
+                model: timm_tiny(&shared).display().to_string(),
+                threads: 2,
+                report: std::sync::Arc::new(fixed_profile()),
+            },
+        );
+        settle(&mut h, MODEL_FIELD);
+        snap(&mut h, &format!("profile_{}x{}", size.0, size.1), &mut all);
+    }
+    all.unwrap();
+}
+
+/// ViT-Ti's stages as `profile` reports them (ms, summed over the 12 blocks), fixed.
+fn fixed_profile() -> Vec<VariantProfile> {
+    const M: u64 = 1_000_000;
+    let fp32: [(&'static str, usize, f64, u64); 10] = [
+        ("patch embed", 1, 0.80, 29 * M),
+        ("norm1", 12, 0.54, 0),
+        ("qkv", 12, 10.88, 261 * M),
+        ("attention", 12, 13.13, 179 * M),
+        ("proj", 12, 1.96, 87 * M),
+        ("norm2", 12, 0.45, 0),
+        ("fc1", 12, 16.29, 349 * M),
+        ("fc2", 12, 20.28, 349 * M),
+        ("final norm", 1, 0.05, 0),
+        ("head", 1, 0.05, M / 5),
+    ];
+    let int8: [(&'static str, usize, f64, u64); 8] = [
+        ("patch embed", 1, 0.40, 29 * M),
+        ("norm1+qkv", 12, 2.72, 261 * M),
+        ("attention", 12, 9.08, 179 * M),
+        ("proj", 12, 0.64, 87 * M),
+        ("norm2+fc1", 12, 8.97, 349 * M),
+        ("fc2", 12, 2.09, 349 * M),
+        ("final norm", 1, 0.04, 0),
+        ("head", 1, 0.02, M / 5),
+    ];
+    let mobile: Vec<_> = int8.iter().map(|&(s, c, ms, macs)| (s, c, ms * 1.02, macs)).collect();
+    let variant = |variant: Variant, stages: &[(&'static str, usize, f64, u64)], forward_p50: f64| {
+        let sum: f64 = stages.iter().map(|s| s.2).sum();
+        let st = |p50: f64| Stats {
+            n: 20,
+            min: p50 * 0.97,
+            mean: p50,
+            std: 0.2,
+            p50,
+            p90: p50 * 1.05,
+            p99: p50 * 1.1,
+            max: p50 * 1.12,
+        };
+        VariantProfile {
+            variant,
+            fused: variant != Variant::Fp32,
+            stages: stages
+                .iter()
+                .map(|&(stage, count, p50_ms, macs)| StageSummary { stage, count, p50_ms, share: p50_ms / sum, macs })
+                .collect(),
+            stage_sum_p50_ms: sum,
+            forward: st(forward_p50),
+            profiled: st(sum * 1.03),
+            forward_p50_ms: forward_p50,
+            runs: vec![Vec::new(); 20],
+        }
+    };
+    vec![
+        variant(Variant::Fp32, &fp32, 63.6),
+        variant(Variant::Int8, &int8, 25.1),
+        variant(Variant::Mobile, &mobile, 24.9),
+    ]
 }

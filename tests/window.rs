@@ -378,3 +378,250 @@ fn the_cli_and_the_window_know_the_same_image_formats() {
     let names: Vec<String> = found.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
     assert_eq!(names, vec!["a.PNG", "b.tiff"]);
 }
+
+/// A labelled folder for the 10-class fixture model: one folder per class, named by class
+/// index, holding `per_class` images (`side` x `side`) of smooth waves with pseudo-random
+/// frequencies and phases (the random-weight model tells those apart more than noise).
+fn fixture_set(dir: &Path, classes: &[usize], per_class: usize, side: u32) -> std::path::PathBuf {
+    let root = dir.join("labelled");
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f32 / (1u64 << 53) as f32
+    };
+    for &c in classes {
+        let class_dir = root.join(c.to_string());
+        std::fs::create_dir_all(&class_dir).unwrap();
+        for i in 0..per_class {
+            let waves: Vec<[f32; 3]> = (0..3).map(|_| [next() * 0.3, next() * 0.3, next() * 6.3]).collect();
+            let img = image::RgbImage::from_fn(side, side, |x, y| {
+                let (x, y) = (x as f32, y as f32);
+                let ch = |w: &[f32; 3]| (127.5 + 127.0 * (w[0] * x + w[1] * y + w[2]).sin()) as u8;
+                image::Rgb([ch(&waves[0]), ch(&waves[1]), ch(&waves[2])])
+            });
+            img.save(class_dir.join(format!("img{i:03}.png"))).unwrap();
+        }
+    }
+    root
+}
+
+fn fixture_settings(compare: Option<Variant>) -> Settings {
+    Settings { model: fixture("timm_vit").display().to_string(), compare, ..Settings::default() }
+}
+
+/// Clicks the widget labelled `label`; the click lands in the next frame, its action in the one after.
+fn click(h: &mut Harness<'static, WorkbenchApp>, label: &str) {
+    h.get_by_label(label).click();
+    h.step();
+    h.step();
+}
+
+fn evaluate_in_window(h: &mut Harness<'static, WorkbenchApp>, set: &Path) {
+    click(h, "Accuracy");
+    h.state_mut().state.settings.eval_path = set.display().to_string();
+    h.step();
+    click(h, "Evaluate");
+}
+
+#[test]
+fn evaluating_a_folder_in_the_window_gives_the_eval_commands_result_and_flips_open_in_compare() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = fixture_set(dir.path(), &[0, 3, 7, 9], 12, 40);
+    let mut h = harness_with(fixture_settings(Some(Variant::Int8)));
+    wait_for(&mut h, "the model and the first results", |a| {
+        a.state.model.is_some() && a.state.result(Variant::Int8).is_some() && a.state.busy.is_none()
+    });
+    assert_eq!(h.state().state.eval_variants(), vec![Variant::Fp32, Variant::Int8]);
+    evaluate_in_window(&mut h, &set);
+    assert!(h.state().state.eval.running || h.state().state.eval.report.is_some(), "the evaluation did not start");
+    wait_for(&mut h, "the evaluation", |a| !a.state.eval.running && a.state.busy.is_none());
+    assert!(errors(h.state()).is_empty(), "{:?}", errors(h.state()));
+    let report = h.state().state.eval.report.clone().expect("no report");
+
+    // The same set through `eval`: the same top-1 per image, counts and flips.
+    let json = dir.path().join("eval.json");
+    let (code, _, stderr) = run(&[
+        "eval",
+        set.to_str().unwrap(),
+        "--model",
+        fixture("timm_vit").to_str().unwrap(),
+        "--variants",
+        "fp32,int8",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let cli: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let cli_preds = cli["predictions"].as_array().unwrap();
+    assert_eq!(cli_preds.len(), 48);
+    assert_eq!(report.predictions.len(), 48);
+    for (w, c) in report.predictions.iter().zip(cli_preds) {
+        assert_eq!(w.file, c["file"].as_str().unwrap());
+        for v in 0..2 {
+            assert_eq!(w.top[v][0].index as u64, c["top"][v][0]["index"].as_u64().unwrap(), "{}", w.file);
+        }
+    }
+    for (w, c) in report.variants.iter().zip(cli["variants"].as_array().unwrap()) {
+        assert_eq!(w.top1_correct as u64, c["top1_correct"].as_u64().unwrap());
+        assert_eq!(w.topk_correct as u64, c["topk_correct"].as_u64().unwrap());
+        assert_eq!(w.flips.len(), c["flips"].as_array().unwrap().len());
+    }
+    // Counted by hand from the per-image predictions.
+    let right = |v: usize| report.predictions.iter().filter(|p| p.top[v][0].index == p.label).count();
+    assert_eq!((report.variants[0].top1_correct, report.variants[1].top1_correct), (right(0), right(1)));
+
+    // The random fixture's int8 changes some top-1s: each is a thumbnail that opens the image
+    // in the compare view, fp32 beside int8, with the top-1s the evaluation found.
+    let flips = &report.variants[1].flips;
+    assert!(!flips.is_empty(), "this fixture set is chosen to have int8 flips");
+    assert!(flips.iter().all(|f| h.state().state.eval.thumbnails.contains_key(&f.file)));
+    let flip = &flips[0];
+    let name = Path::new(&flip.file).file_name().unwrap().to_string_lossy().into_owned();
+    h.state_mut().state.settings.compare = None;
+    click(&mut h, &format!("open {name} (int8)"));
+    wait_for(&mut h, "the flipped image in the compare view", |a| {
+        a.state.image.as_ref().is_some_and(|i| i.name == flip.file)
+            && a.state.result(Variant::Fp32).is_some()
+            && a.state.result(Variant::Int8).is_some()
+    });
+    let st = &h.state().state;
+    assert_eq!(st.active_variants(), vec![Variant::Fp32, Variant::Int8]);
+    assert_eq!(st.result(Variant::Fp32).unwrap().top5[0].label, flip.fp32);
+    assert_eq!(st.result(Variant::Int8).unwrap().top5[0].label, flip.variant);
+}
+
+#[test]
+fn evaluation_errors_become_notices_and_keep_the_last_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = fixture_set(&dir.path().join("good"), &[1, 2], 2, 24);
+    let mut h = harness_with(fixture_settings(None));
+    wait_for(&mut h, "the model", |a| a.state.model.is_some() && a.state.busy.is_none());
+    evaluate_in_window(&mut h, &good);
+    wait_for(&mut h, "the first evaluation", |a| a.state.eval.report.is_some() && a.state.busy.is_none());
+    let first = h.state().state.eval.report.clone().unwrap();
+
+    let unknown = dir.path().join("unknown");
+    std::fs::create_dir_all(unknown.join("fixture clas 4")).unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let unreadable = dir.path().join("unreadable");
+    std::fs::create_dir_all(unreadable.join("5")).unwrap();
+    std::fs::write(unreadable.join("5").join("broken.png"), b"not a png").unwrap();
+    let cases: [(&Path, &[&str]); 4] = [
+        (&unknown, &["unknown class `fixture clas 4`", "`fixture class 4`"]),
+        (&empty, &["no class folders"]),
+        (&unreadable, &["broken.png"]),
+        (&dir.path().join("missing"), &["no such folder or file"]),
+    ];
+    for (path, needles) in cases {
+        evaluate_in_window(&mut h, path);
+        wait_for(&mut h, "the error", |a| !a.state.eval.running && a.state.busy.is_none());
+        let errs = errors(h.state());
+        let shown = errs.iter().find(|e| e.contains(&path.display().to_string())).unwrap_or_else(|| {
+            panic!("no error naming {}: {errs:?}", path.display());
+        });
+        for n in needles {
+            assert!(shown.contains(n), "`{n}` not in: {shown}");
+        }
+        assert!(
+            std::sync::Arc::ptr_eq(h.state().state.eval.report.as_ref().unwrap(), &first),
+            "the last report changed"
+        );
+        h.key_press(egui::Key::Escape);
+        h.step();
+    }
+}
+
+#[test]
+fn a_cancelled_evaluation_keeps_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = fixture_set(dir.path(), &[0, 1, 2, 3], 60, 160);
+    let mut h = harness_with(fixture_settings(Some(Variant::Mobile)));
+    wait_for(&mut h, "the model", |a| a.state.model.is_some() && a.state.busy.is_none());
+    evaluate_in_window(&mut h, &set);
+    wait_for(&mut h, "the first images", |a| a.state.eval.progress.0 >= 1);
+    // The progress bar's Cancel (the status bar's is hidden while the view shows its own).
+    click(&mut h, "Cancel");
+    wait_for(&mut h, "the cancel", |a| !a.state.eval.running && a.state.busy.is_none());
+    assert!(h.state().state.eval.report.is_none(), "a cancelled evaluation left a report");
+    assert!(h.state().state.notices.iter().any(|n| n.text.contains("evaluation cancelled")));
+    assert!(errors(h.state()).is_empty(), "{:?}", errors(h.state()));
+}
+
+#[test]
+fn the_profile_view_times_every_stage_of_each_variant() {
+    let mut h = harness_with(fixture_settings(None));
+    wait_for(&mut h, "the model", |a| a.state.model.is_some() && a.state.busy.is_none());
+    click(&mut h, "Stage times");
+    click(&mut h, "Profile");
+    assert!(h.state().state.profile.running || h.state().state.profile.report.is_some());
+    wait_for(&mut h, "the profile", |a| !a.state.profile.running && a.state.busy.is_none());
+    assert!(errors(h.state()).is_empty(), "{:?}", errors(h.state()));
+    let report = h.state().state.profile.report.clone().expect("no profile");
+    let variants: Vec<Variant> = report.iter().map(|v| v.variant).collect();
+    assert_eq!(variants, Variant::ALL.to_vec());
+    let stages = |i: usize| report[i].stages.iter().map(|s| (s.stage, s.count)).collect::<Vec<_>>();
+    assert_eq!(
+        stages(0),
+        vec![
+            ("patch embed", 1),
+            ("norm1", 2),
+            ("qkv", 2),
+            ("attention", 2),
+            ("proj", 2),
+            ("norm2", 2),
+            ("fc1", 2),
+            ("fc2", 2),
+            ("final norm", 1),
+            ("head", 1)
+        ]
+    );
+    assert!(stages(1).contains(&("norm1+qkv", 2)) && stages(1).contains(&("norm2+fc1", 2)), "{:?}", stages(1));
+    for v in report.iter() {
+        assert_eq!(v.runs.len(), h.state().state.settings.profile_runs);
+        let sum: f64 = v.stages.iter().map(|s| s.p50_ms).sum();
+        assert!(sum > 0.0 && v.forward_p50_ms > 0.0);
+    }
+    // The check against the forward without the profiler is shown, whatever its verdict.
+    for v in report.iter() {
+        let line = format!("{}: {:.2} / {:.2} ms", v.variant, v.stage_sum_p50_ms, v.forward_p50_ms);
+        h.get_by_label_contains(&line);
+    }
+}
+
+#[test]
+fn evaluate_measures_fp32_and_the_variants_shown() {
+    let s = |variant, compare| AppState::new(Settings { variant, compare, ..Settings::default() });
+    assert_eq!(s(Variant::Fp32, Some(Variant::Int8)).eval_variants(), vec![Variant::Fp32, Variant::Int8]);
+    assert_eq!(s(Variant::Int8, None).eval_variants(), vec![Variant::Fp32, Variant::Int8]);
+    assert_eq!(
+        s(Variant::Mobile, Some(Variant::Int8)).eval_variants(),
+        vec![Variant::Fp32, Variant::Mobile, Variant::Int8]
+    );
+    let mut exported = s(Variant::Fp32, Some(Variant::Int8));
+    exported.model = Some(ModelSummary { stored_variant: Variant::Int8, ..summary("x.safetensors") });
+    assert_eq!(exported.eval_variants(), vec![Variant::Int8]);
+    assert_eq!(exported.profile_variants(), vec![Variant::Int8]);
+}
+
+#[test]
+fn evaluate_and_profile_wait_for_a_running_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = fixture_set(dir.path(), &[1], 1, 24);
+    let mut h = harness_with(fixture_settings(None));
+    wait_for(&mut h, "the model", |a| a.state.model.is_some() && a.state.busy.is_none());
+    // As if a benchmark were running: nothing else starts, and the notice says why.
+    h.state_mut().state.bench.running = true;
+    evaluate_in_window(&mut h, &set);
+    assert!(!h.state().state.eval.running);
+    assert!(h.state().state.notices.iter().any(|n| n.text == "a benchmark is running: wait for it or cancel it"));
+    click(&mut h, "Stage times");
+    click(&mut h, "Profile");
+    assert!(!h.state().state.profile.running);
+    h.state_mut().state.bench.running = false;
+    click(&mut h, "Profile");
+    assert!(h.state().state.profile.running || h.state().state.profile.report.is_some());
+    wait_for(&mut h, "the profile", |a| !a.state.profile.running && a.state.busy.is_none());
+}

@@ -21,6 +21,9 @@ pub fn color(v: Variant) -> Color32 {
     }
 }
 
+/// Width of the live plot's legend row (variants, median, p90) without its title.
+const LIVE_LEGEND_WIDTH: f32 = 330.0;
+
 /// Space for the title and legend row above each plot.
 const TITLE_HEIGHT: f32 = 20.0;
 
@@ -43,7 +46,8 @@ impl ChartPanel {
         // Between the three columns: a gap, plus the item spacing around each added gap.
         let gap = 12.0;
         let spaces = 2.0 * gap + 4.0 * ui.spacing().item_spacing.x;
-        let live_w = ((w - spaces) * 0.44).max(120.0);
+        // The live plot's legend row needs LIVE_LEGEND_WIDTH; the bars keep 100 px each.
+        let live_w = ((w - spaces) * 0.44).max(LIVE_LEGEND_WIDTH.min(w - spaces - 200.0)).max(120.0);
         let bar_w = ((w - spaces - live_w) / 2.0).max(100.0);
         ui.horizontal_top(|ui| {
             let column = |ui: &mut Ui, w: f32, add: &mut dyn FnMut(&mut Ui)| {
@@ -292,7 +296,7 @@ fn model_keys(latest: &[&BenchResult]) -> Vec<(String, String)> {
 
 /// Grid lines at 1-2-5 steps, about `ticks` of them across the visible range (never finer than
 /// `min_step`): labelled ticks people can read, whatever the range.
-fn nice_spacer(ticks: f64, min_step: f64) -> impl Fn(GridInput) -> Vec<GridMark> {
+pub(super) fn nice_spacer(ticks: f64, min_step: f64) -> impl Fn(GridInput) -> Vec<GridMark> {
     move |input: GridInput| {
         let (lo, hi) = input.bounds;
         let step = nice_step((hi - lo) / ticks).max(min_step);
@@ -325,7 +329,7 @@ pub fn nice_step(raw: f64) -> f64 {
 }
 
 /// A tick value without trailing zeros (`20`, `2.5`, `0.05`).
-fn trim(v: f64) -> String {
+pub(super) fn trim(v: f64) -> String {
     let s = format!("{v:.3}");
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }

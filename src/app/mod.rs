@@ -8,7 +8,9 @@
 
 mod chart_panel;
 mod controls;
+mod eval_panel;
 mod image_panel;
+mod profile_panel;
 mod results_panel;
 pub mod state;
 mod status_bar;
@@ -22,7 +24,7 @@ use egui::{Key, Modifiers, Ui};
 
 use crate::hub::Hub;
 use crate::quant::Variant;
-use state::{AppState, Level, OverlaySettings, Settings, Topic};
+use state::{AppState, BottomView, Level, OverlaySettings, Settings, Topic};
 use worker::{Command, ImageSource, WorkerHandle};
 
 const SAMPLE_IMAGE: &[u8] = include_bytes!("../../assets/chelsea.png");
@@ -66,6 +68,24 @@ pub enum Action {
     Dismiss(u64),
     /// Esc: the newest notice goes.
     DismissLatest,
+    /// Show this view in the bottom panel.
+    ShowView(BottomView),
+    /// The text of the labelled-set field changed.
+    EditEvalPath(String),
+    /// "Evaluate folder…": choose a folder of class folders, then evaluate it.
+    PickEvalFolder,
+    /// "List (CSV)…": choose a `file,label` list, then evaluate it.
+    PickEvalList,
+    /// Evaluate the labelled folder or list at this path.
+    Evaluate(String),
+    /// Open a flipped image in the main view, comparing fp32 with `variant`.
+    OpenFlip {
+        file: PathBuf,
+        variant: Variant,
+    },
+    SetProfileRuns(usize),
+    /// Time every stage of a forward of each variant.
+    Profile,
 }
 
 /// Command-line choices for the window.
@@ -105,6 +125,8 @@ pub struct WorkbenchApp {
     image: image_panel::ImagePanel,
     results: results_panel::ResultsPanel,
     chart: chart_panel::ChartPanel,
+    eval: eval_panel::EvalPanel,
+    profile: profile_panel::ProfilePanel,
     status: status_bar::StatusBar,
     notices: status_bar::Notices,
     screenshot: Option<Screenshot>,
@@ -160,6 +182,8 @@ impl WorkbenchApp {
             image: image_panel::ImagePanel,
             results: results_panel::ResultsPanel,
             chart: chart_panel::ChartPanel,
+            eval: eval_panel::EvalPanel,
+            profile: profile_panel::ProfilePanel,
             status: status_bar::StatusBar,
             notices: status_bar::Notices,
             pending_benchmark: opts.benchmark,
@@ -222,9 +246,17 @@ impl WorkbenchApp {
         egui::Panel::bottom("status").show(ui, |ui| self.status.ui(ui, &self.state, &mut actions));
         // Side panels start in proportion to the window, so 800x600 still leaves room for the image.
         let screen = ctx.content_rect().size();
-        egui::Panel::bottom("chart")
-            .exact_size((screen.y * 0.3).clamp(170.0, 260.0))
-            .show(ui, |ui| self.chart.ui(ui, &self.state, &mut actions));
+        egui::Panel::bottom("chart").exact_size((screen.y * 0.3).clamp(170.0, 260.0)).show(ui, |ui| {
+            ui.horizontal_top(|ui| {
+                view_tabs(ui, &self.state, &mut actions);
+                ui.separator();
+                ui.vertical(|ui| match self.state.settings.view {
+                    BottomView::Benchmark => self.chart.ui(ui, &self.state, &mut actions),
+                    BottomView::Accuracy => self.eval.ui(ui, &self.state, &mut actions),
+                    BottomView::Profile => self.profile.ui(ui, &self.state, &mut actions),
+                });
+            });
+        });
         egui::Panel::right("results")
             .resizable(true)
             .default_size((screen.x * 0.28).clamp(260.0, 360.0))
@@ -426,6 +458,65 @@ impl WorkbenchApp {
                     });
                 }
             }
+            Action::ShowView(v) => s.settings.view = v,
+            Action::EditEvalPath(text) => s.settings.eval_path = text,
+            Action::PickEvalFolder => match file_dialog() {
+                Some(dialog) => {
+                    if let Some(p) = dialog.set_title("A folder with one sub-folder per class").pick_folder() {
+                        self.act(Action::Evaluate(p.display().to_string()));
+                    }
+                }
+                None => s.notify(Level::Info, Topic::Other, NO_EVAL_DIALOG),
+            },
+            Action::PickEvalList => match file_dialog() {
+                Some(dialog) => {
+                    if let Some(p) = dialog.add_filter("file,label list", &["csv"]).pick_file() {
+                        self.act(Action::Evaluate(p.display().to_string()));
+                    }
+                }
+                None => s.notify(Level::Info, Topic::Other, NO_EVAL_DIALOG),
+            },
+            Action::Evaluate(path) => {
+                let path = path.trim().to_string();
+                if path.is_empty() {
+                    s.notify(Level::Info, Topic::Evaluation, "name a labelled folder or a file,label CSV first");
+                } else if s.model.is_none() {
+                    s.notify(Level::Info, Topic::Evaluation, "load a model first");
+                } else if let Some(job) = s.long_job() {
+                    s.notify(Level::Info, Topic::Evaluation, format!("{job} is running: wait for it or cancel it"));
+                } else {
+                    s.settings.eval_path = path.clone();
+                    s.settings.view = BottomView::Accuracy;
+                    s.eval.running = true;
+                    s.eval.progress = (0, 0);
+                    s.eval.source = path.clone();
+                    self.worker.send(Command::Evaluate { source: PathBuf::from(path), variants: s.eval_variants() });
+                }
+            }
+            Action::OpenFlip { file, variant } => {
+                // fp32 beside the variant that changed its mind: the compare view shows both.
+                s.settings.variant = Variant::Fp32;
+                s.settings.compare = Some(variant);
+                s.settings.normalize();
+                self.act(Action::OpenPath(file));
+            }
+            Action::SetProfileRuns(n) => {
+                s.settings.profile_runs = n;
+                s.settings.normalize();
+            }
+            Action::Profile => {
+                if s.model.is_none() {
+                    s.notify(Level::Info, Topic::Profile, "load a model first");
+                } else if let Some(job) = s.long_job() {
+                    s.notify(Level::Info, Topic::Profile, format!("{job} is running: wait for it or cancel it"));
+                } else {
+                    s.settings.view = BottomView::Profile;
+                    s.profile.running = true;
+                    s.profile.progress = (0, s.settings.profile_runs);
+                    self.worker
+                        .send(Command::Profile { variants: s.profile_variants(), runs: s.settings.profile_runs });
+                }
+            }
             Action::Dismiss(id) => s.dismiss(id),
             Action::DismissLatest => {
                 if let Some(id) = s.notices.last().map(|n| n.id) {
@@ -491,6 +582,24 @@ fn last_variant_key(events: &[egui::Event]) -> Option<Variant> {
         _ => None,
     })
 }
+
+const NO_EVAL_DIALOG: &str = "no file dialog is available here (no desktop portal): type or paste the labelled folder or CSV into the field and press Evaluate";
+
+/// The bottom panel's views, stacked on its left edge.
+fn view_tabs(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
+    ui.vertical(|ui| {
+        ui.set_width(VIEW_TABS_WIDTH);
+        for v in BottomView::ALL {
+            let button = egui::Button::selectable(state.settings.view == v, v.title())
+                .min_size(egui::vec2(VIEW_TABS_WIDTH, 0.0));
+            if ui.add(button).on_hover_text(v.hover()).clicked() {
+                actions.push(Action::ShowView(v));
+            }
+        }
+    });
+}
+
+const VIEW_TABS_WIDTH: f32 = 96.0;
 
 const NO_DIALOG: &str = "no file dialog is available here (no desktop portal): drag an image onto the window, or paste its path into the field and press Open path";
 

@@ -70,6 +70,39 @@ impl OverlaySettings {
     }
 }
 
+/// What the bottom panel shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BottomView {
+    /// Latency per run, p50 latency and file size.
+    #[default]
+    Benchmark,
+    /// Accuracy on a labelled folder or list ("Evaluate folder…").
+    Accuracy,
+    /// Where the time of a forward goes, per stage ("Profile").
+    Profile,
+}
+
+impl BottomView {
+    pub const ALL: [BottomView; 3] = [BottomView::Benchmark, BottomView::Accuracy, BottomView::Profile];
+
+    /// What the view shows, on hover.
+    pub fn hover(self) -> &'static str {
+        match self {
+            BottomView::Benchmark => "Latency per run, p50 latency and file size of each variant",
+            BottomView::Accuracy => "Accuracy of each variant on a labelled folder or list (Evaluate folder…)",
+            BottomView::Profile => "Where the time goes: every stage of a forward, per variant (Profile)",
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            BottomView::Benchmark => "Benchmark",
+            BottomView::Accuracy => "Accuracy",
+            BottomView::Profile => "Stage times",
+        }
+    }
+}
+
 /// What survives a restart (eframe persistence).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -86,6 +119,12 @@ pub struct Settings {
     pub bench_seconds: f64,
     /// The image file open when the window closed, reopened at the next start.
     pub last_image: Option<PathBuf>,
+    /// What the bottom panel shows.
+    pub view: BottomView,
+    /// The labelled folder or `file,label` CSV last evaluated (or typed).
+    pub eval_path: String,
+    /// Rounds of the window's profile (each: one forward per variant with and one without the profiler).
+    pub profile_runs: usize,
 }
 
 impl Default for Settings {
@@ -101,6 +140,9 @@ impl Default for Settings {
             bench_runs: 20,
             bench_seconds: 2.0,
             last_image: None,
+            view: BottomView::Benchmark,
+            eval_path: String::new(),
+            profile_runs: 10,
         }
     }
 }
@@ -114,6 +156,7 @@ impl Settings {
         }
         self.overlay.opacity = self.overlay.opacity.clamp(0.0, 1.0);
         self.overlay.discard_ratio = self.overlay.discard_ratio.clamp(0.0, 0.99);
+        self.profile_runs = self.profile_runs.clamp(1, MAX_PROFILE_RUNS);
     }
 
     /// The benchmark the window runs, from the user's fields, made runnable.
@@ -260,6 +303,36 @@ impl BenchState {
     }
 }
 
+/// The most profiling rounds the window asks for.
+pub const MAX_PROFILE_RUNS: usize = 200;
+
+/// The accuracy view: an evaluation running or finished.
+#[derive(Default)]
+pub struct EvalState {
+    pub running: bool,
+    /// Images classified of the running evaluation: (done, total).
+    pub progress: (usize, usize),
+    /// The folder or list of the running evaluation.
+    pub source: String,
+    /// The last finished evaluation (kept until the next one finishes: a failed or cancelled
+    /// run leaves it as it was).
+    pub report: Option<std::sync::Arc<crate::eval::EvalReport>>,
+    /// Thumbnails of the report's flipped images, by file.
+    pub thumbnails: BTreeMap<String, TextureHandle>,
+}
+
+/// The "where the time goes" view.
+#[derive(Default)]
+pub struct ProfileState {
+    pub running: bool,
+    /// Rounds made of the running profile: (done, total).
+    pub progress: (usize, usize),
+    /// The model of the last profile, and the threads it ran on.
+    pub model: String,
+    pub threads: usize,
+    pub report: Option<std::sync::Arc<Vec<crate::profile::VariantProfile>>>,
+}
+
 /// The machine the numbers come from, for the status bar.
 #[derive(Clone, Debug)]
 pub struct Environment {
@@ -291,6 +364,8 @@ pub struct AppState {
     pub results: BTreeMap<Variant, VariantResult>,
     pub overlays: BTreeMap<Variant, TextureHandle>,
     pub bench: BenchState,
+    pub eval: EvalState,
+    pub profile: ProfileState,
     pub busy: Option<String>,
     pub download: Option<(String, u64, u64)>,
     pub notices: Vec<Notice>,
@@ -323,6 +398,8 @@ impl AppState {
             results: BTreeMap::new(),
             overlays: BTreeMap::new(),
             bench: BenchState::default(),
+            eval: EvalState::default(),
+            profile: ProfileState::default(),
             busy: None,
             download: None,
             notices: Vec::new(),
@@ -381,6 +458,38 @@ impl AppState {
         match self.exported_variant() {
             Some(v) => vec![v],
             None => self.settings.active_variants(),
+        }
+    }
+
+    /// The variants "Evaluate folder…" measures: fp32 (the reference every change is counted
+    /// against) and the non-fp32 variants shown; an exported file's only variant on its own.
+    pub fn eval_variants(&self) -> Vec<Variant> {
+        if let Some(v) = self.exported_variant() {
+            return vec![v];
+        }
+        let mut out = vec![Variant::Fp32];
+        out.extend(self.active_variants().into_iter().filter(|v| *v != Variant::Fp32));
+        out
+    }
+
+    /// The variants "Profile" times: all of them, or an exported file's only one.
+    pub fn profile_variants(&self) -> Vec<Variant> {
+        match self.exported_variant() {
+            Some(v) => vec![v],
+            None => Variant::ALL.to_vec(),
+        }
+    }
+
+    /// The long job running, if any (one at a time: they share the worker and the CPU).
+    pub fn long_job(&self) -> Option<&'static str> {
+        if self.bench.running {
+            Some("a benchmark")
+        } else if self.eval.running {
+            Some("an evaluation")
+        } else if self.profile.running {
+            Some("a profile")
+        } else {
+            None
         }
     }
 
@@ -476,13 +585,44 @@ impl AppState {
                 );
                 self.last_export = Some(path);
             }
+            Reply::EvalProgress { done, total } => self.eval.progress = (done, total),
+            Reply::EvalDone { report, thumbnails } => {
+                self.eval.running = false;
+                self.eval.thumbnails = thumbnails
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (file, rgba))| {
+                        let tex = ctx.load_texture(format!("flip-{i}"), to_color_image(&rgba), TextureOptions::LINEAR);
+                        (file, tex)
+                    })
+                    .collect();
+                self.resolved(Topic::Evaluation);
+                self.eval.report = Some(report);
+            }
+            Reply::ProfileProgress { done, total } => self.profile.progress = (done, total),
+            Reply::Profiled { model, threads, report } => {
+                self.profile.running = false;
+                self.profile.model = model;
+                self.profile.threads = threads;
+                self.profile.report = Some(report);
+                self.resolved(Topic::Profile);
+            }
             Reply::Cancelled(what) => {
+                // One command runs at a time: whichever it was has stopped.
                 self.bench.running = false;
+                self.eval.running = false;
+                self.profile.running = false;
                 self.notify(Level::Info, Topic::Other, what);
             }
             Reply::Error { what, about, message, open_anyway } => {
                 if about == Topic::Benchmark {
                     self.bench.running = false;
+                }
+                if about == Topic::Evaluation {
+                    self.eval.running = false;
+                }
+                if about == Topic::Profile {
+                    self.profile.running = false;
                 }
                 if about == Topic::Image {
                     self.decoding = None;

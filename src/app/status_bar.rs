@@ -4,7 +4,7 @@
 use egui::{Align2, Color32, Frame, Order, RichText, Sense, Stroke, Ui, Vec2};
 
 use super::Action;
-use super::state::{AppState, Level};
+use super::state::{AppState, BottomView, Level};
 use crate::device::Int8Kernel;
 
 pub struct StatusBar;
@@ -26,8 +26,12 @@ impl StatusBar {
                             .text(format!("{file} {:.1} MB", *done as f64 / 1e6)),
                     );
                 }
-                // A running benchmark has its own Cancel beside the chart.
-                if !state.bench.running && ui.small_button("Cancel").clicked() {
+                // A running benchmark has its own Cancel beside the chart; an evaluation or a
+                // profile has one in its view while that view is shown.
+                let view = state.settings.view;
+                let own_cancel = (state.eval.running && view == BottomView::Accuracy)
+                    || (state.profile.running && view == BottomView::Profile);
+                if !state.bench.running && !own_cancel && ui.small_button("Cancel").clicked() {
                     actions.push(Action::Cancel);
                 }
                 ui.separator();

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -54,6 +54,10 @@ pub enum Topic {
     Analysis,
     Benchmark,
     Export,
+    /// Accuracy on a labelled folder or list.
+    Evaluation,
+    /// Where the time of a forward goes.
+    Profile,
     Other,
 }
 
@@ -89,6 +93,16 @@ pub enum Command {
         path: PathBuf,
         results: Vec<BenchResult>,
     },
+    /// Accuracy of these variants (the loaded model's) on a labelled folder or `file,label` CSV.
+    Evaluate {
+        source: PathBuf,
+        variants: Vec<Variant>,
+    },
+    /// Times every stage of a forward of these variants (`runs` rounds).
+    Profile {
+        variants: Vec<Variant>,
+        runs: usize,
+    },
     /// Deliberately panics (tests of the recovery path).
     Crash,
 }
@@ -103,6 +117,8 @@ impl Command {
             Command::Benchmark { .. } => 4,
             Command::ExportCsv { .. } => 5,
             Command::Crash => 6,
+            Command::Evaluate { .. } => 7,
+            Command::Profile { .. } => 8,
         }
     }
 
@@ -113,6 +129,8 @@ impl Command {
             Command::Analyze { .. } | Command::Overlay { .. } => Topic::Analysis,
             Command::Benchmark { .. } => Topic::Benchmark,
             Command::ExportCsv { .. } => Topic::Export,
+            Command::Evaluate { .. } => Topic::Evaluation,
+            Command::Profile { .. } => Topic::Profile,
             Command::Crash => Topic::Other,
         }
     }
@@ -189,6 +207,27 @@ pub enum Reply {
         path: PathBuf,
         rows: usize,
     },
+    /// `done` of `total` images of an evaluation classified.
+    EvalProgress {
+        done: usize,
+        total: usize,
+    },
+    /// A finished evaluation, with a thumbnail of each flipped image (by file).
+    EvalDone {
+        report: Arc<crate::eval::EvalReport>,
+        thumbnails: Vec<(String, Rgba)>,
+    },
+    /// `done` of `total` profiling rounds made.
+    ProfileProgress {
+        done: usize,
+        total: usize,
+    },
+    /// A finished profile of `model`'s variants, measured on `threads` threads.
+    Profiled {
+        model: String,
+        threads: usize,
+        report: Arc<Vec<crate::profile::VariantProfile>>,
+    },
     Cancelled(String),
     /// `what` failed (one line naming the file or model), the previous state is kept.
     Error {
@@ -236,7 +275,7 @@ pub fn spawn(hub: Hub, wake: impl Fn() + Send + 'static) -> WorkerHandle {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => {
                             let msg = format!("{e:#}");
-                            if e.downcast_ref::<crate::bench::Cancelled>().is_some() {
+                            if is_cancelled(&e) {
                                 out.send(Reply::Cancelled(msg));
                             } else {
                                 let open_anyway = match &cmd {
@@ -289,6 +328,13 @@ pub fn spawn(hub: Hub, wake: impl Fn() + Send + 'static) -> WorkerHandle {
     WorkerHandle { tx, rx, cancel }
 }
 
+/// A command stopped by the user's Cancel (each long job has its own typed error).
+fn is_cancelled(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<crate::bench::Cancelled>().is_some()
+        || e.downcast_ref::<crate::eval::Cancelled>().is_some()
+        || e.downcast_ref::<crate::profile::Cancelled>().is_some()
+}
+
 /// Drops commands made stale by a later one of the same kind (dragging a slider sends many
 /// overlay requests; only the last matters). Order is otherwise kept.
 fn coalesce(first: Command, rx: &Receiver<Command>) -> Vec<Command> {
@@ -315,6 +361,8 @@ fn describe(cmd: &Command) -> String {
         Command::Overlay { .. } => "cannot draw the attention overlay".into(),
         Command::Benchmark { .. } => "benchmark failed".into(),
         Command::ExportCsv { path, .. } => format!("cannot export {}", path.display()),
+        Command::Evaluate { source, .. } => format!("cannot evaluate {}", source.display()),
+        Command::Profile { .. } => "profiling failed".into(),
         Command::Crash => "crash test".into(),
     }
 }
@@ -333,7 +381,8 @@ const SAMPLE_WAKE_INTERVAL: std::time::Duration = std::time::Duration::from_mill
 
 impl Out {
     fn send(&self, r: Reply) {
-        let throttle = matches!(r, Reply::BenchSample { .. });
+        let throttle =
+            matches!(r, Reply::BenchSample { .. } | Reply::EvalProgress { .. } | Reply::ProfileProgress { .. });
         let _ = self.tx.send(r);
         if throttle {
             if self.last_sample_wake.get().is_some_and(|t| t.elapsed() < SAMPLE_WAKE_INTERVAL) {
@@ -366,6 +415,25 @@ struct State {
 /// Longest side of the image shown in the window (the model always sees the full image).
 const DISPLAY_MAX_SIDE: u32 = 1024;
 
+/// Longest side of a flipped image's thumbnail in the accuracy view.
+pub const THUMBNAIL_SIDE: u32 = 96;
+/// Thumbnails made per evaluation; further flipped images are listed without one.
+const MAX_THUMBNAILS: usize = 64;
+/// Untimed rounds before the window's profile.
+const PROFILE_WARMUP: usize = 2;
+
+/// A small RGBA copy of the image file at `path`, at most [`THUMBNAIL_SIDE`] on its longer side.
+pub fn thumbnail(path: &Path) -> Result<Rgba> {
+    let img = crate::preprocess::load_image(path)?;
+    let (w, h) = img.dimensions();
+    // `imageops::thumbnail` fills the size it is given: keep the aspect.
+    let s = (THUMBNAIL_SIDE as f64 / w.max(h) as f64).min(1.0);
+    let (tw, th) = (((w as f64 * s).round() as u32).max(1), ((h as f64 * s).round() as u32).max(1));
+    let small = image::imageops::thumbnail(&img, tw, th);
+    let pixels: Vec<u8> = small.pixels().flat_map(|p| [p.0[0], p.0[1], p.0[2], 255]).collect();
+    Ok(Rgba { width: small.width() as usize, height: small.height() as usize, pixels: Arc::new(pixels) })
+}
+
 impl State {
     fn new(hub: Hub) -> State {
         State {
@@ -396,6 +464,8 @@ impl State {
                 out.send(Reply::Exported { path, rows: results.len() });
                 Ok(())
             }
+            Command::Evaluate { source, variants } => self.evaluate(&source, &variants, out, cancel),
+            Command::Profile { variants, runs } => self.profile(&variants, runs, out, cancel),
             Command::Crash => panic!("deliberate crash for testing"),
         }
     }
@@ -563,6 +633,57 @@ impl State {
                 grid_heatmap(&attribution(model, &x, class)?.row, prefix)
             }
         }
+    }
+
+    /// `eval` on the loaded model's variants, the very models the main view classifies with, so
+    /// a flipped image opened from the results shows the same top-1s.
+    fn evaluate(&mut self, source: &Path, variants: &[Variant], out: &Out, cancel: &AtomicBool) -> Result<()> {
+        use crate::eval::{ClassResolver, discover, evaluate_cancellable};
+        let spec = self.spec.clone().context("no model is loaded")?;
+        let labels = self.source.as_ref().context("no model is loaded")?.config.labels.clone();
+        out.send(Reply::Busy(format!("reading {}", source.display())));
+        let images = discover(source, &ClassResolver::new(&labels))?;
+        for &v in variants {
+            self.variant(v, out)?;
+        }
+        let models: Vec<&Model> = variants.iter().map(|v| &self.variants[v]).collect();
+        out.send(Reply::Busy(format!("evaluating {}", source.display())));
+        out.send(Reply::EvalProgress { done: 0, total: images.len() });
+        let name = source.display().to_string();
+        let report = evaluate_cancellable(&spec, &name, &models, &images, 5, Some(cancel), &mut |done, total| {
+            out.send(Reply::EvalProgress { done, total })
+        })?;
+        let mut thumbnails: Vec<(String, Rgba)> = Vec::new();
+        for flip in report.variants.iter().flat_map(|v| &v.flips) {
+            if thumbnails.len() >= MAX_THUMBNAILS || thumbnails.iter().any(|(f, _)| *f == flip.file) {
+                continue;
+            }
+            // Decoded a moment ago; if it is gone now, its entry shows without a picture.
+            if let Ok(t) = thumbnail(Path::new(&flip.file)) {
+                thumbnails.push((flip.file.clone(), t));
+            }
+        }
+        out.send(Reply::EvalDone { report: Arc::new(report), thumbnails });
+        Ok(())
+    }
+
+    fn profile(&mut self, variants: &[Variant], runs: usize, out: &Out, cancel: &AtomicBool) -> Result<()> {
+        let spec = self.spec.clone().context("no model is loaded")?;
+        for &v in variants {
+            self.variant(v, out)?;
+        }
+        let models: Vec<&Model> = variants.iter().map(|v| &self.variants[v]).collect();
+        if models.iter().any(|m| !m.device.is_cpu()) {
+            bail!("stages can only be timed on the CPU (GPU ops are asynchronous): switch the device to CPU");
+        }
+        out.send(Reply::Busy("profiling".into()));
+        out.send(Reply::ProfileProgress { done: 0, total: runs });
+        let report =
+            crate::profile::profile_cancellable(&models, PROFILE_WARMUP, runs, Some(cancel), &mut |done, total| {
+                out.send(Reply::ProfileProgress { done, total })
+            })?;
+        out.send(Reply::Profiled { model: spec, threads: rayon::current_num_threads(), report: Arc::new(report) });
+        Ok(())
     }
 
     fn benchmark(&mut self, variants: &[Variant], cfg: &BenchConfig, out: &Out, cancel: &AtomicBool) -> Result<()> {
