@@ -25,7 +25,10 @@ use crate::zoo::{DEFAULT_MODEL, ModelSource, ZOO, load_model_as_is};
     version,
     about = "Classify images with ViT/DeiT and measure what quantization costs and loses.",
     long_about = "Without a command, opens the workbench window (on IMAGE, if given).",
-    args_conflicts_with_subcommands = true
+    // Not `args_conflicts_with_subcommands`: with it, a global flag before the command
+    // (`--threads 2 bench ...`) made clap read the command's name as the window's IMAGE.
+    // Window-only options given with a command are refused in `run` instead.
+    subcommand_precedence_over_arg = true
 )]
 pub struct Cli {
     /// Image to open in the window.
@@ -577,6 +580,19 @@ pub fn run(cli: Cli) -> Result<()> {
         && let Some(p) = &cli.screenshot
     {
         crate::fsutil::check_writable(p)?;
+    }
+    if cli.command.is_some() {
+        let window_only = [
+            ("IMAGE", cli.image.is_some()),
+            ("--model", cli.model.is_some()),
+            ("--variant", cli.variant.is_some()),
+            ("--compare", cli.compare.is_some()),
+            ("--screenshot", cli.screenshot.is_some()),
+            ("--benchmark", cli.benchmark),
+        ];
+        if let Some((name, _)) = window_only.iter().find(|(_, given)| *given) {
+            anyhow::bail!("{name} before the command is an option of the window: put the command first (`vit-workbench COMMAND {name} ...`)");
+        }
     }
     let sweep = cli.threads.clone().filter(|t| t.0.len() > 1);
     if sweep.is_some() && !matches!(cli.command, Some(Command::Bench(_))) {

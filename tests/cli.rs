@@ -220,3 +220,14 @@ fn models_marks_cached_entries() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("Egyptian cat"), "{stdout}");
 }
+
+#[test]
+fn global_flags_work_before_the_command_and_window_options_there_are_refused() {
+    // `--threads 2 models` once read `models` as the window's image.
+    let (code, out, err) = run(&["--threads", "2", "models"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("google/vit-base-patch16-224"), "{out}");
+    let (code, _, err) = run(&["--model", "x", "models"]);
+    assert_ne!(code, 0);
+    assert_one_line_error(&err, &["--model before the command", "put the command first"]);
+}
