@@ -153,9 +153,18 @@ fn sensitivity_ranks_every_layer_and_keeping_the_top_3_lowers_kl() {
     let s = analyze(&fp32, Variant::Int8, &QuantOptions::default(), &x, &mut |_, total| {
         calls += 1;
         assert_eq!(total, 101);
+        Ok(())
     })
     .unwrap();
     assert_eq!(calls, 101);
+    // A progress callback's error stops the analysis where it is and comes back unchanged.
+    let mut seen = 0;
+    let err = analyze(&fp32, Variant::Int8, &QuantOptions::default(), &x, &mut |done, _| {
+        seen = done;
+        if done == 3 { anyhow::bail!("cancelled by the user") } else { Ok(()) }
+    })
+    .unwrap_err();
+    assert_eq!((err.to_string().as_str(), seen), ("cancelled by the user", 3));
     let names: BTreeSet<LayerName> = s.layers.iter().map(|l| l.layer).collect();
     assert_eq!(names.len(), 50, "every layer once: patch, 4 x 12 blocks, head");
     assert_eq!(s.layers.iter().map(|l| l.rank).collect::<Vec<_>>(), (1..=50).collect::<Vec<_>>());
