@@ -868,7 +868,14 @@ fn compare(
     allow_truncated: bool,
 ) -> Result<()> {
     let variants = parse_variants(variants)?;
-    let schemes = if schemes.is_empty() { &[Scheme::DEFAULT][..] } else { schemes };
+    // Each scheme once, in the order given; the default when none is.
+    let mut unique: Vec<Scheme> = Vec::new();
+    for s in schemes {
+        if !unique.contains(s) {
+            unique.push(*s);
+        }
+    }
+    let schemes = if unique.is_empty() { vec![Scheme::DEFAULT] } else { unique };
     // Images first: a bad file fails in a second, not after the model is loaded and quantized.
     let imgs: Vec<_> = load_images(images, allow_truncated)?.into_iter().map(|i| i.image).collect();
     let reference = load_model_as_is(model_spec, hub, &Device::Cpu, &mut download_bar())?;
@@ -882,7 +889,7 @@ fn compare(
     let others = variants
         .iter()
         .flat_map(|v| {
-            let schemes = if *v == Variant::Fp32 { &schemes[..1] } else { schemes };
+            let schemes = if *v == Variant::Fp32 { &schemes[..1] } else { &schemes[..] };
             schemes.iter().map(|s| reference.to_variant(*v, QuantOptions::with_scheme(*s)))
         })
         .collect::<Result<Vec<_>>>()?;
