@@ -13,8 +13,10 @@ use image::RgbImage;
 use serde::Serialize;
 
 use crate::hub::{DownloadEvent, Hub};
+use crate::model::LayerName;
 use crate::model::{Capture, Model};
 use crate::quant::metrics::{AgreementSummary, compare_logits, summarize};
+use crate::quant::sensitivity::KeepFp32;
 use crate::quant::{QuantOptions, Scheme, Variant};
 
 /// How long and how often to measure.
@@ -324,6 +326,8 @@ pub struct BenchResult {
     /// Which int8 numerics the quantized layers used (`cpu-per-channel-rowwise`, `cuda-q8_0`);
     /// `None` for fp32, which has none.
     pub int8_kernel: Option<String>,
+    /// Layers this quantized variant keeps fp32 (mixed precision); empty for plain variants.
+    pub kept_fp32: Vec<LayerName>,
     /// The quantization scheme of int8/mobile rows (`default`, `torch`, ...); empty for fp32.
     #[serde(default)]
     pub scheme: String,
@@ -332,13 +336,22 @@ pub struct BenchResult {
 }
 
 impl BenchResult {
-    /// `int8`, or `int8[torch]` for a scheme other than the default.
+    /// The variant as shown to users ([`Model::label`]): `int8`, `int8+fp32[3]` for a mixed one,
+    /// `int8[torch]` for a scheme other than the default.
     pub fn label(&self) -> String {
-        if self.scheme.is_empty() || self.scheme == "default" {
-            self.variant.to_string()
-        } else {
-            format!("{}[{}]", self.variant, self.scheme)
+        if self.variant == Variant::Fp32 {
+            return self.variant.name().to_string();
         }
+        let mut label = self.variant.name().to_string();
+        if !self.scheme.is_empty() && self.scheme != "default" {
+            label.push_str(&format!("[{}]", self.scheme));
+        }
+        // The torch preset's fp32 patch embedding is part of the scheme, as in `Model::label`.
+        let kept = self.kept_fp32.iter().filter(|n| !(self.scheme == "torch" && **n == LayerName::Patch)).count();
+        if kept > 0 {
+            label.push_str(&format!("+fp32[{kept}]"));
+        }
+        label
     }
 }
 
@@ -462,6 +475,51 @@ pub fn load_variants_with(
     Ok((source, made))
 }
 
+/// `made` with, after each quantized variant, the same variant keeping `keep`'s layers fp32.
+fn with_mixed(
+    source: &Model,
+    made: Vec<(Model, f64)>,
+    keep: &KeepFp32,
+    input: &BenchInput,
+) -> Result<Vec<(Model, f64)>> {
+    if source.variant != Variant::Fp32 {
+        bail!(
+            "--keep-fp32 needs the fp32 model (mixed variants are made from it); {} holds {}",
+            source.id,
+            source.label()
+        );
+    }
+    let calibration = if keep.needs_images() {
+        let imgs = match input {
+            BenchInput::Images(imgs) => imgs.iter().map(|(_, i)| i.clone()).collect(),
+            BenchInput::Synthetic => {
+                log::warn!("no --images: --keep-fp32 ranks the layers on the bundled sample photo");
+                vec![crate::quant::sensitivity::sample_image()?]
+            }
+        };
+        Some(source.preprocess_batch(&imgs)?)
+    } else {
+        None
+    };
+    let mut out = Vec::new();
+    for (model, load_ms) in made {
+        let (variant, scheme) = (model.variant, model.scheme().unwrap_or_default());
+        out.push((model, load_ms));
+        if variant == Variant::Fp32 {
+            continue;
+        }
+        let t = Instant::now();
+        let opts = QuantOptions::with_scheme(scheme);
+        let kept = keep.resolve(source, variant, &opts, calibration.as_ref(), &mut |n| log::info!("{n}"))?;
+        if kept.is_empty() {
+            continue; // the plain variant already is this one
+        }
+        let mixed = source.to_variant(variant, QuantOptions { keep_fp32: kept, ..opts })?;
+        out.push((mixed, load_ms + t.elapsed().as_secs_f64() * 1000.0));
+    }
+    Ok(out)
+}
+
 /// The timed input of a job: a synthetic tensor, or the first `batch` images (repeated if fewer).
 pub fn timed_input(source: &Model, batch: usize, input: &BenchInput) -> Result<Tensor> {
     match input {
@@ -485,12 +543,16 @@ pub fn prepare(
     on_download: &mut dyn FnMut(DownloadEvent),
     on_event: &mut dyn FnMut(BenchEvent),
 ) -> Result<Prepared> {
-    prepare_with(job, &[], hub, device, on_download, on_event)
+    prepare_with(job, &KeepFp32::Layers(Default::default()), &[], hub, device, on_download, on_event)
 }
 
-/// [`prepare`] with each quantized variant made once per scheme ([`load_variants_with`]).
+/// [`prepare`], and beside each quantized variant its mixed-precision form keeping `keep`'s
+/// layers fp32 (none when `keep` keeps nothing). The `auto:` forms rank the layers on the
+/// benchmark images, or on the bundled sample photo when the input is synthetic. Each quantized
+/// variant is made once per scheme in `schemes` ([`load_variants_with`]).
 pub fn prepare_with(
     job: &BenchJob,
+    keep: &KeepFp32,
     schemes: &[Scheme],
     hub: &Hub,
     device: &Device,
@@ -509,6 +571,12 @@ pub fn prepare_with(
     };
     phase(on_event, "loading");
     let (source, made) = load_variants_with(spec, variants, schemes, hub, device, on_download)?;
+    let made = if keep.is_none() {
+        made
+    } else {
+        phase(on_event, "mixed precision");
+        with_mixed(&source, made, keep, input)?
+    };
 
     phase(on_event, "sizes and accuracy");
     let reference = (source.variant == Variant::Fp32).then_some(&source);
@@ -617,7 +685,8 @@ pub fn assemble(
                 accuracy: p.accuracy.clone(),
                 int8_kernel: (p.model.variant != Variant::Fp32)
                     .then(|| crate::device::Int8Kernel::for_device(&p.model.device).id().to_string()),
-                scheme: crate::quant::model_scheme(&p.model).map(|s| s.name()).unwrap_or_default(),
+                kept_fp32: p.model.fp32_layers(),
+                scheme: p.model.scheme().map(|s| s.name()).unwrap_or_default(),
                 samples_ms,
                 env: env.clone(),
             }
@@ -634,20 +703,21 @@ pub fn bench_model(
     on_download: &mut dyn FnMut(DownloadEvent),
     on_event: &mut dyn FnMut(BenchEvent),
 ) -> Result<Vec<BenchResult>> {
-    bench_model_with(job, &[], hub, device, on_download, on_event)
+    bench_model_with(job, &KeepFp32::Layers(Default::default()), &[], hub, device, on_download, on_event)
 }
 
-/// [`bench_model`] with each quantized variant made once per scheme (measured interleaved with
-/// the others).
+/// [`bench_model`] with mixed-precision variants beside the quantized ones, and each quantized
+/// variant once per scheme ([`prepare_with`]).
 pub fn bench_model_with(
     job: &BenchJob,
+    keep: &KeepFp32,
     schemes: &[Scheme],
     hub: &Hub,
     device: &Device,
     on_download: &mut dyn FnMut(DownloadEvent),
     on_event: &mut dyn FnMut(BenchEvent),
 ) -> Result<Vec<BenchResult>> {
-    let prepared = prepare_with(job, schemes, hub, device, on_download, on_event)?;
+    let prepared = prepare_with(job, keep, schemes, hub, device, on_download, on_event)?;
     let (samples, peak) = measure(&prepared, job.cfg, job.cancel, on_event)?;
     Ok(assemble(&prepared, job.cfg, samples, peak, &Environment::capture(device)))
 }

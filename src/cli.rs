@@ -15,7 +15,8 @@ use candle_core::Device;
 use crate::model::{Prediction, device_from_name};
 use crate::preprocess::{LoadedImage, load_image_with};
 use crate::quant::metrics::compare_variants;
-use crate::quant::{QuantOptions, Scheme, Variant, export, parse_variants, variant_label};
+use crate::quant::sensitivity::KeepFp32;
+use crate::quant::{QuantOptions, Scheme, Variant, export, parse_variants};
 use crate::zoo::{DEFAULT_MODEL, ModelSource, ZOO, load_model_as_is};
 
 #[derive(Parser, Debug)]
@@ -90,6 +91,11 @@ pub enum Command {
         /// Classify truncated image files from what decoded (marked truncated) instead of refusing them.
         #[arg(long)]
         allow_truncated: bool,
+        /// Layers left fp32 in the int8/mobile variant (mixed precision): names like
+        /// blocks.0.fc2,heads.0, `all`, `none`, `auto:K` (the K most sensitive on these images) or
+        /// `auto:kl=X` (the most sensitive until the mean KL vs fp32 is at most X).
+        #[arg(long, value_name = "LAYERS")]
+        keep_fp32: Option<String>,
         /// Quantization scheme of int8/mobile: default, torch (PyTorch quantize_dynamic, x86), or
         /// a list like weights=per-tensor,acts=per-tensor,bits=7,acts=asym (README: Schemes).
         #[arg(long, value_parser = parse_scheme)]
@@ -106,6 +112,11 @@ pub enum Command {
         /// File to write (replaced atomically; never a device, FIFO or one of the inputs).
         #[arg(long)]
         out: PathBuf,
+        /// Layers left fp32 (mixed precision; recorded in the file): names like
+        /// blocks.0.fc2,heads.0, `all`, `none`, `auto:K` or `auto:kl=X` (ranked on the built-in
+        /// sample photo).
+        #[arg(long, value_name = "LAYERS")]
+        keep_fp32: Option<String>,
         /// Quantization scheme of int8/mobile: default, torch (PyTorch quantize_dynamic, x86), or
         /// a list like weights=per-tensor,acts=per-tensor,bits=7,acts=asym (README: Schemes).
         #[arg(long, value_parser = parse_scheme)]
@@ -128,11 +139,18 @@ pub enum Command {
         /// Use truncated image files from what decoded instead of refusing them.
         #[arg(long)]
         allow_truncated: bool,
+        /// Also compare each quantized variant with these layers left fp32 (mixed precision):
+        /// names like blocks.0.fc2,heads.0, `all`, `none`, `auto:K`, `auto:kl=X` (ranked on these images).
+        #[arg(long, value_name = "LAYERS")]
+        keep_fp32: Option<String>,
         /// Quantization scheme of int8/mobile; repeat it to compare schemes side by side: default, torch (PyTorch quantize_dynamic, x86), or
         /// a list like weights=per-tensor,acts=per-tensor,bits=7,acts=asym (README: Schemes).
         #[arg(long = "scheme", value_parser = parse_scheme)]
         schemes: Vec<Scheme>,
     },
+    /// Rank every linear layer by what quantizing it costs: each quantized alone (the rest fp32)
+    /// and kept fp32 alone (the rest quantized), scored against fp32 on the images.
+    Sensitivity(SensitivityArgs),
     /// Measure latency, size and accuracy of variants; print a table, write CSV/JSON reports.
     Bench(BenchArgs),
     /// Accuracy of each variant on labelled images: a folder of class folders or a CSV `file,label`.
@@ -218,10 +236,34 @@ pub struct BenchArgs {
     /// Use truncated image files from what decoded instead of refusing them.
     #[arg(long)]
     allow_truncated: bool,
+    /// Also measure each quantized variant with these layers left fp32 (mixed precision; rows
+    /// labelled e.g. int8+fp32[3], CSV column kept_fp32): names like blocks.0.fc2,heads.0, `all`,
+    /// `auto:K`, `auto:kl=X` (ranked on --images, else on the built-in sample photo).
+    #[arg(long, value_name = "LAYERS")]
+    keep_fp32: Option<String>,
     /// Quantization scheme of int8/mobile; repeat it to measure several: default, torch (PyTorch quantize_dynamic, x86), or
     /// a list like weights=per-tensor,acts=per-tensor,bits=7,acts=asym (README: Schemes).
     #[arg(long = "scheme", value_parser = parse_scheme)]
     schemes: Vec<Scheme>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SensitivityArgs {
+    /// Image files or folders to score on.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// Hub id, local folder or fp32 export.
+    #[arg(long, short, default_value = DEFAULT_MODEL)]
+    model: String,
+    /// The quantized variant whose layers are ranked.
+    #[arg(long, default_value = "int8", value_parser = variant_parser())]
+    variant: Variant,
+    /// Write one row per layer as CSV (columns in the README).
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Use truncated image files from what decoded instead of refusing them.
+    #[arg(long)]
+    allow_truncated: bool,
 }
 
 /// `--threads`: 1 up to 4x the logical cores (more only oversubscribes: a classify with 1000
@@ -543,6 +585,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Bench(args)) => bench(&hub, &args),
         Some(Command::Eval(args)) => eval(&hub, &args),
+        Some(Command::Sensitivity(args)) => sensitivity(&hub, &args),
         Some(Command::Profile(args)) => profile(&hub, &args),
         Some(Command::Explain(args)) => explain(&hub, &args),
         Some(Command::Download { model }) => {
@@ -551,23 +594,38 @@ pub fn run(cli: Cli) -> Result<()> {
             outln!("{model}: {} and {}", files.config.display(), files.weights.display());
             Ok(())
         }
-        Some(Command::Classify { images, model, top, json, device, variant, allow_truncated, scheme }) => {
+        Some(Command::Classify { images, model, top, json, device, variant, allow_truncated, keep_fp32, scheme }) => {
             let k = usize::try_from(top).unwrap_or(usize::MAX);
-            classify(&hub, &images, &model, k, json, &device, (variant, scheme), allow_truncated)
+            let keep = parse_keep_for(keep_fp32.as_deref(), variant)?;
+            classify(&hub, &images, &model, k, json, &device, (variant, scheme), allow_truncated, keep.as_ref())
         }
-        Some(Command::Export { model, variant, out, scheme }) => {
+        Some(Command::Export { model, variant, out, keep_fp32, scheme }) => {
+            let keep = parse_keep_for(keep_fp32.as_deref(), Some(variant))?;
             // Before minutes of loading and quantizing: the output must be writable and must
             // not be the model being read.
             crate::fsutil::check_writable(&out)?;
             crate::fsutil::check_outputs_distinct(&[("--out", &out)], &[std::path::Path::new(&model)])?;
-            let m = load_model_default(&model, Some(variant), scheme, &hub, &Device::Cpu)?;
+            let m = match &keep {
+                None => load_model_default(&model, Some(variant), scheme, &hub, &Device::Cpu)?,
+                Some(keep) => {
+                    let fp32 = load_model_as_is(&model, &hub, &Device::Cpu, &mut download_bar())?;
+                    let sample = if keep.needs_images() {
+                        eprintln!("note: --keep-fp32 ranks the layers on the built-in sample photo");
+                        vec![crate::quant::sensitivity::sample_image()?]
+                    } else {
+                        Vec::new()
+                    };
+                    mixed_variant(&fp32, variant, keep, &sample, scheme.unwrap_or_default())?
+                }
+            };
             crate::fsutil::check_outputs_distinct(&[("--out", &out)], &[&m.files.config, &m.files.weights])?;
             let bytes = export::export(&m, &out)?;
-            outln!("{} ({}): wrote {} ({})", m.id, variant_label(&m), out.display(), human_bytes(bytes));
+            outln!("{} ({}): wrote {} ({})", m.id, m.label(), out.display(), human_bytes(bytes));
             Ok(())
         }
-        Some(Command::Compare { images, model, variants, json, allow_truncated, schemes }) => {
-            compare(&hub, &images, &model, (&variants, &schemes), json, allow_truncated)
+        Some(Command::Compare { images, model, variants, json, allow_truncated, keep_fp32, schemes }) => {
+            let keep = parse_keep(keep_fp32.as_deref())?;
+            compare(&hub, &images, &model, (&variants, &schemes), json, allow_truncated, keep.as_ref())
         }
     }
 }
@@ -654,12 +712,25 @@ fn classify(
     device: &str,
     (variant, scheme): (Option<Variant>, Option<Scheme>),
     allow_truncated: bool,
+    keep: Option<&KeepFp32>,
 ) -> Result<()> {
+    let images = &expand_images(images)?;
     let device = device_from_name(device)?;
-    let model = load_model_default(model_spec, variant, scheme, hub, &device)?;
-    let variant_name = model.variant.name();
-    let label = variant_label(&model);
-    let scheme_name = crate::quant::model_scheme(&model).filter(|s| !s.is_default()).map(|s| s.name());
+    let model = match (keep, variant) {
+        (Some(keep), Some(v)) => {
+            let fp32 = load_model_as_is(model_spec, hub, &device, &mut download_bar())?;
+            let ranked_on = if keep.needs_images() {
+                load_images(images, allow_truncated)?.into_iter().map(|i| i.image).collect()
+            } else {
+                Vec::new()
+            };
+            mixed_variant(&fp32, v, keep, &ranked_on, scheme.unwrap_or_default())?
+        }
+        _ => load_model_default(model_spec, variant, scheme, hub, &device)?,
+    };
+    let variant_label = model.label();
+    let variant_name = variant_label.as_str();
+    let scheme_name = model.scheme().filter(|s| !s.is_default()).map(|s| s.name());
     let k = k.min(model.config.num_classes());
     let mut results = Vec::new();
     for path in images {
@@ -679,7 +750,7 @@ fn classify(
     } else {
         for r in &results {
             let mark = if r.truncated.is_some() { "  [TRUNCATED image: part of it did not decode]" } else { "" };
-            outln!("{}  ({}, {label}, {}){mark}", r.image, r.model, crate::device::describe(&device));
+            outln!("{}  ({}, {}, {}){mark}", r.image, r.model, r.variant, crate::device::describe(&device));
             for (i, p) in r.top.iter().enumerate() {
                 outln!("  {:>2}. {:<40} {:>7.3}%  [{}]", i + 1, p.label, p.probability * 100.0, p.index);
             }
@@ -784,7 +855,8 @@ fn explain(hub: &Hub, a: &ExplainArgs) -> Result<()> {
     if (a.layer.is_some() || a.head.is_some()) && a.method != ExplainMethod::Raw {
         anyhow::bail!("--layer and --head apply to --method raw only");
     }
-    let outputs = explain_outputs(&a.images, &a.out, a.method)?;
+    let images = expand_images(&a.images)?;
+    let outputs = explain_outputs(&images, &a.out, a.method)?;
     let model = load_model_default(&a.model, a.variant, None, hub, &Device::Cpu)?;
     let c = &model.config;
     if let Some(k) = a.class.filter(|k| *k >= c.num_classes()) {
@@ -813,7 +885,7 @@ fn explain(hub: &Hub, a: &ExplainArgs) -> Result<()> {
         ColormapArg::Inferno => Colormap::Inferno,
         ColormapArg::Viridis => Colormap::Viridis,
     };
-    for (path, out) in a.images.iter().zip(&outputs) {
+    for (path, out) in images.iter().zip(&outputs) {
         let img = crate::preprocess::load_image(path)?;
         let e = explain_image(&model, &img, request).with_context(|| format!("cannot explain {}", path.display()))?;
         let picture = render(&img, &e, cmap, a.opacity);
@@ -840,7 +912,7 @@ fn explain(hub: &Hub, a: &ExplainArgs) -> Result<()> {
             top.label,
             100.0 * top.probability,
             top.index,
-            variant_label(&model),
+            model.label(),
             out.display(),
             img.width(),
             img.height()
@@ -866,8 +938,10 @@ fn compare(
     (variants, schemes): (&str, &[Scheme]),
     json: bool,
     allow_truncated: bool,
+    keep: Option<&KeepFp32>,
 ) -> Result<()> {
     let variants = parse_variants(variants)?;
+    let images = &expand_images(images)?;
     // Each scheme once, in the order given; the default when none is.
     let mut unique: Vec<Scheme> = Vec::new();
     for s in schemes {
@@ -885,14 +959,22 @@ fn compare(
             reference.variant
         );
     }
-    // Each quantized variant once per scheme (fp32 once), in the order given.
-    let others = variants
-        .iter()
-        .flat_map(|v| {
-            let schemes = if *v == Variant::Fp32 { &schemes[..1] } else { &schemes[..] };
-            schemes.iter().map(|s| reference.to_variant(*v, QuantOptions::with_scheme(*s)))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    // Each quantized variant once per scheme (fp32 once), in the order given, each followed by
+    // its mixed-precision form when --keep-fp32 is given.
+    let mut others = Vec::new();
+    for v in &variants {
+        for s in if *v == Variant::Fp32 { &schemes[..1] } else { &schemes[..] } {
+            others.push(reference.to_variant(*v, QuantOptions::with_scheme(*s))?);
+            if let Some(keep) = keep.filter(|_| *v != Variant::Fp32) {
+                let mixed = mixed_variant(&reference, *v, keep, &imgs, *s)?;
+                // `auto:kl=X` may keep nothing when the variant already meets X: no duplicate row.
+                let plain = others.last().map(|m| m.fp32_layers()).unwrap_or_default();
+                if mixed.fp32_layers() != plain {
+                    others.push(mixed);
+                }
+            }
+        }
+    }
     let report = compare_variants(&reference, &others.iter().collect::<Vec<_>>(), &imgs)?;
     if json {
         outln!("{}", serde_json::to_string_pretty(&report)?);
@@ -945,7 +1027,7 @@ fn compare(
         for layer in 0..reference.config.depth {
             out!("{layer:<6}");
             for r in &quantized {
-                out!(" {:>10.5}", r.per_layer_error[layer]);
+                out!(" {:>w$.5}", r.per_layer_error[layer], w = r.label.len().max(10));
             }
             outln!();
         }
@@ -970,7 +1052,7 @@ fn compare(
         let mut line = format!("{}:", p.display());
         for m in model_outs.iter().skip(1) {
             let top = m.classify(img, 1)?;
-            line.push_str(&format!("  {} {} {:.3}", variant_label(m), top[0].label, top[0].probability));
+            line.push_str(&format!("  {} {} {:.3}", m.label(), top[0].label, top[0].probability));
         }
         outln!("{line}");
     }
@@ -1000,7 +1082,7 @@ pub fn expand_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
-    use crate::bench::{BenchConfig, BenchEvent, BenchInput, BenchJob, bench_model_with};
+    use crate::bench::{BenchConfig, BenchEvent, BenchInput, BenchJob};
     // Fail before minutes of measuring, not after: every output writable, none named twice,
     // none an input of this run.
     let outputs: Vec<(&str, &std::path::Path)> = [("--csv", &a.csv), ("--json", &a.json), ("--raw", &a.raw)]
@@ -1023,6 +1105,7 @@ fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
         None => a.max_runs.min(10),
     };
     let given_variants = a.variants.as_deref().map(parse_variants).transpose()?;
+    let keep = parse_keep(a.keep_fp32.as_deref())?.unwrap_or(KeepFp32::Layers(Default::default()));
     let device = device_from_name(&a.device)?;
     let count = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
     let cfgs: Vec<BenchConfig> = parse_batches(&a.batch)?
@@ -1063,19 +1146,22 @@ fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
         bar.set_prefix(spec.to_string());
         let mut samples_seen = 0u64;
         let job = BenchJob { spec, variants: &variants, cfg, input: &input, cancel: None };
-        let r = bench_model_with(&job, &a.schemes, hub, &device, &mut download_bar(), &mut |ev| match ev {
-            BenchEvent::Phase { phase, .. } => bar.set_message(phase),
-            BenchEvent::Warmup { done, .. } => bar.set_position(done as u64),
-            BenchEvent::Sample { variant, ms, .. } => {
-                samples_seen += 1;
-                let pos = (runners * cfg.warmup) as u64 + samples_seen;
-                if pos > bar.length().unwrap_or(0) {
-                    bar.set_length(pos);
+        let r =
+            crate::bench::bench_model_with(&job, &keep, &a.schemes, hub, &device, &mut download_bar(), &mut |ev| {
+                match ev {
+                    BenchEvent::Phase { phase, .. } => bar.set_message(phase),
+                    BenchEvent::Warmup { done, .. } => bar.set_position(done as u64),
+                    BenchEvent::Sample { variant, ms, .. } => {
+                        samples_seen += 1;
+                        let pos = (runners * cfg.warmup) as u64 + samples_seen;
+                        if pos > bar.length().unwrap_or(0) {
+                            bar.set_length(pos);
+                        }
+                        bar.set_position(pos);
+                        bar.set_message(format!("{variant} {ms:.2} ms"));
+                    }
                 }
-                bar.set_position(pos);
-                bar.set_message(format!("{variant} {ms:.2} ms"));
-            }
-        })?;
+            })?;
         bar.finish_and_clear();
         results.extend(r);
     }
@@ -1247,6 +1333,9 @@ fn eval(hub: &Hub, a: &EvalArgs) -> Result<()> {
 }
 
 fn profile(hub: &Hub, a: &ProfileArgs) -> Result<()> {
+    if !crate::model::profiler::PROFILER_COMPILED_IN {
+        anyhow::bail!("this build has the profiler compiled out (feature `no-profiler`): build without it to profile");
+    }
     if let Some(p) = &a.trace {
         crate::fsutil::check_writable(p)?;
         crate::fsutil::check_outputs_distinct(&[("--trace", p)], &[std::path::Path::new(&a.model)])?;
@@ -1269,4 +1358,165 @@ fn profile(hub: &Hub, a: &ProfileArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--keep-fp32`, parsed before anything loads.
+fn parse_keep(spec: Option<&str>) -> Result<Option<KeepFp32>> {
+    spec.map(str::parse).transpose()
+}
+
+/// `--keep-fp32` of a command that makes one `variant` (classify, export): it keeps layers of a
+/// quantized variant, so with fp32 (or no variant) it is refused rather than ignored.
+fn parse_keep_for(spec: Option<&str>, variant: Option<Variant>) -> Result<Option<KeepFp32>> {
+    let keep = parse_keep(spec)?;
+    if keep.as_ref().is_some_and(|k| !k.is_none()) && matches!(variant, None | Some(Variant::Fp32)) {
+        anyhow::bail!("--keep-fp32 keeps layers of a quantized variant: add --variant int8 or --variant mobile");
+    }
+    Ok(keep)
+}
+
+/// `fp32` as `variant` with the layers `keep` names left fp32; the `auto:` forms rank the layers
+/// on `images` (preprocessed as one batch).
+fn mixed_variant(
+    fp32: &crate::model::Model,
+    variant: Variant,
+    keep: &KeepFp32,
+    images: &[image::RgbImage],
+    scheme: Scheme,
+) -> Result<crate::model::Model> {
+    if fp32.variant != Variant::Fp32 {
+        anyhow::bail!(
+            "--keep-fp32: {} holds {} weights; mixed variants are made from the fp32 model",
+            fp32.display_name(),
+            fp32.label()
+        );
+    }
+    let opts = QuantOptions::with_scheme(scheme);
+    let batch = if keep.needs_images() { Some(fp32.preprocess_batch(images)?) } else { None };
+    let kept = keep
+        .resolve(fp32, variant, &opts, batch.as_ref(), &mut |n| eprintln!("note: {n}"))
+        .with_context(|| format!("--keep-fp32 for {}", fp32.display_name()))?;
+    fp32.to_variant(variant, crate::quant::QuantOptions { keep_fp32: kept, ..opts })
+}
+
+/// `sensitivity`: every layer ranked, as a table (and CSV).
+fn sensitivity(hub: &Hub, a: &SensitivityArgs) -> Result<()> {
+    use crate::quant::sensitivity::{RANK_KEY, analyze};
+    if a.variant == Variant::Fp32 {
+        anyhow::bail!("sensitivity ranks the layers of a quantized variant: --variant int8 or mobile");
+    }
+    let image_files = expand_images(&a.images)?;
+    if let Some(p) = &a.csv {
+        crate::fsutil::check_writable(p)?;
+        let inputs: Vec<&std::path::Path> =
+            std::iter::once(std::path::Path::new(&a.model)).chain(image_files.iter().map(PathBuf::as_path)).collect();
+        crate::fsutil::check_outputs_distinct(&[("--csv", p)], &inputs)?;
+    }
+    let imgs: Vec<_> = load_images(&image_files, a.allow_truncated)?.into_iter().map(|i| i.image).collect();
+    let fp32 = load_model_as_is(&a.model, hub, &Device::Cpu, &mut download_bar())?;
+    if fp32.variant != Variant::Fp32 {
+        anyhow::bail!(
+            "sensitivity needs the fp32 model as its reference, and {} holds {} weights: pass the original checkpoint (or an fp32 export) with --model",
+            a.model,
+            fp32.label()
+        );
+    }
+    if let Some(p) = &a.csv {
+        crate::fsutil::check_outputs_distinct(&[("--csv", p)], &[&fp32.files.config, &fp32.files.weights])?;
+    }
+    let batch = fp32.preprocess_batch(&imgs)?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} models scored")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{} {}", a.model, a.variant));
+    let s = analyze(&fp32, a.variant, &Default::default(), &batch, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    let n = s.images;
+    outln!(
+        "{}: {} on {n} image(s), cpu, {} threads; {} layers ranked by {RANK_KEY} (mean KL vs fp32 with only that layer quantized)",
+        fp32.id,
+        a.variant,
+        rayon::current_num_threads(),
+        s.layers.len()
+    );
+    let all = &s.all_quantized;
+    outln!(
+        "every layer quantized: KL {:.3e}, top-1 flips {}/{n}, max|dlogit| {:.4}",
+        all.kl,
+        all.flips,
+        all.max_abs_dlogit
+    );
+    outln!(
+        "{:>4}  {:<14} {:>10} {:>6} {:>10}   {:>11} {:>6} {:>10}",
+        "rank",
+        "layer",
+        "kl_alone",
+        "flips",
+        "max|dlog|",
+        "kl_all_but",
+        "flips",
+        "max|dlog|"
+    );
+    let (alone, all_but) = (format!("(only this layer {})", a.variant), format!("(all {} but this layer)", a.variant));
+    outln!("{:>4}  {:<14} {alone:^28}   {all_but:^29}", "", "");
+    for l in &s.layers {
+        outln!(
+            "{:>4}  {:<14} {:>10.3e} {:>6} {:>10.4}   {:>11.3e} {:>6} {:>10.4}",
+            l.rank,
+            l.layer.to_string(),
+            l.alone.kl,
+            l.alone.flips,
+            l.alone.max_abs_dlogit,
+            l.all_but.kl,
+            l.all_but.flips,
+            l.all_but.max_abs_dlogit
+        );
+    }
+    if let Some(p) = &a.csv {
+        crate::fsutil::write_atomic(p, &sensitivity_csv(&s, &fp32.id)?)?;
+        outln!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+/// Columns of `sensitivity --csv`, in order (new ones only appended).
+pub const SENSITIVITY_COLUMNS: &[&str] = &[
+    "layer",
+    "kl_alone",
+    "kl_all_but",
+    "flips",
+    "max_abs_dlogit",
+    "rank",
+    "flips_all_but",
+    "max_abs_dlogit_all_but",
+    "variant",
+    "images",
+    "model",
+];
+
+fn sensitivity_csv(s: &crate::quant::sensitivity::Sensitivity, model: &str) -> Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(SENSITIVITY_COLUMNS)?;
+    for l in &s.layers {
+        w.write_record([
+            l.layer.to_string(),
+            format!("{:e}", l.alone.kl),
+            format!("{:e}", l.all_but.kl),
+            l.alone.flips.to_string(),
+            l.alone.max_abs_dlogit.to_string(),
+            l.rank.to_string(),
+            l.all_but.flips.to_string(),
+            l.all_but.max_abs_dlogit.to_string(),
+            s.variant.name().to_string(),
+            s.images.to_string(),
+            model.to_string(),
+        ])?;
+    }
+    Ok(w.into_inner()?)
 }

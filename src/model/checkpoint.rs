@@ -14,7 +14,8 @@ use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
 
 use super::config::{HeadMode, Layout, VitConfig};
-use super::vit::{Block, LayerNorm, Linear, VitWeights};
+use super::layers::{BlockLayer, LayerName, head_count};
+use super::vit::{DenseWeights, LayerNorm, Linear, VitWeights};
 
 /// What a checkpoint of a config may declare, checked against every tensor's declared shape
 /// before its data is read: a lying header cannot make us allocate more than the model needs.
@@ -246,38 +247,45 @@ pub fn load_weights(path: &Path, config: &VitConfig, device: &Device) -> Result<
 }
 
 fn map_timm(s: &mut Store, c: &VitConfig) -> Result<VitWeights> {
-    let (d, m, p) = (c.hidden, c.mlp, c.patch);
-    let mut blocks = Vec::with_capacity(c.depth);
-    for i in 0..c.depth {
-        let b = format!("blocks.{i}");
-        blocks.push(Block {
-            norm1: s.layer_norm(&format!("{b}.norm1"), d, c.layer_norm_eps)?,
-            qkv: s.linear(&format!("{b}.attn.qkv"), 3 * d, d, c.qkv_bias)?,
-            proj: s.linear(&format!("{b}.attn.proj"), d, d, true)?,
-            norm2: s.layer_norm(&format!("{b}.norm2"), d, c.layer_norm_eps)?,
-            fc1: s.linear(&format!("{b}.mlp.fc1"), m, d, true)?,
-            fc2: s.linear(&format!("{b}.mlp.fc2"), d, m, true)?,
-        });
-    }
-    let n = c.num_classes();
-    let mut heads = vec![(s.linear("head", n, d, true)?, 0)];
-    if c.head_mode == HeadMode::MeanClsDist {
-        heads.push((s.linear("head_dist", n, d, true)?, 1));
-    }
-    Ok(VitWeights {
-        patch: s.linear_from_conv("patch_embed.proj", d, p)?,
+    let (d, p, eps) = (c.hidden, c.patch, c.layer_norm_eps);
+    let block_norms = (0..c.depth)
+        .map(|i| {
+            Ok((
+                s.layer_norm(&format!("blocks.{i}.norm1"), d, eps)?,
+                s.layer_norm(&format!("blocks.{i}.norm2"), d, eps)?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let dense = DenseWeights {
         cls_token: s.take("cls_token", &[1, 1, d])?,
         dist_token: if c.dist_token { Some(s.take("dist_token", &[1, 1, d])?) } else { None },
         pos_embed: s.take("pos_embed", &[1, c.num_tokens(), d])?,
-        blocks,
-        norm: s.layer_norm("norm", d, c.layer_norm_eps)?,
-        heads,
+        block_norms,
+        norm: s.layer_norm("norm", d, eps)?,
+        head_tokens: (0..head_count(c)).collect(),
         attention_scale_folded: false,
+    };
+    VitWeights::assemble(dense, |name| {
+        let (out, inp) = name.shape(c);
+        match *name {
+            LayerName::Patch => s.linear_from_conv("patch_embed.proj", d, p),
+            LayerName::Block(i, l) => {
+                let source = match l {
+                    BlockLayer::Qkv => "attn.qkv",
+                    BlockLayer::Proj => "attn.proj",
+                    BlockLayer::Fc1 => "mlp.fc1",
+                    BlockLayer::Fc2 => "mlp.fc2",
+                };
+                s.linear(&format!("blocks.{i}.{source}"), out, inp, l != BlockLayer::Qkv || c.qkv_bias)
+            }
+            LayerName::Head(0) => s.linear("head", out, inp, true),
+            LayerName::Head(_) => s.linear("head_dist", out, inp, true),
+        }
     })
 }
 
 fn map_hf(s: &mut Store, c: &VitConfig) -> Result<VitWeights> {
-    let (d, m, p) = (c.hidden, c.mlp, c.patch);
+    let (d, p, eps) = (c.hidden, c.patch, c.layer_norm_eps);
     let prefix = if s.has("deit.embeddings.cls_token") {
         "deit."
     } else if s.has("vit.embeddings.cls_token") {
@@ -292,60 +300,55 @@ fn map_hf(s: &mut Store, c: &VitConfig) -> Result<VitWeights> {
     };
     // transformers v5 renamed the encoder tensors; both spellings are in the wild.
     let v5 = s.has(&format!("{prefix}layers.0.layernorm_before.weight"));
-    let mut blocks = Vec::with_capacity(c.depth);
-    for i in 0..c.depth {
-        let block = if v5 {
-            let b = format!("{prefix}layers.{i}");
-            Block {
-                norm1: s.layer_norm(&format!("{b}.layernorm_before"), d, c.layer_norm_eps)?,
-                qkv: s.fused_qkv(
-                    &format!("{b}.attention.q_proj"),
-                    &format!("{b}.attention.k_proj"),
-                    &format!("{b}.attention.v_proj"),
-                    d,
-                    c.qkv_bias,
-                )?,
-                proj: s.linear(&format!("{b}.attention.o_proj"), d, d, true)?,
-                norm2: s.layer_norm(&format!("{b}.layernorm_after"), d, c.layer_norm_eps)?,
-                fc1: s.linear(&format!("{b}.mlp.fc1"), m, d, true)?,
-                fc2: s.linear(&format!("{b}.mlp.fc2"), d, m, true)?,
-            }
-        } else {
-            let b = format!("{prefix}encoder.layer.{i}");
-            Block {
-                norm1: s.layer_norm(&format!("{b}.layernorm_before"), d, c.layer_norm_eps)?,
-                qkv: s.fused_qkv(
-                    &format!("{b}.attention.attention.query"),
-                    &format!("{b}.attention.attention.key"),
-                    &format!("{b}.attention.attention.value"),
-                    d,
-                    c.qkv_bias,
-                )?,
-                proj: s.linear(&format!("{b}.attention.output.dense"), d, d, true)?,
-                norm2: s.layer_norm(&format!("{b}.layernorm_after"), d, c.layer_norm_eps)?,
-                fc1: s.linear(&format!("{b}.intermediate.dense"), m, d, true)?,
-                fc2: s.linear(&format!("{b}.output.dense"), d, m, true)?,
-            }
-        };
-        blocks.push(block);
-    }
-    let n = c.num_classes();
-    let heads = match (c.dist_token, c.head_mode) {
-        (_, HeadMode::MeanClsDist) => {
-            vec![(s.linear("cls_classifier", n, d, true)?, 0), (s.linear("distillation_classifier", n, d, true)?, 1)]
-        }
-        (_, HeadMode::Cls) => vec![(s.linear("classifier", n, d, true)?, 0)],
-    };
+    let block = |i: usize| if v5 { format!("{prefix}layers.{i}") } else { format!("{prefix}encoder.layer.{i}") };
+    let block_norms = (0..c.depth)
+        .map(|i| {
+            let b = block(i);
+            Ok((
+                s.layer_norm(&format!("{b}.layernorm_before"), d, eps)?,
+                s.layer_norm(&format!("{b}.layernorm_after"), d, eps)?,
+            ))
+        })
+        .collect::<Result<_>>()?;
     let e = format!("{prefix}embeddings");
-    Ok(VitWeights {
-        patch: s.linear_from_conv(&format!("{e}.patch_embeddings.projection"), d, p)?,
+    let dense = DenseWeights {
         cls_token: s.take(&format!("{e}.cls_token"), &[1, 1, d])?,
         dist_token: if c.dist_token { Some(s.take(&format!("{e}.distillation_token"), &[1, 1, d])?) } else { None },
         pos_embed: s.take(&format!("{e}.position_embeddings"), &[1, c.num_tokens(), d])?,
-        blocks,
-        norm: s.layer_norm(&format!("{prefix}layernorm"), d, c.layer_norm_eps)?,
-        heads,
+        block_norms,
+        norm: s.layer_norm(&format!("{prefix}layernorm"), d, eps)?,
+        head_tokens: (0..head_count(c)).collect(),
         attention_scale_folded: false,
+    };
+    let distilled = c.head_mode == HeadMode::MeanClsDist;
+    VitWeights::assemble(dense, |name| {
+        let (out, inp) = name.shape(c);
+        match *name {
+            LayerName::Patch => s.linear_from_conv(&format!("{e}.patch_embeddings.projection"), d, p),
+            LayerName::Block(i, BlockLayer::Qkv) => {
+                let b = block(i);
+                let [q, k, v] = if v5 {
+                    ["q_proj", "k_proj", "v_proj"].map(|n| format!("{b}.attention.{n}"))
+                } else {
+                    ["query", "key", "value"].map(|n| format!("{b}.attention.attention.{n}"))
+                };
+                s.fused_qkv(&q, &k, &v, d, c.qkv_bias)
+            }
+            LayerName::Block(i, l) => {
+                let source = match (l, v5) {
+                    (BlockLayer::Proj, true) => "attention.o_proj",
+                    (BlockLayer::Proj, false) => "attention.output.dense",
+                    (BlockLayer::Fc1, true) => "mlp.fc1",
+                    (BlockLayer::Fc1, false) => "intermediate.dense",
+                    (_, true) => "mlp.fc2",
+                    (_, false) => "output.dense",
+                };
+                s.linear(&format!("{}.{source}", block(i)), out, inp, true)
+            }
+            LayerName::Head(0) if distilled => s.linear("cls_classifier", out, inp, true),
+            LayerName::Head(0) => s.linear("classifier", out, inp, true),
+            LayerName::Head(_) => s.linear("distillation_classifier", out, inp, true),
+        }
     })
 }
 

@@ -120,7 +120,7 @@ impl CustomOp2 for AddLayerNormOp {
 /// followed by the flat linear output; equal to the unfused ops to the bit.
 pub struct AddLayerNormInt8Op<'a> {
     pub norm: &'a AddLayerNormOp,
-    pub linear: &'a crate::quant::int8::Int8Linear,
+    pub linear: &'a super::int8::Int8Linear,
 }
 
 impl AddLayerNormInt8Op<'_> {

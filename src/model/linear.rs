@@ -6,7 +6,7 @@ use anyhow::Result;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
-use crate::quant::int8::Int8Linear;
+use crate::model::int8::Int8Linear;
 
 #[derive(Clone, Debug)]
 pub enum Linear {

@@ -7,8 +7,14 @@
 pub mod checkpoint;
 pub mod config;
 pub mod fused;
+/// The int8 layer the forward runs (here because the forward runs it; `quant` decides which
+/// layers become one and re-exports this as `quant::int8`).
+pub mod int8;
+pub mod layers;
 pub mod linear;
 pub mod profiler;
+pub mod scheme;
+pub mod variant;
 pub mod vit;
 
 use std::path::{Path, PathBuf};
@@ -19,10 +25,11 @@ use image::RgbImage;
 use serde::Serialize;
 
 pub use config::{HeadMode, Layout, VitConfig};
+pub use layers::{BlockLayer, LayerName};
+pub use variant::{Variant, parse_variants};
 pub use vit::{Capture, ForwardOutput, VitWeights};
 
 use crate::preprocess::Recipe;
-use crate::quant::{QuantOptions, Variant};
 
 /// The files a checkpoint consists of.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,26 +97,45 @@ impl Model {
         })
     }
 
-    /// This model as another variant (quantized from its fp32 weights).
-    pub fn to_variant(&self, variant: Variant, opts: QuantOptions) -> Result<Model> {
-        if variant == self.variant {
-            return Ok(self.clone());
+    /// The name shown to users: the variant, its quantization scheme when not the default, and
+    /// for a quantized model that keeps some layers fp32 (mixed precision), how many:
+    /// `int8+fp32[3]`, `int8[torch]`.
+    pub fn label(&self) -> String {
+        if self.variant == Variant::Fp32 {
+            return self.variant.name().to_string();
         }
-        if self.variant != Variant::Fp32 {
-            // An exported file is named by its path as given, not by the model it was made from.
-            let name = if self.files.config == self.files.weights {
-                self.files.weights.display().to_string()
-            } else {
-                self.id.clone()
-            };
-            bail!(
-                "{name} holds {} weights; the {variant} variant must be made from the fp32 model (the original checkpoint or an fp32 export)",
-                self.variant
-            );
+        let scheme = self.scheme();
+        let mut kept = self.fp32_layers();
+        // The torch preset leaves the patch embedding fp32 as torch does: part of the scheme.
+        if scheme == Some(scheme::Scheme::TORCH) {
+            kept.retain(|n| *n != LayerName::Patch);
         }
-        let weights =
-            crate::quant::quantize(&self.weights, variant, self.config.heads, self.config.layout, opts, &self.device)?;
-        Ok(Model { weights, variant, ..self.clone() })
+        let mut label = self.variant.name().to_string();
+        if let Some(s) = scheme.filter(|s| !s.is_default()) {
+            label.push_str(&format!("[{s}]"));
+        }
+        if !kept.is_empty() {
+            label.push_str(&format!("+fp32[{}]", kept.len()));
+        }
+        label
+    }
+
+    /// The quantization scheme of the model's int8 layers (`None` when none is int8).
+    pub fn scheme(&self) -> Option<scheme::Scheme> {
+        self.weights.linears().into_iter().find_map(|(_, l)| match l {
+            vit::Linear::Int8(q) => Some(q.scheme),
+            _ => None,
+        })
+    }
+
+    /// The linear layers a quantized model holds in fp32 (empty for fp32 itself, where all are).
+    pub fn fp32_layers(&self) -> Vec<LayerName> {
+        if self.variant == Variant::Fp32 { Vec::new() } else { self.weights.fp32_layers() }
+    }
+
+    /// The name used in errors: an exported file by its path as given, otherwise the id.
+    pub fn display_name(&self) -> String {
+        if self.files.config == self.files.weights { self.files.weights.display().to_string() } else { self.id.clone() }
     }
 
     /// Bytes of weights in memory.

@@ -7,6 +7,7 @@
 use anyhow::Result;
 use candle_core::{D, Device, Module, Tensor};
 
+use super::layers::{BlockLayer, LayerName};
 pub use super::linear::Linear;
 use super::profiler::{Profiler, stage};
 
@@ -102,6 +103,40 @@ pub struct Block {
     pub fc2: Linear,
 }
 
+impl Block {
+    pub fn linear(&self, l: BlockLayer) -> &Linear {
+        match l {
+            BlockLayer::Qkv => &self.qkv,
+            BlockLayer::Proj => &self.proj,
+            BlockLayer::Fc1 => &self.fc1,
+            BlockLayer::Fc2 => &self.fc2,
+        }
+    }
+
+    fn linear_mut(&mut self, l: BlockLayer) -> &mut Linear {
+        match l {
+            BlockLayer::Qkv => &mut self.qkv,
+            BlockLayer::Proj => &mut self.proj,
+            BlockLayer::Fc1 => &mut self.fc1,
+            BlockLayer::Fc2 => &mut self.fc2,
+        }
+    }
+}
+
+/// The weights of a network that are not linear layers: what a loader reads before asking for
+/// the linear layers by name ([`VitWeights::assemble`]).
+pub struct DenseWeights {
+    pub cls_token: Tensor,
+    pub dist_token: Option<Tensor>,
+    pub pos_embed: Tensor,
+    /// `(norm1, norm2)` of each block; their count is the depth.
+    pub block_norms: Vec<(LayerNorm, LayerNorm)>,
+    pub norm: LayerNorm,
+    /// The token each classifier head reads; their count is the number of heads.
+    pub head_tokens: Vec<usize>,
+    pub attention_scale_folded: bool,
+}
+
 /// The canonical weight set every checkpoint layout is mapped onto.
 #[derive(Clone, Debug)]
 pub struct VitWeights {
@@ -144,36 +179,108 @@ impl Capture {
 }
 
 impl VitWeights {
+    /// Builds weights from their dense parts, asking `linear` for every linear layer by name in
+    /// forward order (the one place a loader's names meet the struct's fields).
+    pub fn assemble(dense: DenseWeights, mut linear: impl FnMut(&LayerName) -> Result<Linear>) -> Result<VitWeights> {
+        let patch = linear(&LayerName::Patch)?;
+        let mut blocks = Vec::with_capacity(dense.block_norms.len());
+        for (i, (norm1, norm2)) in dense.block_norms.into_iter().enumerate() {
+            let mut l = |b| linear(&LayerName::Block(i, b));
+            let (qkv, proj, fc1, fc2) =
+                (l(BlockLayer::Qkv)?, l(BlockLayer::Proj)?, l(BlockLayer::Fc1)?, l(BlockLayer::Fc2)?);
+            blocks.push(Block { norm1, qkv, proj, norm2, fc1, fc2 });
+        }
+        let heads = dense
+            .head_tokens
+            .iter()
+            .enumerate()
+            .map(|(i, &token)| Ok((linear(&LayerName::Head(i))?, token)))
+            .collect::<Result<_>>()?;
+        Ok(VitWeights {
+            patch,
+            cls_token: dense.cls_token,
+            dist_token: dense.dist_token,
+            pos_embed: dense.pos_embed,
+            blocks,
+            norm: dense.norm,
+            heads,
+            attention_scale_folded: dense.attention_scale_folded,
+        })
+    }
+
+    /// Every linear layer's name, in forward order.
+    pub fn layer_names(&self) -> Vec<LayerName> {
+        LayerName::all(self.blocks.len(), self.heads.len())
+    }
+
+    /// The layer called `name`, if this network has it.
+    pub fn linear(&self, name: &LayerName) -> Option<&Linear> {
+        match *name {
+            LayerName::Patch => Some(&self.patch),
+            LayerName::Block(i, l) => self.blocks.get(i).map(|b| b.linear(l)),
+            LayerName::Head(i) => self.heads.get(i).map(|(h, _)| h),
+        }
+    }
+
+    fn linear_mut(&mut self, name: &LayerName) -> Option<&mut Linear> {
+        match *name {
+            LayerName::Patch => Some(&mut self.patch),
+            LayerName::Block(i, l) => self.blocks.get_mut(i).map(|b| b.linear_mut(l)),
+            LayerName::Head(i) => self.heads.get_mut(i).map(|(h, _)| h),
+        }
+    }
+
+    /// Every linear layer with its name, in forward order.
+    pub fn linears(&self) -> Vec<(LayerName, &Linear)> {
+        self.layer_names().into_iter().filter_map(|n| self.linear(&n).map(|l| (n, l))).collect()
+    }
+
+    /// The same network with every linear layer replaced by `f(name, layer)`; everything else is
+    /// shared (tensors are reference-counted, int8 layers behind `Arc`), so swapping a few layers
+    /// costs only those layers.
+    pub fn map_linears(&self, mut f: impl FnMut(&LayerName, &Linear) -> Result<Linear>) -> Result<VitWeights> {
+        let mut out = self.clone();
+        for name in self.layer_names() {
+            let new = f(&name, self.linear(&name).expect("a name of this network"))?;
+            *out.linear_mut(&name).expect("a name of this network") = new;
+        }
+        Ok(out)
+    }
+
+    /// The same network with every tensor outside the linear layers replaced by `f(name, tensor)`
+    /// (names as in [`VitWeights::dense_tensors`]).
+    pub fn map_dense(&self, mut f: impl FnMut(&str, &Tensor) -> Result<Tensor>) -> Result<VitWeights> {
+        let mut out = self.clone();
+        let mut apply = |name: String, t: &mut Tensor| -> Result<()> {
+            *t = f(&name, t)?;
+            Ok(())
+        };
+        apply("cls_token".into(), &mut out.cls_token)?;
+        apply("pos_embed".into(), &mut out.pos_embed)?;
+        if let Some(d) = out.dist_token.as_mut() {
+            apply("dist_token".into(), d)?;
+        }
+        for (i, b) in out.blocks.iter_mut().enumerate() {
+            for (n, l) in [("norm1", &mut b.norm1), ("norm2", &mut b.norm2)] {
+                apply(format!("blocks.{i}.{n}.weight"), &mut l.weight)?;
+                apply(format!("blocks.{i}.{n}.bias"), &mut l.bias)?;
+            }
+        }
+        apply("norm.weight".into(), &mut out.norm.weight)?;
+        apply("norm.bias".into(), &mut out.norm.bias)?;
+        Ok(out)
+    }
+
+    /// The linear layers held in fp32.
+    pub fn fp32_layers(&self) -> Vec<LayerName> {
+        self.linears().into_iter().filter(|(_, l)| matches!(l, Linear::F32 { .. })).map(|(n, _)| n).collect()
+    }
+
     pub fn to_device(&self, device: &Device) -> Result<VitWeights> {
         if matches!(device, Device::Cpu) {
             return Ok(self.clone());
         }
-        let ln = |l: &LayerNorm| -> Result<LayerNorm> {
-            Ok(LayerNorm { weight: l.weight.to_device(device)?, bias: l.bias.to_device(device)?, eps: l.eps })
-        };
-        Ok(VitWeights {
-            patch: self.patch.to_device(device)?,
-            cls_token: self.cls_token.to_device(device)?,
-            dist_token: self.dist_token.as_ref().map(|t| t.to_device(device)).transpose()?,
-            pos_embed: self.pos_embed.to_device(device)?,
-            blocks: self
-                .blocks
-                .iter()
-                .map(|b| {
-                    Ok(Block {
-                        norm1: ln(&b.norm1)?,
-                        qkv: b.qkv.to_device(device)?,
-                        proj: b.proj.to_device(device)?,
-                        norm2: ln(&b.norm2)?,
-                        fc1: b.fc1.to_device(device)?,
-                        fc2: b.fc2.to_device(device)?,
-                    })
-                })
-                .collect::<Result<_>>()?,
-            norm: ln(&self.norm)?,
-            heads: self.heads.iter().map(|(h, t)| Ok((h.to_device(device)?, *t))).collect::<Result<_>>()?,
-            attention_scale_folded: self.attention_scale_folded,
-        })
+        self.map_linears(|_, l| l.to_device(device))?.map_dense(|_, t| Ok(t.to_device(device)?))
     }
 
     /// Names (as in exported files) of the tensors holding NaN or Inf: fp32 weights and biases,
@@ -223,20 +330,6 @@ impl VitWeights {
         if !bad.is_empty() {
             log::warn!("{}: non-finite (NaN/Inf) weights in {}", origin.display(), list_names(&bad));
         }
-    }
-
-    /// Every linear layer with a stable name (`patch`, `blocks.N.qkv`, ..., `heads.I`).
-    pub fn linears(&self) -> Vec<(String, &Linear)> {
-        let mut v = vec![("patch".to_string(), &self.patch)];
-        for (i, b) in self.blocks.iter().enumerate() {
-            for (n, l) in [("qkv", &b.qkv), ("proj", &b.proj), ("fc1", &b.fc1), ("fc2", &b.fc2)] {
-                v.push((format!("blocks.{i}.{n}"), l));
-            }
-        }
-        for (i, (h, _)) in self.heads.iter().enumerate() {
-            v.push((format!("heads.{i}"), h));
-        }
-        v
     }
 
     /// The fp32 tensors outside linear layers (tokens, position embedding, norms).
@@ -398,7 +491,7 @@ fn norm_linear(
 ) -> Result<(Tensor, Tensor)> {
     let macs = || linear_macs(linear, x.elem_count() / linear.in_features().max(1));
     match prof {
-        Some(p) if !norm.fuses_with(linear, x.device()) => {
+        Some(p) if super::profiler::PROFILER_COMPILED_IN && !norm.fuses_with(linear, x.device()) => {
             let (sum, normed) = p.time(names[1], Some(block), 0, || match y {
                 Some(y) => norm.add_forward(x, y),
                 None => Ok((x.clone(), norm.forward(x)?)),

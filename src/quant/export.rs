@@ -30,11 +30,12 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView, View};
 
 use crate::kernels::gemm_i8::{self, Bytes, PackedWeights};
 use crate::model::config::VitConfig;
-use crate::model::vit::{Block, LayerNorm, Linear, VitWeights};
-use crate::model::{Model, ModelFiles};
+use crate::model::int8::Int8Linear;
+use crate::model::layers::{BlockLayer, LayerName, head_count};
+use crate::model::vit::{DenseWeights, LayerNorm, Linear, VitWeights};
+use crate::model::{Model, ModelFiles, Variant};
 use crate::preprocess::Recipe;
-use crate::quant::int8::Int8Linear;
-use crate::quant::{Scheme, Variant};
+use crate::quant::Scheme;
 
 pub const FORMAT: &str = "vit-workbench";
 pub const FORMAT_VERSION: u32 = 3;
@@ -42,6 +43,9 @@ pub const FORMAT_VERSION: u32 = 3;
 const BASE_FORMAT_VERSION: u32 = 2;
 /// Metadata key of the per-tensor checksums (format version 2).
 pub const CHECKSUMS_KEY: &str = "tensor_xxh3";
+/// Metadata key listing, in a quantized file, the layers kept fp32 (mixed precision), comma-
+/// separated; empty when every layer is quantized. Files before it have none (not checked).
+pub const FP32_LAYERS_KEY: &str = "fp32_layers";
 
 fn checksum(bytes: &[u8]) -> String {
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes))
@@ -112,7 +116,7 @@ pub fn serialize(model: &Model) -> Result<Vec<u8>> {
             Linear::Q8_0 { .. } => bail!("models quantized for CUDA (Q8_0) cannot be exported; export from the CPU"),
         }
     }
-    let scheme = crate::quant::model_scheme(model).unwrap_or_default();
+    let scheme = model.scheme().unwrap_or_default();
     let version = if scheme.is_default() { BASE_FORMAT_VERSION } else { FORMAT_VERSION };
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), FORMAT.to_string());
@@ -127,6 +131,9 @@ pub fn serialize(model: &Model) -> Result<Vec<u8>> {
     meta.insert("kernel_layout".to_string(), gemm_i8::LAYOUT.to_string());
     let fused = if model.variant == Variant::Mobile { "qkv,fc1+gelu,attention-scale" } else { "qkv" };
     meta.insert("fused".to_string(), fused.to_string());
+    if model.variant != Variant::Fp32 {
+        meta.insert(FP32_LAYERS_KEY.to_string(), join_layers(&model.fp32_layers(), ","));
+    }
     let sums: serde_json::Map<String, serde_json::Value> =
         tensors.iter().map(|(n, r)| (n.clone(), checksum(&r.bytes).into())).collect();
     meta.insert(CHECKSUMS_KEY.to_string(), serde_json::Value::Object(sums).to_string());
@@ -229,7 +236,7 @@ fn load_inner(path: &Path, device: &Device) -> Result<Model> {
 
     let mut r = Reader { st: &st, map: &map, used: Default::default(), scheme };
     let c = &config;
-    let (d, m, p, eps) = (c.hidden, c.mlp, c.patch, c.layer_norm_eps);
+    let (d, eps) = (c.hidden, c.layer_norm_eps);
     let mobile = variant == Variant::Mobile;
     let ln = |r: &mut Reader, name: &str| -> Result<LayerNorm> {
         Ok(LayerNorm {
@@ -238,31 +245,28 @@ fn load_inner(path: &Path, device: &Device) -> Result<Model> {
             eps,
         })
     };
-    let mut blocks = Vec::with_capacity(c.depth);
-    for i in 0..c.depth {
-        let b = format!("blocks.{i}");
-        blocks.push(Block {
-            norm1: ln(&mut r, &format!("{b}.norm1"))?,
-            qkv: r.linear(&format!("{b}.qkv"), 3 * d, d, false)?,
-            proj: r.linear(&format!("{b}.proj"), d, d, false)?,
-            norm2: ln(&mut r, &format!("{b}.norm2"))?,
-            fc1: r.linear(&format!("{b}.fc1"), m, d, mobile)?,
-            fc2: r.linear(&format!("{b}.fc2"), d, m, false)?,
-        });
-    }
-    let heads_n = if c.head_mode == crate::model::HeadMode::MeanClsDist { 2 } else { 1 };
-    let weights = VitWeights {
-        patch: r.linear("patch", d, 3 * p * p, false)?,
+    let block_norms = (0..c.depth)
+        .map(|i| Ok((ln(&mut r, &format!("blocks.{i}.norm1"))?, ln(&mut r, &format!("blocks.{i}.norm2"))?)))
+        .collect::<Result<_>>()?;
+    let dense = DenseWeights {
         cls_token: r.f32("cls_token", &[1, 1, d])?,
         dist_token: if c.dist_token { Some(r.f32("dist_token", &[1, 1, d])?) } else { None },
         pos_embed: r.f32("pos_embed", &[1, c.num_tokens(), d])?,
-        blocks,
+        block_norms,
         norm: ln(&mut r, "norm")?,
-        heads: (0..heads_n)
-            .map(|i| Ok((r.linear(&format!("heads.{i}"), c.num_classes(), d, false)?, i)))
-            .collect::<Result<_>>()?,
+        head_tokens: (0..head_count(c)).collect(),
         attention_scale_folded: mobile,
     };
+    let weights = VitWeights::assemble(dense, |name| {
+        let (n, k) = name.shape(c);
+        r.linear(&name.to_string(), n, k, mobile && matches!(name, LayerName::Block(_, BlockLayer::Fc1)))
+    })?;
+    if let Some(listed) = meta.get(FP32_LAYERS_KEY).filter(|_| variant != Variant::Fp32) {
+        let stored = join_layers(&weights.fp32_layers(), ",");
+        if *listed != stored {
+            bail!("its metadata lists fp32 layers [{listed}] but it stores [{stored}] in fp32 (corrupt file)");
+        }
+    }
     let unused: Vec<String> = st.names().into_iter().filter(|n| !r.used.contains(*n)).map(str::to_string).collect();
     if !unused.is_empty() {
         bail!("unexpected tensors {unused:?}");
@@ -280,6 +284,11 @@ fn load_inner(path: &Path, device: &Device) -> Result<Model> {
         files: ModelFiles { config: path.to_path_buf(), weights: path.to_path_buf() },
         variant,
     })
+}
+
+/// Layer names joined by `sep` (`,` in file metadata, `;` in CSV cells).
+pub fn join_layers(names: &[LayerName], sep: &str) -> String {
+    names.iter().map(ToString::to_string).collect::<Vec<_>>().join(sep)
 }
 
 /// Every tensor's bytes against the checksum stored at export (format version 2 and later).

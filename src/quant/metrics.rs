@@ -115,8 +115,10 @@ mod tests {
 #[derive(Clone, Debug, Serialize)]
 pub struct VariantComparison {
     pub variant: crate::quant::Variant,
-    /// `int8`, or `int8[torch]` for a scheme other than the default.
+    /// As shown to users: `int8+fp32[3]` for a mixed-precision variant.
     pub label: String,
+    /// Layers a quantized variant keeps fp32 (mixed precision).
+    pub fp32_layers: Vec<crate::model::LayerName>,
     /// The quantization scheme (`None` for fp32).
     pub scheme: Option<String>,
     /// Size of the variant as an exported file.
@@ -156,8 +158,9 @@ pub fn compare_variants(
         let n = inputs.len().max(1) as f64;
         result.push(VariantComparison {
             variant: v.variant,
-            label: crate::quant::variant_label(v),
-            scheme: crate::quant::model_scheme(v).map(|s| s.name()),
+            label: v.label(),
+            fp32_layers: v.fp32_layers(),
+            scheme: v.scheme().map(|s| s.name()),
             file_bytes: crate::quant::export::serialize(v)?.len() as u64,
             weight_bytes: v.weight_bytes(),
             summary: summarize(&per_image),
