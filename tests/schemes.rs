@@ -10,11 +10,11 @@ use candle_core::{Device, Tensor};
 use common::*;
 use vit_workbench::kernels::available_isas;
 use vit_workbench::kernels::gemm_i8::Epilogue;
+use vit_workbench::model::int8::Int8Linear;
 use vit_workbench::model::vit::Linear;
 use vit_workbench::model::{Capture, Model, ModelFiles};
-use vit_workbench::quant::int8::Int8Linear;
 use vit_workbench::quant::scheme::{self, Scheme};
-use vit_workbench::quant::{QuantOptions, Variant, export, variant_label};
+use vit_workbench::quant::{QuantOptions, Variant, export};
 
 fn vec1(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
@@ -150,7 +150,7 @@ fn scheme_variants_export_their_scheme_and_load_back_identically() {
         (Variant::Int8, Scheme::DEFAULT),
     ] {
         let m = model.to_variant(variant, QuantOptions::with_scheme(scheme)).unwrap();
-        let label = variant_label(&m);
+        let label = m.label();
         if scheme.is_default() {
             assert_eq!(label, variant.name());
         } else {
@@ -162,7 +162,7 @@ fn scheme_variants_export_their_scheme_and_load_back_identically() {
         let version = if scheme.is_default() { "\"format_version\":\"2\"" } else { "\"format_version\":\"3\"" };
         assert!(bytes.windows(version.len()).any(|w| w == version.as_bytes()), "{label}: {version}");
         let loaded = export::load(&path, &Device::Cpu).unwrap();
-        assert_eq!(variant_label(&loaded), label);
+        assert_eq!(loaded.label(), label);
         let before = vec1(&m.forward(x, Capture::NONE).unwrap().logits);
         let after = vec1(&loaded.forward(x, Capture::NONE).unwrap().logits);
         assert_eq!(bits_equal(&before, &after), None, "{label}: logits changed across export/load");

@@ -56,7 +56,7 @@ impl CustomOp1 for FakeQuantRows {
         let Some((start, end)) = layout.contiguous_offsets() else {
             candle_core::bail!("fake-quant-rows: input must be contiguous")
         };
-        let out = crate::quant::scheme::fake_quantize(&self.0, &data[start..end], m, k);
+        let out = crate::model::scheme::fake_quantize(&self.0, &data[start..end], m, k);
         Ok((CpuStorage::F32(out), Shape::from((m, k))))
     }
 

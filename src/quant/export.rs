@@ -116,7 +116,7 @@ pub fn serialize(model: &Model) -> Result<Vec<u8>> {
             Linear::Q8_0 { .. } => bail!("models quantized for CUDA (Q8_0) cannot be exported; export from the CPU"),
         }
     }
-    let scheme = crate::quant::model_scheme(model).unwrap_or_default();
+    let scheme = model.scheme().unwrap_or_default();
     let version = if scheme.is_default() { BASE_FORMAT_VERSION } else { FORMAT_VERSION };
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), FORMAT.to_string());

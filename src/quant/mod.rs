@@ -67,7 +67,7 @@ pub fn check_scheme(model: &Model, wanted: &Scheme) -> Result<()> {
     match model_scheme(model) {
         Some(have) if have != *wanted => bail!(
             "{} holds {} weights quantized with scheme `{have}`; scheme `{wanted}` must be made from the fp32 model",
-            model.files.weights.display(),
+            model.display_name(),
             model.variant
         ),
         _ => Ok(()),
