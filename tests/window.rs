@@ -265,6 +265,7 @@ fn result(model: &str, variant: Variant, p50: f64) -> BenchResult {
         peak_rss_bytes: 1,
         accuracy: None,
         int8_kernel: None,
+        kept_fp32: Vec::new(),
         samples_ms: vec![p50],
         env: Environment {
             cpu: String::new(),
@@ -375,4 +376,163 @@ fn the_cli_and_the_window_know_the_same_image_formats() {
     let found = vit_workbench::cli::expand_images(&[dir.path().to_path_buf()]).unwrap();
     let names: Vec<String> = found.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
     assert_eq!(names, vec!["a.PNG", "b.tiff"]);
+}
+
+fn agreement(kl: f64, top1: f64) -> Option<vit_workbench::quant::metrics::AgreementSummary> {
+    Some(vit_workbench::quant::metrics::AgreementSummary {
+        images: 1,
+        top1_agreement: top1,
+        top5_overlap: 1.0,
+        min_top5_overlap: 5,
+        mean_kl_div: kl,
+        max_abs_dlogit: 0.1,
+        min_cosine: 1.0,
+    })
+}
+
+fn layers(names: &[&str]) -> Vec<vit_workbench::model::LayerName> {
+    names.iter().map(|n| n.parse().unwrap()).collect()
+}
+
+#[test]
+fn the_pareto_front_is_the_points_nothing_beats() {
+    use vit_workbench::app::frontier::pareto_front;
+    let xy = [
+        [10.0, 0.0],          // 0 fp32: slow and exact
+        [4.0, 1e-3],          // 1 int8: fast and lossy
+        [5.0, 2e-3],          // 2 slower and lossier than 1
+        [6.0, 4e-4],          // 3 a mixed variant in between
+        [6.0, 4e-4],          // 4 the same point again: on the front with it
+        [12.0, 0.0],          // 5 as exact as fp32, slower
+        [f64::NAN, 0.0],      // 6 not measured: never on the front, beats nothing
+        [4.0, 1e-3 + 1e-9],   // 7 as fast as 1, a little lossier
+        [f64::INFINITY, 0.0], // 8
+    ];
+    assert_eq!(pareto_front(&xy), vec![1, 3, 4, 0], "sorted by latency");
+    assert_eq!(pareto_front(&[]), Vec::<usize>::new());
+    assert_eq!(pareto_front(&[[1.0, 1.0]]), vec![0]);
+    // Both better than the rest: one point is the whole front.
+    assert_eq!(pareto_front(&[[2.0, 2.0], [1.0, 1.0], [3.0, 1.0], [1.0, 3.0]]), vec![1]);
+}
+
+#[test]
+fn the_frontier_has_one_point_per_variant_and_kept_layers() {
+    use vit_workbench::app::frontier::points;
+    let ctx = egui::Context::default();
+    let mut st = AppState::new(Settings::default());
+    let with = |variant, p50, kl: Option<f64>, kept: &[&str]| BenchResult {
+        accuracy: kl.and_then(|kl| agreement(kl, 1.0)),
+        kept_fp32: layers(kept),
+        ..result("m", variant, p50)
+    };
+    let top3 = ["patch", "blocks.0.fc2", "heads.0"];
+    st.apply(
+        &ctx,
+        Reply::BenchDone(vec![
+            with(Variant::Fp32, 30.0, None, &[]),
+            with(Variant::Int8, 10.0, Some(1e-3), &[]),
+            with(Variant::Int8, 14.0, Some(3e-4), &top3),
+            // No accuracy measured for a quantized result (no fp32 reference): no y, no point.
+            with(Variant::Mobile, 9.0, None, &[]),
+        ]),
+    );
+    // The user keeps another three layers and measures again: plain int8 is replaced by its
+    // newer measurement, the new set is a new point beside the old one.
+    st.apply(
+        &ctx,
+        Reply::BenchDone(vec![
+            with(Variant::Int8, 11.0, Some(1e-3), &[]),
+            with(Variant::Int8, 13.0, Some(5e-4), &["blocks.1.qkv", "blocks.1.fc1", "blocks.0.proj"]),
+        ]),
+    );
+    st.apply(
+        &ctx,
+        Reply::BenchDone(
+            vec![with(Variant::Fp32, 90.0, None, &[])]
+                .into_iter()
+                .map(|mut r| {
+                    r.model = "other".into();
+                    r
+                })
+                .collect(),
+        ),
+    );
+    let pts = points(&st.bench.latest(), "m");
+    let got: Vec<(&str, f64, f64)> = pts.iter().map(|p| (p.label.as_str(), p.p50_ms, p.kl)).collect();
+    assert_eq!(
+        got,
+        vec![("fp32", 30.0, 0.0), ("int8", 11.0, 1e-3), ("int8+fp32[3]", 14.0, 3e-4), ("int8+fp32[3] (2)", 13.0, 5e-4)]
+    );
+    assert_eq!(pts[2].kept_fp32, layers(&top3));
+    // The bar charts show the mixed variants too, by name.
+    let names: Vec<String> = st.bench.latest().iter().map(|r| r.label()).collect();
+    assert_eq!(names, ["fp32", "int8", "int8+fp32[3]", "int8+fp32[3]", "mobile", "fp32"]);
+}
+
+/// The sample photo as the fixture model sees it, through a model made outside the window.
+fn logits_outside_the_window(keep: &std::collections::BTreeSet<vit_workbench::model::LayerName>) -> Vec<f32> {
+    use vit_workbench::model::{Capture, Model, ModelFiles};
+    use vit_workbench::quant::QuantOptions;
+    let dev = candle_core::Device::Cpu;
+    let fp32 = Model::load("timm_vit", &ModelFiles::from_dir(&fixture("timm_vit")).unwrap(), None, &dev).unwrap();
+    let int8 =
+        fp32.to_variant(Variant::Int8, QuantOptions { keep_fp32: keep.clone(), ..QuantOptions::default() }).unwrap();
+    let img = image::open(repo().join("assets/chelsea.png")).unwrap().to_rgb8();
+    let x = int8.preprocess(&img).unwrap();
+    int8.forward(&x, Capture::NONE).unwrap().logits.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+#[test]
+fn ticking_a_layer_in_the_sensitivity_table_rebuilds_int8_with_it_kept() {
+    use egui::accesskit::Role;
+    let settings = Settings {
+        model: fixture("timm_vit").display().to_string(),
+        compare: Some(Variant::Int8),
+        ..Settings::default()
+    };
+    let mut h = harness_with(settings);
+    wait_for(&mut h, "fp32 and int8", |a| {
+        a.state.result(Variant::Fp32).is_some() && a.state.result(Variant::Int8).is_some() && a.state.busy.is_none()
+    });
+    let plain = h.state().state.result(Variant::Int8).unwrap().logits.clone();
+    assert_eq!(h.state().state.result(Variant::Int8).unwrap().label, "int8");
+
+    h.get_by_label("Sensitivity").click();
+    h.step();
+    h.step();
+    h.get_by_label("Rank layers").click();
+    wait_for(&mut h, "the ranking", |a| a.state.sensitivity.report.is_some() && !a.state.sensitivity.running);
+    let ranking = h.state().state.sensitivity.report.clone().unwrap().ranking;
+    // patch, 2 blocks x (qkv, proj, fc1, fc2), the head: every layer, ranked 1..=10.
+    assert_eq!(ranking.layers.len(), 10);
+    assert_eq!(ranking.layers.iter().map(|l| l.rank).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
+    assert_eq!(ranking.variant, Variant::Int8);
+    assert!(h.state().state.quant.keep_fp32.is_empty(), "ranking keeps nothing by itself");
+
+    // Tick the most sensitive layer: int8 is rebuilt in the background with it kept fp32.
+    let top = ranking.layers[0].layer;
+    h.get_by_role_and_label(Role::CheckBox, &top.to_string()).click();
+    wait_for(&mut h, "int8 rebuilt with one layer kept", |a| {
+        a.state.result(Variant::Int8).is_some_and(|r| r.label == "int8+fp32[1]") && a.state.busy.is_none()
+    });
+    let kept: std::collections::BTreeSet<_> = [top].into();
+    assert_eq!(h.state().state.quant.keep_fp32, kept);
+    let mixed = h.state().state.result(Variant::Int8).unwrap().logits.clone();
+    assert_eq!(mixed, logits_outside_the_window(&kept), "the window's int8 is not int8 with {top} kept fp32");
+    assert_ne!(mixed, plain);
+    // fp32's result is the same as before: only the quantized variants were rebuilt.
+    assert_eq!(h.state().state.result(Variant::Fp32).unwrap().label, "fp32");
+
+    h.get_by_label("keep top 3").click();
+    wait_for(&mut h, "int8 with the top 3 kept", |a| {
+        a.state.result(Variant::Int8).is_some_and(|r| r.label == "int8+fp32[3]") && a.state.busy.is_none()
+    });
+    assert_eq!(h.state().state.quant.keep_fp32, ranking.top(3));
+
+    h.get_by_label("none").click();
+    wait_for(&mut h, "plain int8 again", |a| {
+        a.state.result(Variant::Int8).is_some_and(|r| r.label == "int8") && a.state.busy.is_none()
+    });
+    assert_eq!(h.state().state.result(Variant::Int8).unwrap().logits, plain);
+    assert!(errors(h.state()).is_empty(), "{:?}", errors(h.state()));
 }

@@ -3,7 +3,8 @@
 
 use egui::{Color32, Stroke, Ui, Vec2};
 use egui_plot::{
-    AxisHints, Bar, BarChart, GridInput, GridMark, HoverPosition, Line, LineStyle, Plot, PlotPoints, Points,
+    AxisHints, Bar, BarChart, GridInput, GridMark, HoverPosition, Line, LineStyle, MarkerShape, Plot, PlotPoints,
+    Points,
 };
 
 use super::Action;
@@ -124,9 +125,9 @@ fn live_plot(ui: &mut Ui, state: &AppState, h: f32) {
         if roomy {
             ui.label(egui::RichText::new("latency per run").strong());
         }
-        for v in state.bench.live.keys() {
+        for (v, label) in state.bench.live.keys() {
             swatch(ui, color(*v), false);
-            ui.label(v.name());
+            ui.label(label);
         }
         if !state.bench.live.is_empty() {
             ui.add_space(6.0);
@@ -158,17 +159,25 @@ fn live_plot(ui: &mut Ui, state: &AppState, h: f32) {
             _ => None,
         })
         .show(ui, |plot| {
-            for (v, series) in &state.bench.live {
+            for ((v, label), series) in &state.bench.live {
+                // A mixed form is drawn in its variant's colour, its median line thinner.
+                let mixed = label != v.name();
                 let pts: Vec<[f64; 2]> =
                     series.samples.iter().enumerate().map(|(i, ms)| [i as f64 + 1.0, *ms]).collect();
-                plot.points(Points::new(format!("{v} sample"), PlotPoints::from(pts)).color(color(*v)).radius(1.5));
-                plot.line(
-                    Line::new(format!("{v} running median"), PlotPoints::from(series.median.clone()))
+                let marker = if mixed { MarkerShape::Diamond } else { MarkerShape::Circle };
+                plot.points(
+                    Points::new(format!("{label} sample"), PlotPoints::from(pts))
                         .color(color(*v))
-                        .width(2.0),
+                        .shape(marker)
+                        .radius(1.5),
                 );
                 plot.line(
-                    Line::new(format!("{v} running p90"), PlotPoints::from(series.p90.clone()))
+                    Line::new(format!("{label} running median"), PlotPoints::from(series.median.clone()))
+                        .color(color(*v))
+                        .width(if mixed { 1.2 } else { 2.0 }),
+                );
+                plot.line(
+                    Line::new(format!("{label} running p90"), PlotPoints::from(series.p90.clone()))
                         .color(color(*v))
                         .style(LineStyle::dashed_dense())
                         .width(1.5),
@@ -204,8 +213,8 @@ fn bar_plot(
     let names: Vec<String> = latest
         .iter()
         .map(|r| match models.iter().find(|(_, m)| *m == r.model) {
-            Some((k, _)) if models.len() > 1 => format!("{k} {}", r.variant),
-            _ => r.variant.to_string(),
+            Some((k, _)) if models.len() > 1 => format!("{k} {}", r.label()),
+            _ => r.label(),
         })
         .collect();
     let fp32_size = |model: &str| {
@@ -292,7 +301,7 @@ fn model_keys(latest: &[&BenchResult]) -> Vec<(String, String)> {
 
 /// Grid lines at 1-2-5 steps, about `ticks` of them across the visible range (never finer than
 /// `min_step`): labelled ticks people can read, whatever the range.
-fn nice_spacer(ticks: f64, min_step: f64) -> impl Fn(GridInput) -> Vec<GridMark> {
+pub(super) fn nice_spacer(ticks: f64, min_step: f64) -> impl Fn(GridInput) -> Vec<GridMark> {
     move |input: GridInput| {
         let (lo, hi) = input.bounds;
         let step = nice_step((hi - lo) / ticks).max(min_step);
@@ -325,7 +334,7 @@ pub fn nice_step(raw: f64) -> f64 {
 }
 
 /// A tick value without trailing zeros (`20`, `2.5`, `0.05`).
-fn trim(v: f64) -> String {
+pub(super) fn trim(v: f64) -> String {
     let s = format!("{v:.3}");
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }

@@ -8,12 +8,16 @@
 
 mod chart_panel;
 mod controls;
+pub mod frontier;
+mod frontier_panel;
 mod image_panel;
 mod results_panel;
+mod sensitivity_panel;
 pub mod state;
 mod status_bar;
 pub mod worker;
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -21,8 +25,9 @@ use anyhow::Result;
 use egui::{Key, Modifiers, Ui};
 
 use crate::hub::Hub;
+use crate::model::LayerName;
 use crate::quant::Variant;
-use state::{AppState, Level, OverlaySettings, Settings, Topic};
+use state::{AppState, BottomView, Level, OverlaySettings, Settings, Topic};
 use worker::{Command, ImageSource, WorkerHandle};
 
 const SAMPLE_IMAGE: &[u8] = include_bytes!("../../assets/chelsea.png");
@@ -66,6 +71,16 @@ pub enum Action {
     Dismiss(u64),
     /// Esc: the newest notice goes.
     DismissLatest,
+    /// Show this view in the bottom panel.
+    ShowView(BottomView),
+    /// Keep these layers fp32 in int8 and mobile (the rest quantized); they are rebuilt.
+    SetKeepFp32(BTreeSet<LayerName>),
+    /// Rank the layers by sensitivity on the current image, or on the images of a folder.
+    RankLayers {
+        folder: Option<PathBuf>,
+    },
+    /// The text of the sensitivity view's folder field changed.
+    EditSensitivityFolder(String),
 }
 
 /// Command-line choices for the window.
@@ -80,6 +95,9 @@ pub struct GuiOptions {
     pub screenshot: Option<PathBuf>,
     /// Run a benchmark as soon as the first result is in (with `screenshot`: shoot after it).
     pub benchmark: bool,
+    /// Rank the layers as soon as the first result is in, then keep this many of the most
+    /// sensitive fp32 (with `screenshot`: shoot once int8 and mobile are rebuilt with them).
+    pub sensitivity: Option<usize>,
     pub offline: bool,
     /// The hub to use instead of the one the environment describes (tests).
     pub hub: Option<Hub>,
@@ -105,11 +123,17 @@ pub struct WorkbenchApp {
     image: image_panel::ImagePanel,
     results: results_panel::ResultsPanel,
     chart: chart_panel::ChartPanel,
+    sensitivity: sensitivity_panel::SensitivityPanel,
+    frontier: frontier_panel::FrontierPanel,
     status: status_bar::StatusBar,
     notices: status_bar::Notices,
     screenshot: Option<Screenshot>,
     /// A benchmark asked for on the command line, not started yet.
     pending_benchmark: bool,
+    /// A ranking asked for on the command line: not started yet (`rank`), and the layers to
+    /// keep once it is in (`keep`).
+    pending_rank: bool,
+    pending_keep_top: Option<usize>,
 }
 
 impl WorkbenchApp {
@@ -160,9 +184,13 @@ impl WorkbenchApp {
             image: image_panel::ImagePanel,
             results: results_panel::ResultsPanel,
             chart: chart_panel::ChartPanel,
+            sensitivity: sensitivity_panel::SensitivityPanel,
+            frontier: frontier_panel::FrontierPanel,
             status: status_bar::StatusBar,
             notices: status_bar::Notices,
             pending_benchmark: opts.benchmark,
+            pending_rank: opts.sensitivity.is_some(),
+            pending_keep_top: opts.sensitivity,
             screenshot: opts.screenshot.clone().map(|path| Screenshot {
                 path,
                 ready_frames: 0,
@@ -222,9 +250,17 @@ impl WorkbenchApp {
         egui::Panel::bottom("status").show(ui, |ui| self.status.ui(ui, &self.state, &mut actions));
         // Side panels start in proportion to the window, so 800x600 still leaves room for the image.
         let screen = ctx.content_rect().size();
-        egui::Panel::bottom("chart")
-            .exact_size((screen.y * 0.3).clamp(170.0, 260.0))
-            .show(ui, |ui| self.chart.ui(ui, &self.state, &mut actions));
+        egui::Panel::bottom("chart").exact_size((screen.y * 0.3).clamp(170.0, 260.0)).show(ui, |ui| {
+            ui.horizontal_top(|ui| {
+                view_tabs(ui, &self.state, &mut actions);
+                ui.separator();
+                ui.vertical(|ui| match self.state.settings.view {
+                    BottomView::Benchmark => self.chart.ui(ui, &self.state, &mut actions),
+                    BottomView::Sensitivity => self.sensitivity.ui(ui, &self.state, &mut actions),
+                    BottomView::Frontier => self.frontier.ui(ui, &self.state, &mut actions),
+                });
+            });
+        });
         egui::Panel::right("results")
             .resizable(true)
             .default_size((screen.x * 0.28).clamp(260.0, 360.0))
@@ -239,6 +275,19 @@ impl WorkbenchApp {
         if self.pending_benchmark && self.state.result(self.state.primary()).is_some() {
             self.pending_benchmark = false;
             actions.push(Action::Benchmark);
+        }
+        if self.pending_rank && self.state.result(self.state.primary()).is_some() && !self.state.bench.running {
+            self.pending_rank = false;
+            actions.push(Action::RankLayers { folder: None });
+        }
+        if !self.pending_rank
+            && !self.state.sensitivity.running
+            && let Some(k) = self.pending_keep_top
+        {
+            self.pending_keep_top = None;
+            if let Some(r) = &self.state.sensitivity.report {
+                actions.push(Action::SetKeepFp32(r.ranking.top(k)));
+            }
         }
         for a in actions {
             self.act(a);
@@ -426,6 +475,35 @@ impl WorkbenchApp {
                     });
                 }
             }
+            Action::ShowView(v) => s.settings.view = v,
+            Action::SetKeepFp32(keep) => {
+                if let Some(held) = s.exported_variant() {
+                    s.notify(
+                        Level::Info,
+                        Topic::Other,
+                        format!("this exported file holds {held} as it was made; load the fp32 model to choose layers kept fp32"),
+                    );
+                    return;
+                }
+                if s.quant.keep_fp32 != keep {
+                    s.quant.keep_fp32 = keep;
+                    // The worker drops the variants made otherwise; the next analysis rebuilds them.
+                    self.worker.send(Command::SetQuant(s.quant.clone()));
+                    self.analyze();
+                }
+            }
+            Action::RankLayers { folder } => {
+                if s.model.is_none() {
+                    s.notify(Level::Info, Topic::Sensitivity, "load a model first");
+                } else if !(s.sensitivity.running || s.bench.running) {
+                    s.settings.view = BottomView::Sensitivity;
+                    s.sensitivity.running = true;
+                    s.sensitivity.progress = (0, 0);
+                    let image_name = s.image.as_ref().map_or_else(String::new, |i| i.name.clone());
+                    self.worker.send(Command::RankLayers { variant: s.sensitivity_variant(), folder, image_name });
+                }
+            }
+            Action::EditSensitivityFolder(text) => s.settings.sensitivity_folder = text,
             Action::Dismiss(id) => s.dismiss(id),
             Action::DismissLatest => {
                 if let Some(id) = s.notices.last().map(|n| n.id) {
@@ -459,7 +537,13 @@ impl WorkbenchApp {
         let ready = shown.iter().all(|v| self.state.result(*v).is_some())
             && (!self.state.settings.overlay.enabled || shown.iter().all(|v| self.state.overlays.contains_key(v)))
             && !self.pending_benchmark
-            && !self.state.bench.running;
+            && !self.state.bench.running
+            && !self.pending_rank
+            && self.pending_keep_top.is_none()
+            && !self.state.sensitivity.running
+            // Variants rebuilt with other options are shown once their new result is in.
+            && shown.iter().all(|v| self.state.label(*v) == state::planned_label(*v, &self.state.quant))
+            && (self.state.quant.keep_fp32.is_empty() || self.state.busy.is_none());
         if ready {
             shot.ready_frames += 1;
             // One more frame so what is captured is what was drawn with the result.
@@ -491,6 +575,22 @@ fn last_variant_key(events: &[egui::Event]) -> Option<Variant> {
         _ => None,
     })
 }
+
+/// The bottom panel's views, stacked on its left edge.
+fn view_tabs(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
+    ui.vertical(|ui| {
+        ui.set_width(VIEW_TABS_WIDTH);
+        for v in BottomView::ALL {
+            let button = egui::Button::selectable(state.settings.view == v, v.title())
+                .min_size(egui::vec2(VIEW_TABS_WIDTH, 0.0));
+            if ui.add(button).clicked() {
+                actions.push(Action::ShowView(v));
+            }
+        }
+    });
+}
+
+const VIEW_TABS_WIDTH: f32 = 112.0;
 
 const NO_DIALOG: &str = "no file dialog is available here (no desktop portal): drag an image onto the window, or paste its path into the field and press Open path";
 
