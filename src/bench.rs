@@ -13,8 +13,10 @@ use image::RgbImage;
 use serde::Serialize;
 
 use crate::hub::{DownloadEvent, Hub};
+use crate::model::LayerName;
 use crate::model::{Capture, Model};
 use crate::quant::metrics::{AgreementSummary, compare_logits, summarize};
+use crate::quant::sensitivity::KeepFp32;
 use crate::quant::{QuantOptions, Variant};
 
 /// How long and how often to measure.
@@ -324,8 +326,20 @@ pub struct BenchResult {
     /// Which int8 numerics the quantized layers used (`cpu-per-channel-rowwise`, `cuda-q8_0`);
     /// `None` for fp32, which has none.
     pub int8_kernel: Option<String>,
+    /// Layers this quantized variant keeps fp32 (mixed precision); empty for plain variants.
+    pub kept_fp32: Vec<LayerName>,
     pub samples_ms: Vec<f64>,
     pub env: Environment,
+}
+
+impl BenchResult {
+    /// The variant as shown to users: `int8`, or `int8+fp32[3]` for a mixed one.
+    pub fn label(&self) -> String {
+        match self.kept_fp32.len() {
+            0 => self.variant.name().to_string(),
+            n => format!("{}+fp32[{n}]", self.variant),
+        }
+    }
 }
 
 /// The input a benchmark times.
@@ -418,6 +432,51 @@ pub fn load_variants(
     Ok((source, made))
 }
 
+/// `made` with, after each quantized variant, the same variant keeping `keep`'s layers fp32.
+fn with_mixed(
+    source: &Model,
+    made: Vec<(Model, f64)>,
+    keep: &KeepFp32,
+    input: &BenchInput,
+) -> Result<Vec<(Model, f64)>> {
+    if source.variant != Variant::Fp32 {
+        bail!(
+            "--keep-fp32 needs the fp32 model (mixed variants are made from it); {} holds {}",
+            source.id,
+            source.label()
+        );
+    }
+    let calibration = if keep.needs_images() {
+        let imgs = match input {
+            BenchInput::Images(imgs) => imgs.iter().map(|(_, i)| i.clone()).collect(),
+            BenchInput::Synthetic => {
+                log::warn!("no --images: --keep-fp32 ranks the layers on the bundled sample photo");
+                vec![crate::quant::sensitivity::sample_image()?]
+            }
+        };
+        Some(source.preprocess_batch(&imgs)?)
+    } else {
+        None
+    };
+    let mut out = Vec::new();
+    for (model, load_ms) in made {
+        let variant = model.variant;
+        out.push((model, load_ms));
+        if variant == Variant::Fp32 {
+            continue;
+        }
+        let t = Instant::now();
+        let opts = QuantOptions::default();
+        let kept = keep.resolve(source, variant, &opts, calibration.as_ref(), &mut |n| log::info!("{n}"))?;
+        if kept.is_empty() {
+            continue; // the plain variant already is this one
+        }
+        let mixed = source.to_variant(variant, QuantOptions { keep_fp32: kept, ..opts })?;
+        out.push((mixed, load_ms + t.elapsed().as_secs_f64() * 1000.0));
+    }
+    Ok(out)
+}
+
 /// The timed input of a job: a synthetic tensor, or the first `batch` images (repeated if fewer).
 pub fn timed_input(source: &Model, batch: usize, input: &BenchInput) -> Result<Tensor> {
     match input {
@@ -441,6 +500,20 @@ pub fn prepare(
     on_download: &mut dyn FnMut(DownloadEvent),
     on_event: &mut dyn FnMut(BenchEvent),
 ) -> Result<Prepared> {
+    prepare_with(job, &KeepFp32::Layers(Default::default()), hub, device, on_download, on_event)
+}
+
+/// [`prepare`], and beside each quantized variant its mixed-precision form keeping `keep`'s
+/// layers fp32 (none when `keep` keeps nothing). The `auto:` forms rank the layers on the
+/// benchmark images, or on the bundled sample photo when the input is synthetic.
+pub fn prepare_with(
+    job: &BenchJob,
+    keep: &KeepFp32,
+    hub: &Hub,
+    device: &Device,
+    on_download: &mut dyn FnMut(DownloadEvent),
+    on_event: &mut dyn FnMut(BenchEvent),
+) -> Result<Prepared> {
     let BenchJob { spec, variants, cfg, input, .. } = *job;
     if variants.is_empty() {
         bail!("no variants to benchmark");
@@ -453,6 +526,12 @@ pub fn prepare(
     };
     phase(on_event, "loading");
     let (source, made) = load_variants(spec, variants, hub, device, on_download)?;
+    let made = if keep.is_none() {
+        made
+    } else {
+        phase(on_event, "mixed precision");
+        with_mixed(&source, made, keep, input)?
+    };
 
     phase(on_event, "sizes and accuracy");
     let reference = (source.variant == Variant::Fp32).then_some(&source);
@@ -561,6 +640,7 @@ pub fn assemble(
                 accuracy: p.accuracy.clone(),
                 int8_kernel: (p.model.variant != Variant::Fp32)
                     .then(|| crate::device::Int8Kernel::for_device(&p.model.device).id().to_string()),
+                kept_fp32: p.model.fp32_layers(),
                 samples_ms,
                 env: env.clone(),
             }
@@ -577,7 +657,19 @@ pub fn bench_model(
     on_download: &mut dyn FnMut(DownloadEvent),
     on_event: &mut dyn FnMut(BenchEvent),
 ) -> Result<Vec<BenchResult>> {
-    let prepared = prepare(job, hub, device, on_download, on_event)?;
+    bench_model_with(job, &KeepFp32::Layers(Default::default()), hub, device, on_download, on_event)
+}
+
+/// [`bench_model`] with mixed-precision variants beside the quantized ones ([`prepare_with`]).
+pub fn bench_model_with(
+    job: &BenchJob,
+    keep: &KeepFp32,
+    hub: &Hub,
+    device: &Device,
+    on_download: &mut dyn FnMut(DownloadEvent),
+    on_event: &mut dyn FnMut(BenchEvent),
+) -> Result<Vec<BenchResult>> {
+    let prepared = prepare_with(job, keep, hub, device, on_download, on_event)?;
     let (samples, peak) = measure(&prepared, job.cfg, job.cancel, on_event)?;
     Ok(assemble(&prepared, job.cfg, samples, peak, &Environment::capture(device)))
 }

@@ -15,6 +15,7 @@ use candle_core::Device;
 use crate::model::{Prediction, device_from_name};
 use crate::preprocess::{LoadedImage, load_image_with};
 use crate::quant::metrics::compare_variants;
+use crate::quant::sensitivity::KeepFp32;
 use crate::quant::{Variant, export, parse_variants};
 use crate::zoo::{DEFAULT_MODEL, ModelSource, ZOO, load_model, load_model_as_is};
 
@@ -94,6 +95,11 @@ pub enum Command {
         /// Classify truncated image files from what decoded (marked truncated) instead of refusing them.
         #[arg(long)]
         allow_truncated: bool,
+        /// Layers left fp32 in the int8/mobile variant (mixed precision): names like
+        /// blocks.0.fc2,heads.0, `all`, `none`, `auto:K` (the K most sensitive on these images) or
+        /// `auto:kl=X` (the most sensitive until the mean KL vs fp32 is at most X).
+        #[arg(long, value_name = "LAYERS")]
+        keep_fp32: Option<String>,
     },
     /// Write a variant of a model as one self-contained file (safetensors + metadata).
     Export {
@@ -106,6 +112,11 @@ pub enum Command {
         /// File to write (replaced atomically; never a device, FIFO or one of the inputs).
         #[arg(long)]
         out: PathBuf,
+        /// Layers left fp32 (mixed precision; recorded in the file): names like
+        /// blocks.0.fc2,heads.0, `all`, `none`, `auto:K` or `auto:kl=X` (ranked on the built-in
+        /// sample photo).
+        #[arg(long, value_name = "LAYERS")]
+        keep_fp32: Option<String>,
     },
     /// What each variant loses against fp32 on the same images: agreement, KL, per-layer error.
     Compare {
@@ -124,7 +135,14 @@ pub enum Command {
         /// Use truncated image files from what decoded instead of refusing them.
         #[arg(long)]
         allow_truncated: bool,
+        /// Also compare each quantized variant with these layers left fp32 (mixed precision):
+        /// names like blocks.0.fc2,heads.0, `all`, `none`, `auto:K`, `auto:kl=X` (ranked on these images).
+        #[arg(long, value_name = "LAYERS")]
+        keep_fp32: Option<String>,
     },
+    /// Rank every linear layer by what quantizing it costs: each quantized alone (the rest fp32)
+    /// and kept fp32 alone (the rest quantized), scored against fp32 on the images.
+    Sensitivity(SensitivityArgs),
     /// Measure latency, size and accuracy of variants; print a table, write CSV/JSON reports.
     Bench(BenchArgs),
     /// Accuracy of each variant on labelled images: a folder of class folders or a CSV `file,label`.
@@ -207,6 +225,30 @@ pub struct BenchArgs {
     /// Write the per-run samples as CSV.
     #[arg(long)]
     raw: Option<PathBuf>,
+    /// Use truncated image files from what decoded instead of refusing them.
+    #[arg(long)]
+    allow_truncated: bool,
+    /// Also measure each quantized variant with these layers left fp32 (mixed precision; rows
+    /// labelled e.g. int8+fp32[3], CSV column kept_fp32): names like blocks.0.fc2,heads.0, `all`,
+    /// `auto:K`, `auto:kl=X` (ranked on --images, else on the built-in sample photo).
+    #[arg(long, value_name = "LAYERS")]
+    keep_fp32: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SensitivityArgs {
+    /// Image files or folders to score on.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// Hub id, local folder or fp32 export.
+    #[arg(long, short, default_value = DEFAULT_MODEL)]
+    model: String,
+    /// The quantized variant whose layers are ranked.
+    #[arg(long, default_value = "int8", value_parser = variant_parser())]
+    variant: Variant,
+    /// Write one row per layer as CSV (columns in the README).
+    #[arg(long)]
+    csv: Option<PathBuf>,
     /// Use truncated image files from what decoded instead of refusing them.
     #[arg(long)]
     allow_truncated: bool,
@@ -527,6 +569,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Bench(args)) => bench(&hub, &args),
         Some(Command::Eval(args)) => eval(&hub, &args),
+        Some(Command::Sensitivity(args)) => sensitivity(&hub, &args),
         Some(Command::Profile(args)) => profile(&hub, &args),
         Some(Command::Explain(args)) => explain(&hub, &args),
         Some(Command::Download { model }) => {
@@ -535,23 +578,38 @@ pub fn run(cli: Cli) -> Result<()> {
             outln!("{model}: {} and {}", files.config.display(), files.weights.display());
             Ok(())
         }
-        Some(Command::Classify { images, model, top, json, device, variant, allow_truncated }) => {
+        Some(Command::Classify { images, model, top, json, device, variant, allow_truncated, keep_fp32 }) => {
             let k = usize::try_from(top).unwrap_or(usize::MAX);
-            classify(&hub, &images, &model, k, json, &device, variant, allow_truncated)
+            let keep = parse_keep_for(keep_fp32.as_deref(), variant)?;
+            classify(&hub, &images, &model, k, json, &device, variant, allow_truncated, keep.as_ref())
         }
-        Some(Command::Export { model, variant, out }) => {
+        Some(Command::Export { model, variant, out, keep_fp32 }) => {
+            let keep = parse_keep_for(keep_fp32.as_deref(), Some(variant))?;
             // Before minutes of loading and quantizing: the output must be writable and must
             // not be the model being read.
             crate::fsutil::check_writable(&out)?;
             crate::fsutil::check_outputs_distinct(&[("--out", &out)], &[std::path::Path::new(&model)])?;
-            let m = load_model(&model, variant, &hub, &Device::Cpu, &mut download_bar())?;
+            let m = match &keep {
+                None => load_model(&model, variant, &hub, &Device::Cpu, &mut download_bar())?,
+                Some(keep) => {
+                    let fp32 = load_model_as_is(&model, &hub, &Device::Cpu, &mut download_bar())?;
+                    let sample = if keep.needs_images() {
+                        eprintln!("note: --keep-fp32 ranks the layers on the built-in sample photo");
+                        vec![crate::quant::sensitivity::sample_image()?]
+                    } else {
+                        Vec::new()
+                    };
+                    mixed_variant(&fp32, variant, keep, &sample)?
+                }
+            };
             crate::fsutil::check_outputs_distinct(&[("--out", &out)], &[&m.files.config, &m.files.weights])?;
             let bytes = export::export(&m, &out)?;
-            outln!("{} ({variant}): wrote {} ({})", m.id, out.display(), human_bytes(bytes));
+            outln!("{} ({}): wrote {} ({})", m.id, m.label(), out.display(), human_bytes(bytes));
             Ok(())
         }
-        Some(Command::Compare { images, model, variants, json, allow_truncated }) => {
-            compare(&hub, &images, &model, &variants, json, allow_truncated)
+        Some(Command::Compare { images, model, variants, json, allow_truncated, keep_fp32 }) => {
+            let keep = parse_keep(keep_fp32.as_deref())?;
+            compare(&hub, &images, &model, &variants, json, allow_truncated, keep.as_ref())
         }
     }
 }
@@ -635,10 +693,23 @@ fn classify(
     device: &str,
     variant: Option<Variant>,
     allow_truncated: bool,
+    keep: Option<&KeepFp32>,
 ) -> Result<()> {
     let device = device_from_name(device)?;
-    let model = load_model_default(model_spec, variant, hub, &device)?;
-    let variant_name = model.variant.name();
+    let model = match (keep, variant) {
+        (Some(keep), Some(v)) => {
+            let fp32 = load_model_as_is(model_spec, hub, &device, &mut download_bar())?;
+            let ranked_on = if keep.needs_images() {
+                load_images(images, allow_truncated)?.into_iter().map(|i| i.image).collect()
+            } else {
+                Vec::new()
+            };
+            mixed_variant(&fp32, v, keep, &ranked_on)?
+        }
+        _ => load_model_default(model_spec, variant, hub, &device)?,
+    };
+    let variant_label = model.label();
+    let variant_name = variant_label.as_str();
     let k = k.min(model.config.num_classes());
     let mut results = Vec::new();
     for path in images {
@@ -826,6 +897,7 @@ fn compare(
     variants: &str,
     json: bool,
     allow_truncated: bool,
+    keep: Option<&KeepFp32>,
 ) -> Result<()> {
     let variants = parse_variants(variants)?;
     // Images first: a bad file fails in a second, not after the model is loaded and quantized.
@@ -837,7 +909,17 @@ fn compare(
             reference.variant
         );
     }
-    let others = variants.iter().map(|v| reference.to_variant(*v, Default::default())).collect::<Result<Vec<_>>>()?;
+    let mut others = Vec::new();
+    for v in &variants {
+        others.push(reference.to_variant(*v, Default::default())?);
+        if let Some(keep) = keep.filter(|_| *v != Variant::Fp32) {
+            let mixed = mixed_variant(&reference, *v, keep, &imgs)?;
+            // `auto:kl=X` may keep nothing when the variant already meets X: no duplicate row.
+            if !mixed.fp32_layers().is_empty() {
+                others.push(mixed);
+            }
+        }
+    }
     let report = compare_variants(&reference, &others.iter().collect::<Vec<_>>(), &imgs)?;
     if json {
         outln!("{}", serde_json::to_string_pretty(&report)?);
@@ -850,8 +932,9 @@ fn compare(
         imgs.len(),
         rayon::current_num_threads()
     );
+    let w = report.iter().map(|r| r.label.len()).max().unwrap_or(0).max(7);
     outln!(
-        "{:<7} {:>10} {:>7} {:>12} {:>7} {:>7} {:>10} {:>10} {:>10}",
+        "{:<w$} {:>10} {:>7} {:>12} {:>7} {:>7} {:>10} {:>10} {:>10}",
         "variant",
         "file",
         "vs fp32",
@@ -866,8 +949,8 @@ fn compare(
         let s = &r.summary;
         let rel = fp32_size.map(|f| format!("{:.1}%", 100.0 * r.file_bytes as f64 / f as f64)).unwrap_or_default();
         outln!(
-            "{:<7} {:>10} {:>7} {:>12} {:>6.0}% {:>6.0}% {:>10.2e} {:>10.4} {:>10.6}",
-            r.variant.name(),
+            "{:<w$} {:>10} {:>7} {:>12} {:>6.0}% {:>6.0}% {:>10.2e} {:>10.4} {:>10.6}",
+            r.label,
             human_bytes(r.file_bytes),
             rel,
             human_bytes(r.weight_bytes as u64),
@@ -883,13 +966,13 @@ fn compare(
         outln!("\nper-layer relative error of each block's output vs fp32 (mean over images):");
         out!("{:<6}", "block");
         for r in &quantized {
-            out!(" {:>10}", r.variant.name());
+            out!(" {:>10}", r.label);
         }
         outln!();
         for layer in 0..reference.config.depth {
             out!("{layer:<6}");
             for r in &quantized {
-                out!(" {:>10.5}", r.per_layer_error[layer]);
+                out!(" {:>w$.5}", r.per_layer_error[layer], w = r.label.len().max(10));
             }
             outln!();
         }
@@ -904,7 +987,7 @@ fn compare(
                 })
                 .collect();
             if let Some((i, d)) = jumps.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)) {
-                outln!("{}: the largest error increase is at block {i} (+{d:.5})", r.variant.name());
+                outln!("{}: the largest error increase is at block {i} (+{d:.5})", r.label);
             }
         }
     }
@@ -914,7 +997,7 @@ fn compare(
         let mut line = format!("{}:", p.display());
         for (i, m) in model_outs.iter().enumerate().skip(1) {
             let top = m.classify(img, 1)?;
-            line.push_str(&format!("  {} {} {:.3}", variants[i - 1].name(), top[0].label, top[0].probability));
+            line.push_str(&format!("  {} {} {:.3}", model_outs[i].label(), top[0].label, top[0].probability));
         }
         outln!("{line}");
     }
@@ -944,7 +1027,7 @@ pub fn expand_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
-    use crate::bench::{BenchConfig, BenchEvent, BenchInput, BenchJob, bench_model};
+    use crate::bench::{BenchConfig, BenchEvent, BenchInput, BenchJob};
     // Fail before minutes of measuring, not after: every output writable, none named twice,
     // none an input of this run.
     let outputs: Vec<(&str, &std::path::Path)> = [("--csv", &a.csv), ("--json", &a.json), ("--raw", &a.raw)]
@@ -967,6 +1050,7 @@ fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
         None => a.max_runs.min(10),
     };
     let given_variants = a.variants.as_deref().map(parse_variants).transpose()?;
+    let keep = parse_keep(a.keep_fp32.as_deref())?.unwrap_or(KeepFp32::Layers(Default::default()));
     let device = device_from_name(&a.device)?;
     let count = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
     let cfgs: Vec<BenchConfig> = parse_batches(&a.batch)?
@@ -1004,7 +1088,7 @@ fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
         bar.set_prefix(spec.to_string());
         let mut samples_seen = 0u64;
         let job = BenchJob { spec, variants: &variants, cfg, input: &input, cancel: None };
-        let r = bench_model(&job, hub, &device, &mut download_bar(), &mut |ev| match ev {
+        let r = crate::bench::bench_model_with(&job, &keep, hub, &device, &mut download_bar(), &mut |ev| match ev {
             BenchEvent::Phase { phase, .. } => bar.set_message(phase),
             BenchEvent::Warmup { done, .. } => bar.set_position(done as u64),
             BenchEvent::Sample { variant, ms, .. } => {
@@ -1060,8 +1144,9 @@ fn print_bench_table(results: &[crate::bench::BenchResult]) -> Result<()> {
     let batch_list = batches.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(",");
     let device = if e.gpu.is_empty() { e.device.clone() } else { format!("{} ({})", e.device, e.gpu) };
     outln!("cpu: {} | {} | threads: {} | device: {device} | batch {batch_list}", e.cpu, e.simd, e.threads);
+    let w = results.iter().map(|r| r.label().len()).max().unwrap_or(0).max(7);
     outln!(
-        "{:<44} {:<7} {:>9} {:>9} {:>9} {:>8} {:>10} {:>7} {:>6} {:>6} {:>9}",
+        "{:<44} {:<w$} {:>9} {:>9} {:>9} {:>8} {:>10} {:>7} {:>6} {:>6} {:>9}",
         "model",
         "variant",
         "p50 ms",
@@ -1083,9 +1168,9 @@ fn print_bench_table(results: &[crate::bench::BenchResult]) -> Result<()> {
         // A sweep's rows differ only by batch: say it where the model is named.
         let name = if batches.len() > 1 { format!("{} (batch {})", r.model, r.batch) } else { r.model.clone() };
         outln!(
-            "{:<44} {:<7} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>10} {:>7} {:>6} {:>6} {:>9}",
+            "{:<44} {:<w$} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>10} {:>7} {:>6} {:>6} {:>9}",
             name,
-            r.variant.name(),
+            r.label(),
             r.stats.p50,
             r.stats.p90,
             r.first_ms,
@@ -1097,7 +1182,7 @@ fn print_bench_table(results: &[crate::bench::BenchResult]) -> Result<()> {
             acc.map(|a| format!("{:.1e}", a.mean_kl_div)).unwrap_or_default(),
         );
         if let Some(s) = speed.filter(|s| *s < 1.0) {
-            notes.push(format!("{} {} is {:.2}x SLOWER than fp32 here", r.model, r.variant, 1.0 / s));
+            notes.push(format!("{} {} is {:.2}x SLOWER than fp32 here", r.model, r.label(), 1.0 / s));
         }
     }
     outln!(
@@ -1209,4 +1294,164 @@ fn profile(hub: &Hub, a: &ProfileArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--keep-fp32`, parsed before anything loads.
+fn parse_keep(spec: Option<&str>) -> Result<Option<KeepFp32>> {
+    spec.map(str::parse).transpose()
+}
+
+/// `--keep-fp32` of a command that makes one `variant` (classify, export): it keeps layers of a
+/// quantized variant, so with fp32 (or no variant) it is refused rather than ignored.
+fn parse_keep_for(spec: Option<&str>, variant: Option<Variant>) -> Result<Option<KeepFp32>> {
+    let keep = parse_keep(spec)?;
+    if keep.as_ref().is_some_and(|k| !k.is_none()) && matches!(variant, None | Some(Variant::Fp32)) {
+        anyhow::bail!("--keep-fp32 keeps layers of a quantized variant: add --variant int8 or --variant mobile");
+    }
+    Ok(keep)
+}
+
+/// `fp32` as `variant` with the layers `keep` names left fp32; the `auto:` forms rank the layers
+/// on `images` (preprocessed as one batch).
+fn mixed_variant(
+    fp32: &crate::model::Model,
+    variant: Variant,
+    keep: &KeepFp32,
+    images: &[image::RgbImage],
+) -> Result<crate::model::Model> {
+    if fp32.variant != Variant::Fp32 {
+        anyhow::bail!(
+            "--keep-fp32: {} holds {} weights; mixed variants are made from the fp32 model",
+            fp32.display_name(),
+            fp32.label()
+        );
+    }
+    let opts = crate::quant::QuantOptions::default();
+    let batch = if keep.needs_images() { Some(fp32.preprocess_batch(images)?) } else { None };
+    let kept = keep
+        .resolve(fp32, variant, &opts, batch.as_ref(), &mut |n| eprintln!("note: {n}"))
+        .with_context(|| format!("--keep-fp32 for {}", fp32.display_name()))?;
+    fp32.to_variant(variant, crate::quant::QuantOptions { keep_fp32: kept, ..opts })
+}
+
+/// `sensitivity`: every layer ranked, as a table (and CSV).
+fn sensitivity(hub: &Hub, a: &SensitivityArgs) -> Result<()> {
+    use crate::quant::sensitivity::{RANK_KEY, analyze};
+    if a.variant == Variant::Fp32 {
+        anyhow::bail!("sensitivity ranks the layers of a quantized variant: --variant int8 or mobile");
+    }
+    let image_files = expand_images(&a.images)?;
+    if let Some(p) = &a.csv {
+        crate::fsutil::check_writable(p)?;
+        let inputs: Vec<&std::path::Path> =
+            std::iter::once(std::path::Path::new(&a.model)).chain(image_files.iter().map(PathBuf::as_path)).collect();
+        crate::fsutil::check_outputs_distinct(&[("--csv", p)], &inputs)?;
+    }
+    let imgs: Vec<_> = load_images(&image_files, a.allow_truncated)?.into_iter().map(|i| i.image).collect();
+    let fp32 = load_model_as_is(&a.model, hub, &Device::Cpu, &mut download_bar())?;
+    if fp32.variant != Variant::Fp32 {
+        anyhow::bail!(
+            "sensitivity needs the fp32 model as its reference, and {} holds {} weights: pass the original checkpoint (or an fp32 export) with --model",
+            a.model,
+            fp32.label()
+        );
+    }
+    if let Some(p) = &a.csv {
+        crate::fsutil::check_outputs_distinct(&[("--csv", p)], &[&fp32.files.config, &fp32.files.weights])?;
+    }
+    let batch = fp32.preprocess_batch(&imgs)?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} models scored")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{} {}", a.model, a.variant));
+    let s = analyze(&fp32, a.variant, &Default::default(), &batch, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    let n = s.images;
+    outln!(
+        "{}: {} on {n} image(s), cpu, {} threads; {} layers ranked by {RANK_KEY} (mean KL vs fp32 with only that layer quantized)",
+        fp32.id,
+        a.variant,
+        rayon::current_num_threads(),
+        s.layers.len()
+    );
+    let all = &s.all_quantized;
+    outln!(
+        "every layer quantized: KL {:.3e}, top-1 flips {}/{n}, max|dlogit| {:.4}",
+        all.kl,
+        all.flips,
+        all.max_abs_dlogit
+    );
+    outln!(
+        "{:>4}  {:<14} {:>10} {:>6} {:>10}   {:>11} {:>6} {:>10}",
+        "rank",
+        "layer",
+        "kl_alone",
+        "flips",
+        "max|dlog|",
+        "kl_all_but",
+        "flips",
+        "max|dlog|"
+    );
+    let (alone, all_but) = (format!("(only this layer {})", a.variant), format!("(all {} but this layer)", a.variant));
+    outln!("{:>4}  {:<14} {alone:^28}   {all_but:^29}", "", "");
+    for l in &s.layers {
+        outln!(
+            "{:>4}  {:<14} {:>10.3e} {:>6} {:>10.4}   {:>11.3e} {:>6} {:>10.4}",
+            l.rank,
+            l.layer.to_string(),
+            l.alone.kl,
+            l.alone.flips,
+            l.alone.max_abs_dlogit,
+            l.all_but.kl,
+            l.all_but.flips,
+            l.all_but.max_abs_dlogit
+        );
+    }
+    if let Some(p) = &a.csv {
+        crate::fsutil::write_atomic(p, &sensitivity_csv(&s, &fp32.id)?)?;
+        outln!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+/// Columns of `sensitivity --csv`, in order (new ones only appended).
+pub const SENSITIVITY_COLUMNS: &[&str] = &[
+    "layer",
+    "kl_alone",
+    "kl_all_but",
+    "flips",
+    "max_abs_dlogit",
+    "rank",
+    "flips_all_but",
+    "max_abs_dlogit_all_but",
+    "variant",
+    "images",
+    "model",
+];
+
+fn sensitivity_csv(s: &crate::quant::sensitivity::Sensitivity, model: &str) -> Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(SENSITIVITY_COLUMNS)?;
+    for l in &s.layers {
+        w.write_record([
+            l.layer.to_string(),
+            format!("{:e}", l.alone.kl),
+            format!("{:e}", l.all_but.kl),
+            l.alone.flips.to_string(),
+            l.alone.max_abs_dlogit.to_string(),
+            l.rank.to_string(),
+            l.all_but.flips.to_string(),
+            l.all_but.max_abs_dlogit.to_string(),
+            s.variant.name().to_string(),
+            s.images.to_string(),
+            model.to_string(),
+        ])?;
+    }
+    Ok(w.into_inner()?)
 }

@@ -50,10 +50,11 @@ pub const COLUMNS: &[&str] = &[
     "agreement_images",
     "int8_kernel",
     "gpu",
+    "kept_fp32",
 ];
 
 /// Columns of the per-run samples CSV.
-pub const RAW_COLUMNS: &[&str] = &["model", "variant", "device", "threads", "batch", "run", "ms"];
+pub const RAW_COLUMNS: &[&str] = &["model", "variant", "device", "threads", "batch", "run", "ms", "kept_fp32"];
 
 fn num(v: f64) -> String {
     // Enough digits to round-trip the milliseconds we measure; no exponent for readability.
@@ -110,6 +111,7 @@ pub fn row(r: &BenchResult, all: &[BenchResult]) -> Vec<String> {
         acc.map(|a| a.images.to_string()).unwrap_or_default(),
         r.int8_kernel.clone().unwrap_or_default(),
         r.env.gpu.clone(),
+        crate::quant::export::join_layers(&r.kept_fp32, ";"),
     ]
 }
 
@@ -137,6 +139,7 @@ pub fn raw_to_csv(results: &[BenchResult]) -> Result<Vec<u8>> {
                 r.batch.to_string(),
                 (i + 1).to_string(),
                 num(*ms),
+                crate::quant::export::join_layers(&r.kept_fp32, ";"),
             ])?;
         }
     }

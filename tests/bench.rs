@@ -20,7 +20,7 @@ fn csv_header_starts_with_the_documented_schema_in_order() {
     assert_eq!(
         header,
         format!(
-            "{CORE_SCHEMA},warmup,measured_s,speedup_vs_fp32,size_vs_fp32,min_cosine,agreement_images,int8_kernel,gpu"
+            "{CORE_SCHEMA},warmup,measured_s,speedup_vs_fp32,size_vs_fp32,min_cosine,agreement_images,int8_kernel,gpu,kept_fp32"
         )
     );
     // The README documents every column.
@@ -47,6 +47,7 @@ fn fake(variant: Variant, p50: f64, file_bytes: u64, accuracy: Option<AgreementS
         peak_rss_bytes: 99_000_000,
         accuracy,
         int8_kernel: (variant != Variant::Fp32).then(|| "cpu-per-channel-rowwise".to_string()),
+        kept_fp32: Vec::new(),
         samples_ms: samples,
         env: Environment {
             cpu: "Test CPU".into(),

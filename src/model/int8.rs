@@ -1,7 +1,5 @@
 //! The int8 linear layer as a candle `CustomOp1`: activations are quantized per row on the fly
-//! and multiplied with pre-quantized weights by [`crate::kernels::gemm_i8`]. It lives in `model`
-//! because the forward runs it; `quant` decides which layers become one (and re-exports it as
-//! `quant::int8`).
+//! and multiplied with pre-quantized weights by [`crate::kernels::gemm_i8`].
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 

@@ -50,11 +50,6 @@ impl LayerName {
         std::iter::once(LayerName::Patch).chain(blocks).chain((0..heads).map(LayerName::Head)).collect()
     }
 
-    /// Every linear layer `config` implies.
-    pub fn all_of(config: &VitConfig) -> Vec<LayerName> {
-        LayerName::all(config.depth, head_count(config))
-    }
-
     /// `(out, in)` features of this layer in a model of `config`.
     pub fn shape(&self, c: &VitConfig) -> (usize, usize) {
         let d = c.hidden;

@@ -7,6 +7,8 @@
 pub mod checkpoint;
 pub mod config;
 pub mod fused;
+/// The int8 layer the forward runs (here because the forward runs it; `quant` decides which
+/// layers become one and re-exports this as `quant::int8`).
 pub mod int8;
 pub mod layers;
 pub mod linear;

@@ -115,6 +115,10 @@ mod tests {
 #[derive(Clone, Debug, Serialize)]
 pub struct VariantComparison {
     pub variant: crate::quant::Variant,
+    /// As shown to users: `int8+fp32[3]` for a mixed-precision variant.
+    pub label: String,
+    /// Layers a quantized variant keeps fp32 (mixed precision).
+    pub fp32_layers: Vec<crate::model::LayerName>,
     /// Size of the variant as an exported file.
     pub file_bytes: u64,
     pub weight_bytes: usize,
@@ -152,6 +156,8 @@ pub fn compare_variants(
         let n = inputs.len().max(1) as f64;
         result.push(VariantComparison {
             variant: v.variant,
+            label: v.label(),
+            fp32_layers: v.fp32_layers(),
             file_bytes: crate::quant::export::serialize(v)?.len() as u64,
             weight_bytes: v.weight_bytes(),
             summary: summarize(&per_image),

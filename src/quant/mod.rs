@@ -4,6 +4,7 @@
 
 pub mod export;
 pub mod metrics;
+pub mod sensitivity;
 
 /// The int8 layer the forward runs lives in `model`; re-exported here under its old path.
 pub use crate::model::int8;
@@ -182,7 +183,9 @@ impl LayerChoices {
             bail!("layer choices need an fp32 model and a quantized variant (got {} -> {variant})", fp32.variant);
         }
         let all = QuantOptions { keep_fp32: fp32.weights.layer_names().into_iter().collect(), ..opts.clone() };
-        let none = QuantOptions { keep_fp32: BTreeSet::new(), ..opts.clone() };
+        // The rest of `opts` (today nothing else) carries through to both sides.
+        #[allow(clippy::needless_update)]
+        let none = QuantOptions { keep_fp32: BTreeSet::new(), patch_embed: true, ..opts.clone() };
         let make = |o: QuantOptions| quantize(&fp32.weights, variant, fp32.config.heads, o, &fp32.device);
         Ok(LayerChoices { variant, kept: make(all)?, quantized: make(none)? })
     }
