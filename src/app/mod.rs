@@ -280,14 +280,13 @@ impl WorkbenchApp {
             self.pending_rank = false;
             actions.push(Action::RankLayers { folder: None });
         }
+        // Once the ranking is in (a failed one leaves an error, which ends a screenshot run).
         if !self.pending_rank
             && !self.state.sensitivity.running
-            && let Some(k) = self.pending_keep_top
+            && let (Some(k), Some(r)) = (self.pending_keep_top, &self.state.sensitivity.report)
         {
             self.pending_keep_top = None;
-            if let Some(r) = &self.state.sensitivity.report {
-                actions.push(Action::SetKeepFp32(r.ranking.top(k)));
-            }
+            actions.push(Action::SetKeepFp32(r.ranking.top(k)));
         }
         for a in actions {
             self.act(a);
