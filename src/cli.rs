@@ -46,7 +46,8 @@ pub struct Cli {
     #[arg(long)]
     pub benchmark: bool,
     /// Rank the layers by sensitivity in the window once the first result is shown (the
-    /// Sensitivity view), and keep the K most sensitive fp32 (0: none).
+    /// Sensitivity view), and keep the K most sensitive fp32 (0: none). With --benchmark, the
+    /// benchmark follows (mixed variants beside the plain ones) and the Frontier view is shown.
     #[arg(long, value_name = "K")]
     pub sensitivity: Option<usize>,
     /// Use only the local Hugging Face cache (same as HF_HUB_OFFLINE=1).

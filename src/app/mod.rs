@@ -272,11 +272,17 @@ impl WorkbenchApp {
         // Notices float over the window below the top bar: they never push the layout.
         self.notices.ui(&ctx, top.response.rect.bottom(), &self.state, &mut actions);
 
-        if self.pending_benchmark && self.state.result(self.state.primary()).is_some() {
+        // With --sensitivity too, the benchmark waits for the layers to be kept, measures the
+        // mixed variants beside the plain ones, and the frontier is shown.
+        let ranking_first = self.pending_rank || self.pending_keep_top.is_some() || self.state.sensitivity.running;
+        if self.pending_benchmark && self.state.result(self.state.primary()).is_some() && !ranking_first {
             self.pending_benchmark = false;
             actions.push(Action::Benchmark);
+            if self.state.sensitivity.report.is_some() {
+                actions.push(Action::ShowView(BottomView::Frontier));
+            }
         }
-        if self.pending_rank && self.state.result(self.state.primary()).is_some() && !self.state.bench.running {
+        if self.pending_rank && self.state.result(self.state.primary()).is_some() {
             self.pending_rank = false;
             actions.push(Action::RankLayers { folder: None });
         }
