@@ -536,3 +536,49 @@ fn ticking_a_layer_in_the_sensitivity_table_rebuilds_int8_with_it_kept() {
     assert_eq!(h.state().state.result(Variant::Int8).unwrap().logits, plain);
     assert!(errors(h.state()).is_empty(), "{:?}", errors(h.state()));
 }
+
+#[test]
+fn a_mixed_variant_measured_beside_its_plain_one_is_its_own_live_series() {
+    let ctx = egui::Context::default();
+    let mut st = AppState::new(Settings::default());
+    st.bench.start("m".into());
+    for (label, ms) in [("int8", 10.0), ("int8+fp32[3]", 14.0), ("int8", 11.0), ("int8+fp32[3]", 15.0)] {
+        st.apply(&ctx, Reply::BenchSample { variant: Variant::Int8, label: label.into(), ms, run: 1 });
+    }
+    let series: Vec<(&str, Vec<f64>)> =
+        st.bench.live.iter().map(|((_, label), s)| (label.as_str(), s.samples.clone())).collect();
+    assert_eq!(series, vec![("int8", vec![10.0, 11.0]), ("int8+fp32[3]", vec![14.0, 15.0])]);
+}
+
+#[test]
+fn a_ranking_can_be_cancelled_and_the_worker_goes_on() {
+    let Some(shared) = shared() else { return };
+    let settings = Settings {
+        model: timm_tiny(&shared).display().to_string(),
+        compare: Some(Variant::Int8),
+        ..Settings::default()
+    };
+    let mut h = harness_with(settings);
+    wait_for(&mut h, "fp32 and int8", |a| {
+        a.state.result(Variant::Int8).is_some()
+            && a.state.overlays.contains_key(&Variant::Int8)
+            && a.state.busy.is_none()
+    });
+    h.get_by_label("Sensitivity").click();
+    h.step();
+    h.step();
+    h.get_by_label("Rank layers").click();
+    // 101 forwards of the ViT-Ti: cancelled after the first few.
+    wait_for(&mut h, "the ranking to start", |a| a.state.sensitivity.progress.0 >= 2);
+    h.get_by_label("Cancel").click();
+    wait_for(&mut h, "the cancel", |a| !a.state.sensitivity.running);
+    let st = &h.state().state;
+    assert!(st.sensitivity.report.is_none(), "a cancelled ranking left a report");
+    assert!(st.notices.iter().any(|n| n.text == "sensitivity ranking cancelled"), "{:?}", st.notices);
+    assert!(st.sensitivity.progress.0 < st.sensitivity.progress.1, "it ran to the end: {:?}", st.sensitivity.progress);
+    assert!(errors(h.state()).is_empty(), "{:?}", errors(h.state()));
+    // The worker is fine: a ranking again runs to its end.
+    h.get_by_label("Rank layers").click();
+    wait_for(&mut h, "the second ranking", |a| a.state.sensitivity.report.is_some() && !a.state.sensitivity.running);
+    assert_eq!(h.state().state.sensitivity.report.as_ref().unwrap().ranking.layers.len(), 50);
+}

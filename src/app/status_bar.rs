@@ -26,8 +26,10 @@ impl StatusBar {
                             .text(format!("{file} {:.1} MB", *done as f64 / 1e6)),
                     );
                 }
-                // A running benchmark has its own Cancel beside the chart.
-                if !state.bench.running && ui.small_button("Cancel").clicked() {
+                // A running benchmark has its own Cancel beside the chart, a ranking in its view.
+                let ranking_shown =
+                    state.sensitivity.running && state.settings.view == super::state::BottomView::Sensitivity;
+                if !state.bench.running && !ranking_shown && ui.small_button("Cancel").clicked() {
                     actions.push(Action::Cancel);
                 }
                 ui.separator();
