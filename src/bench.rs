@@ -445,7 +445,7 @@ fn with_mixed(
     if source.variant != Variant::Fp32 {
         bail!(
             "--keep-fp32 needs the fp32 model (mixed variants are made from it); {} holds {}",
-            source.id,
+            source.display_name(),
             source.label()
         );
     }

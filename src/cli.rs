@@ -1371,6 +1371,7 @@ fn sensitivity(hub: &Hub, a: &SensitivityArgs) -> Result<()> {
     let s = analyze(&fp32, a.variant, &Default::default(), &batch, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
+        Ok(())
     })?;
     bar.finish_and_clear();
     let n = s.images;

@@ -153,9 +153,18 @@ fn sensitivity_ranks_every_layer_and_keeping_the_top_3_lowers_kl() {
     let s = analyze(&fp32, Variant::Int8, &QuantOptions::default(), &x, &mut |_, total| {
         calls += 1;
         assert_eq!(total, 101);
+        Ok(())
     })
     .unwrap();
     assert_eq!(calls, 101);
+    // A progress callback's error stops the analysis where it is and comes back unchanged.
+    let mut seen = 0;
+    let err = analyze(&fp32, Variant::Int8, &QuantOptions::default(), &x, &mut |done, _| {
+        seen = done;
+        if done == 3 { anyhow::bail!("cancelled by the user") } else { Ok(()) }
+    })
+    .unwrap_err();
+    assert_eq!((err.to_string().as_str(), seen), ("cancelled by the user", 3));
     let names: BTreeSet<LayerName> = s.layers.iter().map(|l| l.layer).collect();
     assert_eq!(names.len(), 50, "every layer once: patch, 4 x 12 blocks, head");
     assert_eq!(s.layers.iter().map(|l| l.rank).collect::<Vec<_>>(), (1..=50).collect::<Vec<_>>());
@@ -270,4 +279,28 @@ fn bench_rows_name_the_kept_layers() {
     assert_eq!(cells, [("fp32", ""), ("int8", ""), ("int8", "blocks.0.fc2;heads.0")]);
     // The mixed row is compared with the same fp32 row as plain int8.
     assert!(!rows[2][col("speedup_vs_fp32")].is_empty() && !rows[2][col("kl_div")].is_empty());
+}
+
+/// The metadata's list of fp32 layers is checked against what the file stores: a file whose
+/// list was edited (the checksums cover tensors, not metadata) is refused, naming both lists.
+#[test]
+fn a_mixed_file_whose_fp32_list_disagrees_is_refused() {
+    let fp32 =
+        Model::load("timm_vit", &ModelFiles::from_dir(&fixture("timm_vit")).unwrap(), None, &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mixed.safetensors");
+    export::export(&fp32.to_variant(Variant::Int8, keep(&["heads.0"])).unwrap(), &path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    assert_eq!(header["__metadata__"][export::FP32_LAYERS_KEY], "heads.0");
+    header["__metadata__"][export::FP32_LAYERS_KEY] = "patch".into();
+    let mut text = serde_json::to_vec(&header).unwrap();
+    text.resize(text.len().next_multiple_of(8), b' ');
+    let mut edited = (text.len() as u64).to_le_bytes().to_vec();
+    edited.extend_from_slice(&text);
+    edited.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(&path, edited).unwrap();
+    let err = format!("{:#}", export::load(&path, &Device::Cpu).unwrap_err());
+    assert!(err.contains("lists fp32 layers [patch] but it stores [heads.0]"), "{err}");
 }

@@ -137,6 +137,38 @@ pub struct DenseWeights {
     pub attention_scale_folded: bool,
 }
 
+impl DenseWeights {
+    /// Reads the dense tensors of a network of config `c` by their exported names (those of
+    /// [`VitWeights::dense_tensors`]), asking `tensor(name, shape)` for each.
+    pub fn read(
+        c: &super::VitConfig,
+        attention_scale_folded: bool,
+        mut tensor: impl FnMut(&str, &[usize]) -> Result<Tensor>,
+    ) -> Result<DenseWeights> {
+        let (d, eps) = (c.hidden, c.layer_norm_eps);
+        let mut ln = |name: &str| -> Result<LayerNorm> {
+            Ok(LayerNorm {
+                weight: tensor(&format!("{name}.weight"), &[d])?,
+                bias: tensor(&format!("{name}.bias"), &[d])?,
+                eps,
+            })
+        };
+        let block_norms = (0..c.depth)
+            .map(|i| Ok((ln(&format!("blocks.{i}.norm1"))?, ln(&format!("blocks.{i}.norm2"))?)))
+            .collect::<Result<_>>()?;
+        let norm = ln("norm")?;
+        Ok(DenseWeights {
+            cls_token: tensor("cls_token", &[1, 1, d])?,
+            dist_token: if c.dist_token { Some(tensor("dist_token", &[1, 1, d])?) } else { None },
+            pos_embed: tensor("pos_embed", &[1, c.num_tokens(), d])?,
+            block_norms,
+            norm,
+            head_tokens: (0..super::layers::head_count(c)).collect(),
+            attention_scale_folded,
+        })
+    }
+}
+
 /// The canonical weight set every checkpoint layout is mapped onto.
 #[derive(Clone, Debug)]
 pub struct VitWeights {

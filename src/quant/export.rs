@@ -28,8 +28,8 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView, View};
 use crate::kernels::gemm_i8::{self, Bytes, PackedWeights};
 use crate::model::config::VitConfig;
 use crate::model::int8::Int8Linear;
-use crate::model::layers::{BlockLayer, LayerName, head_count};
-use crate::model::vit::{DenseWeights, LayerNorm, Linear, VitWeights};
+use crate::model::layers::{BlockLayer, LayerName};
+use crate::model::vit::{DenseWeights, Linear, VitWeights};
 use crate::model::{Model, ModelFiles, Variant};
 use crate::preprocess::Recipe;
 
@@ -216,27 +216,8 @@ fn load_inner(path: &Path, device: &Device) -> Result<Model> {
 
     let mut r = Reader { st: &st, map: &map, used: Default::default() };
     let c = &config;
-    let (d, eps) = (c.hidden, c.layer_norm_eps);
     let mobile = variant == Variant::Mobile;
-    let ln = |r: &mut Reader, name: &str| -> Result<LayerNorm> {
-        Ok(LayerNorm {
-            weight: r.f32(&format!("{name}.weight"), &[d])?,
-            bias: r.f32(&format!("{name}.bias"), &[d])?,
-            eps,
-        })
-    };
-    let block_norms = (0..c.depth)
-        .map(|i| Ok((ln(&mut r, &format!("blocks.{i}.norm1"))?, ln(&mut r, &format!("blocks.{i}.norm2"))?)))
-        .collect::<Result<_>>()?;
-    let dense = DenseWeights {
-        cls_token: r.f32("cls_token", &[1, 1, d])?,
-        dist_token: if c.dist_token { Some(r.f32("dist_token", &[1, 1, d])?) } else { None },
-        pos_embed: r.f32("pos_embed", &[1, c.num_tokens(), d])?,
-        block_norms,
-        norm: ln(&mut r, "norm")?,
-        head_tokens: (0..head_count(c)).collect(),
-        attention_scale_folded: mobile,
-    };
+    let dense = DenseWeights::read(c, mobile, |name, shape| r.f32(name, shape))?;
     let weights = VitWeights::assemble(dense, |name| {
         let (n, k) = name.shape(c);
         r.linear(&name.to_string(), n, k, mobile && matches!(name, LayerName::Block(_, BlockLayer::Fc1)))

@@ -93,26 +93,27 @@ impl<'a> Scorer<'a> {
 }
 
 /// Ranks every linear layer of `fp32`'s `variant` by what quantizing it costs on `inputs` (one
-/// batch). `progress(done, total)` is called after each of the 2 x layers + 1 scored models.
+/// batch). `progress(done, total)` is called after each of the 2 x layers + 1 scored models; an
+/// error it returns (a cancelled window job) stops the analysis and is returned as it is.
 pub fn analyze(
     fp32: &Model,
     variant: Variant,
     opts: &QuantOptions,
     inputs: &Tensor,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut dyn FnMut(usize, usize) -> Result<()>,
 ) -> Result<Sensitivity> {
     let choices = LayerChoices::new(fp32, variant, opts)?;
     let scorer = Scorer::new(fp32, inputs)?;
     let names = fp32.weights.layer_names();
     let total = 2 * names.len() + 1;
     let all_quantized = scorer.cost(variant, choices.assemble(|_| false)?)?;
-    progress(1, total);
+    progress(1, total)?;
     let mut layers = Vec::with_capacity(names.len());
     for (i, name) in names.iter().enumerate() {
         let alone = scorer.cost(variant, choices.assemble(|n| n != name)?)?;
-        progress(2 + 2 * i, total);
+        progress(2 + 2 * i, total)?;
         let all_but = scorer.cost(variant, choices.assemble(|n| n == name)?)?;
-        progress(3 + 2 * i, total);
+        progress(3 + 2 * i, total)?;
         layers.push(LayerSensitivity { layer: *name, alone, all_but, rank: 0 });
     }
     layers.sort_by(|a, b| {
@@ -158,7 +159,7 @@ impl KeepFp32 {
     ) -> Result<BTreeSet<LayerName>> {
         let ranking = match (self.needs_images(), inputs) {
             (false, _) => None,
-            (true, Some(x)) => Some(analyze(fp32, variant, opts, x, &mut |_, _| {})?),
+            (true, Some(x)) => Some(analyze(fp32, variant, opts, x, &mut |_, _| Ok(()))?),
             (true, None) => bail!("--keep-fp32 auto:... needs images to rank the layers on"),
         };
         self.resolve_ranked(fp32, opts, ranking.as_ref(), inputs, note)
