@@ -582,3 +582,47 @@ fn a_ranking_can_be_cancelled_and_the_worker_goes_on() {
     wait_for(&mut h, "the second ranking", |a| a.state.sensitivity.report.is_some() && !a.state.sensitivity.running);
     assert_eq!(h.state().state.sensitivity.report.as_ref().unwrap().ranking.layers.len(), 50);
 }
+
+#[test]
+fn ranking_on_a_bad_folder_is_a_one_line_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        model: fixture("timm_vit").display().to_string(),
+        compare: Some(Variant::Int8),
+        ..Settings::default()
+    };
+    let mut h = harness_with(settings);
+    wait_for(&mut h, "int8", |a| a.state.result(Variant::Int8).is_some() && a.state.busy.is_none());
+    h.get_by_label("Sensitivity").click();
+    h.step();
+    h.step();
+    let rank_on = |h: &mut Harness<'static, WorkbenchApp>, folder: &Path| {
+        h.state_mut().state.settings.sensitivity_folder = folder.display().to_string();
+        h.step();
+        h.get_by_label("Rank on folder").click();
+        h.step();
+        assert!(h.state().state.sensitivity.running, "the ranking did not start");
+        wait_for(h, "the ranking to end", |a| !a.state.sensitivity.running && a.state.busy.is_none());
+        errors(h.state())
+    };
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let errs = rank_on(&mut h, &empty);
+    let said = format!("cannot rank the layers on {}: no image files in this folder", empty.display());
+    assert!(errs.contains(&said), "{errs:?}");
+    let broken = dir.path().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::copy(repo().join("assets/chelsea.png"), broken.join("a.png")).unwrap();
+    std::fs::write(broken.join("b.png"), b"not a png").unwrap();
+    let errs = rank_on(&mut h, &broken);
+    let bad = broken.join("b.png").display().to_string();
+    assert!(errs.iter().any(|e| e.contains(&format!("cannot decode image {bad}")) && !e.contains('\n')), "{errs:?}");
+    assert!(h.state().state.sensitivity.report.is_none());
+    // A good folder then ranks, on its images.
+    std::fs::remove_file(broken.join("b.png")).unwrap();
+    std::fs::copy(repo().join("assets/chelsea.png"), broken.join("c.png")).unwrap();
+    rank_on(&mut h, &broken);
+    let report = h.state().state.sensitivity.report.clone().expect("no ranking on the good folder");
+    assert_eq!(report.ranking.images, 2);
+    assert!(report.source.contains("(2 images)"), "{}", report.source);
+}

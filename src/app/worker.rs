@@ -301,10 +301,7 @@ pub fn spawn(hub: Hub, wake: impl Fn() + Send + 'static) -> WorkerHandle {
                                 .cloned()
                                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                                 .unwrap_or_else(|| "unknown panic".into());
-                            if panic.downcast_ref::<crate::bench::Cancelled>().is_some() {
-                                // A ranking stopped between two models; nothing was changed.
-                                out.send(Reply::Cancelled(format!("{} cancelled", describe_cancelled(&cmd))));
-                            } else if msg == CANCEL_PANIC {
+                            if msg == CANCEL_PANIC {
                                 // A model load was abandoned before it changed any state.
                                 out.send(Reply::Cancelled("download cancelled".into()));
                             } else {
@@ -369,13 +366,6 @@ fn describe(cmd: &Command) -> String {
     }
 }
 
-fn describe_cancelled(cmd: &Command) -> &'static str {
-    match cmd {
-        Command::RankLayers { .. } => "sensitivity ranking",
-        _ => "command",
-    }
-}
-
 const CANCEL_PANIC: &str = "vit-workbench: cancelled by the user";
 
 struct Out {
@@ -422,7 +412,8 @@ struct State {
     quant: QuantOptions,
 }
 
-/// The images of `dir` (by extension, sorted by name), at most [`MAX_RANK_IMAGES`].
+/// The images of `dir` (by extension, sorted by name), at most [`MAX_RANK_IMAGES`]. Errors do
+/// not repeat the folder: the notice names it.
 fn images_in(dir: &std::path::Path) -> Result<Vec<PathBuf>> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot list {}", dir.display()))?
@@ -430,7 +421,7 @@ fn images_in(dir: &std::path::Path) -> Result<Vec<PathBuf>> {
         .filter(|f| f.is_file() && crate::preprocess::has_image_extension(f))
         .collect();
     if found.is_empty() {
-        bail!("{}: no image files in this folder", dir.display());
+        bail!("no image files in this folder");
     }
     found.sort();
     found.truncate(MAX_RANK_IMAGES);
@@ -706,16 +697,23 @@ impl State {
         out.send(Reply::Busy(format!("ranking the layers of {variant} on {on}")));
         // The ranking is of single layers: it starts from every layer quantized, whatever is kept now.
         let opts = QuantOptions { keep_fp32: Default::default(), ..self.quant.clone() };
-        let ranking = analyze(source, variant, &opts, &x, &mut |done, total| {
+        let ranked = analyze(source, variant, &opts, &x, &mut |done, total| {
             if cancel.load(Ordering::Relaxed) {
-                // The ranking's progress callback cannot fail: unwind to the worker's guard with
-                // the typed payload it reports as a cancel (no panic message: resume_unwind
-                // skips the panic hook). Nothing of the worker's state was changed yet.
-                std::panic::resume_unwind(Box::new(crate::bench::Cancelled));
+                return Err(crate::bench::Cancelled.into());
             }
             out.send(Reply::SensitivityProgress { done, total });
-        })?;
-        out.send(Reply::SensitivityDone(SensitivityReport { ranking: Arc::new(ranking), source: on }));
+            Ok(())
+        });
+        match ranked {
+            Ok(ranking) => {
+                out.send(Reply::SensitivityDone(SensitivityReport { ranking: Arc::new(ranking), source: on }))
+            }
+            // Stopped between two models; nothing of the worker's state was changed.
+            Err(e) if e.downcast_ref::<crate::bench::Cancelled>().is_some() => {
+                out.send(Reply::Cancelled("sensitivity ranking cancelled".into()))
+            }
+            Err(e) => return Err(e),
+        }
         Ok(())
     }
 
