@@ -626,3 +626,28 @@ fn ranking_on_a_bad_folder_is_a_one_line_error_naming_it() {
     assert_eq!(report.ranking.images, 2);
     assert!(report.source.contains("(2 images)"), "{}", report.source);
 }
+
+#[test]
+fn the_exported_csv_names_the_layers_each_row_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("report.csv");
+    let mut h = harness(&dir.path().join("no-model"));
+    let ctx = h.ctx.clone();
+    let top = ["blocks.0.fc2", "heads.0"];
+    let st = &mut h.state_mut().state;
+    st.apply(
+        &ctx,
+        Reply::BenchDone(vec![
+            result("m", Variant::Int8, 10.0),
+            BenchResult { kept_fp32: layers(&top), ..result("m", Variant::Int8, 12.0) },
+        ]),
+    );
+    st.settings.export_path = csv.display().to_string();
+    h.step();
+    h.get_by_label("Export CSV").click();
+    wait_for(&mut h, "the CSV", |a| a.state.last_export.is_some());
+    let mut rows = csv::Reader::from_path(&csv).unwrap();
+    let at = rows.headers().unwrap().iter().position(|c| c == "kept_fp32").expect("no kept_fp32 column");
+    let kept: Vec<String> = rows.records().map(|r| r.unwrap()[at].to_string()).collect();
+    assert_eq!(kept, ["", "blocks.0.fc2;heads.0"]);
+}
