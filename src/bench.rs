@@ -17,7 +17,7 @@ use crate::model::LayerName;
 use crate::model::{Capture, Model};
 use crate::quant::metrics::{AgreementSummary, compare_logits, summarize};
 use crate::quant::sensitivity::KeepFp32;
-use crate::quant::{QuantOptions, Variant};
+use crate::quant::{QuantOptions, Scheme, Variant};
 
 /// How long and how often to measure.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -331,17 +331,26 @@ pub struct BenchResult {
     pub int8_kernel: Option<String>,
     /// Layers this quantized variant keeps fp32 (mixed precision); empty for plain variants.
     pub kept_fp32: Vec<LayerName>,
+    /// The quantization scheme of int8/mobile rows (`default`, `torch`, ...); empty for fp32.
+    #[serde(default)]
+    pub scheme: String,
     pub samples_ms: Vec<f64>,
     pub env: Environment,
 }
 
 impl BenchResult {
-    /// The variant as shown to users: `int8`, or `int8+fp32[3]` for a mixed one.
+    /// The variant as shown to users ([`Model::label`]): `int8`, `int8[torch]`, `int8+fp32[3]`.
     pub fn label(&self) -> String {
-        match self.kept_fp32.len() {
-            0 => self.variant.name().to_string(),
-            n => format!("{}+fp32[{n}]", self.variant),
+        let mut label = self.variant.to_string();
+        if !self.scheme.is_empty() && self.scheme != "default" {
+            label.push_str(&format!("[{}]", self.scheme));
         }
+        // The torch scheme's fp32 patch embedding is part of the scheme, not a kept layer.
+        let kept = self.kept_fp32.iter().filter(|l| !(self.scheme == "torch" && **l == LayerName::Patch)).count();
+        if kept > 0 {
+            label.push_str(&format!("+fp32[{kept}]"));
+        }
+        label
     }
 }
 
@@ -418,19 +427,43 @@ pub fn load_variants(
     device: &Device,
     on_download: &mut dyn FnMut(DownloadEvent),
 ) -> Result<(Model, Vec<(Model, f64)>)> {
+    load_variants_with(spec, variants, &[], hub, device, on_download)
+}
+
+/// [`load_variants`], each quantized variant once per scheme (in the order given; fp32 once).
+/// `schemes` empty: the default scheme, and an exported file's variant as it is stored; given,
+/// an exported file whose scheme is not among them is refused.
+pub fn load_variants_with(
+    spec: &str,
+    variants: &[Variant],
+    schemes: &[Scheme],
+    hub: &Hub,
+    device: &Device,
+    on_download: &mut dyn FnMut(DownloadEvent),
+) -> Result<(Model, Vec<(Model, f64)>)> {
     if variants.is_empty() {
         bail!("no variants given");
     }
     let t0 = Instant::now();
     let source = crate::zoo::load_model_as_is(spec, hub, device, on_download)?;
     let base_load_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let explicit = !schemes.is_empty();
+    let schemes = if explicit { schemes } else { &[Scheme::DEFAULT][..] };
     let mut made = Vec::new();
     for v in variants {
-        let t = Instant::now();
-        let m = source
-            .to_variant(*v, QuantOptions::default())
-            .with_context(|| format!("cannot make the {v} variant of {spec}"))?;
-        made.push((m, base_load_ms + t.elapsed().as_secs_f64() * 1000.0));
+        // fp32, and the variant an exported file holds, exist once: no scheme makes them again.
+        let stored = *v != Variant::Fp32 && *v == source.variant;
+        if stored && explicit {
+            schemes.iter().try_for_each(|s| crate::quant::check_scheme(&source, s))?;
+        }
+        let once = *v == Variant::Fp32 || stored;
+        for scheme in if once { &schemes[..1] } else { schemes } {
+            let t = Instant::now();
+            let m = source
+                .to_variant(*v, QuantOptions::with_scheme(*scheme))
+                .with_context(|| format!("cannot make the {v} variant of {spec}"))?;
+            made.push((m, base_load_ms + t.elapsed().as_secs_f64() * 1000.0));
+        }
     }
     Ok((source, made))
 }
@@ -463,13 +496,13 @@ fn with_mixed(
     };
     let mut out = Vec::new();
     for (model, load_ms) in made {
-        let variant = model.variant;
+        let (variant, scheme) = (model.variant, model.scheme().unwrap_or_default());
         out.push((model, load_ms));
         if variant == Variant::Fp32 {
             continue;
         }
         let t = Instant::now();
-        let opts = QuantOptions::default();
+        let opts = QuantOptions::with_scheme(scheme);
         let kept = keep.resolve(source, variant, &opts, calibration.as_ref(), &mut |n| log::info!("{n}"))?;
         if kept.is_empty() {
             continue; // the plain variant already is this one
@@ -503,15 +536,17 @@ pub fn prepare(
     on_download: &mut dyn FnMut(DownloadEvent),
     on_event: &mut dyn FnMut(BenchEvent),
 ) -> Result<Prepared> {
-    prepare_with(job, &KeepFp32::Layers(Default::default()), hub, device, on_download, on_event)
+    prepare_with(job, &KeepFp32::Layers(Default::default()), &[], hub, device, on_download, on_event)
 }
 
-/// [`prepare`], and beside each quantized variant its mixed-precision form keeping `keep`'s
-/// layers fp32 (none when `keep` keeps nothing). The `auto:` forms rank the layers on the
-/// benchmark images, or on the bundled sample photo when the input is synthetic.
+/// [`prepare`], each quantized variant made once per scheme ([`load_variants_with`]; none given:
+/// the default), and beside each its mixed-precision form keeping `keep`'s layers fp32 (none
+/// when `keep` keeps nothing). The `auto:` forms rank the layers on the benchmark images, or on
+/// the bundled sample photo when the input is synthetic.
 pub fn prepare_with(
     job: &BenchJob,
     keep: &KeepFp32,
+    schemes: &[Scheme],
     hub: &Hub,
     device: &Device,
     on_download: &mut dyn FnMut(DownloadEvent),
@@ -528,7 +563,7 @@ pub fn prepare_with(
         on_event(BenchEvent::Phase { model: spec.to_string(), phase: p.to_string() })
     };
     phase(on_event, "loading");
-    let (source, made) = load_variants(spec, variants, hub, device, on_download)?;
+    let (source, made) = load_variants_with(spec, variants, schemes, hub, device, on_download)?;
     let made = if keep.is_none() {
         made
     } else {
@@ -647,6 +682,7 @@ pub fn assemble(
                 int8_kernel: (p.model.variant != Variant::Fp32)
                     .then(|| crate::device::Int8Kernel::for_device(&p.model.device).id().to_string()),
                 kept_fp32: p.model.fp32_layers(),
+                scheme: crate::quant::model_scheme(&p.model).map(|s| s.name()).unwrap_or_default(),
                 samples_ms,
                 env: env.clone(),
             }
@@ -663,19 +699,21 @@ pub fn bench_model(
     on_download: &mut dyn FnMut(DownloadEvent),
     on_event: &mut dyn FnMut(BenchEvent),
 ) -> Result<Vec<BenchResult>> {
-    bench_model_with(job, &KeepFp32::Layers(Default::default()), hub, device, on_download, on_event)
+    bench_model_with(job, &KeepFp32::Layers(Default::default()), &[], hub, device, on_download, on_event)
 }
 
-/// [`bench_model`] with mixed-precision variants beside the quantized ones ([`prepare_with`]).
+/// [`bench_model`] with each quantized variant made once per scheme and mixed-precision forms
+/// beside them ([`prepare_with`]), all measured interleaved.
 pub fn bench_model_with(
     job: &BenchJob,
     keep: &KeepFp32,
+    schemes: &[Scheme],
     hub: &Hub,
     device: &Device,
     on_download: &mut dyn FnMut(DownloadEvent),
     on_event: &mut dyn FnMut(BenchEvent),
 ) -> Result<Vec<BenchResult>> {
-    let prepared = prepare_with(job, keep, hub, device, on_download, on_event)?;
+    let prepared = prepare_with(job, keep, schemes, hub, device, on_download, on_event)?;
     let (samples, peak) = measure(&prepared, job.cfg, job.cancel, on_event)?;
     Ok(assemble(&prepared, job.cfg, samples, peak, &Environment::capture(device)))
 }

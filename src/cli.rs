@@ -16,8 +16,8 @@ use crate::model::{Prediction, device_from_name};
 use crate::preprocess::{LoadedImage, load_image_with};
 use crate::quant::metrics::compare_variants;
 use crate::quant::sensitivity::KeepFp32;
-use crate::quant::{Variant, export, parse_variants};
-use crate::zoo::{DEFAULT_MODEL, ModelSource, ZOO, load_model, load_model_as_is};
+use crate::quant::{QuantOptions, Scheme, Variant, export, parse_variants};
+use crate::zoo::{DEFAULT_MODEL, ModelSource, ZOO, load_model_as_is};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -101,6 +101,10 @@ pub enum Command {
         /// `auto:kl=X` (the most sensitive until the mean KL vs fp32 is at most X).
         #[arg(long, value_name = "LAYERS")]
         keep_fp32: Option<String>,
+        /// Quantization scheme of int8/mobile: default, torch (PyTorch quantize_dynamic, x86), or
+        /// a list like weights=per-tensor,acts=per-tensor,bits=7,acts=asym (README: Schemes).
+        #[arg(long, value_parser = parse_scheme)]
+        scheme: Option<Scheme>,
     },
     /// Write a variant of a model as one self-contained file (safetensors + metadata).
     Export {
@@ -118,6 +122,10 @@ pub enum Command {
         /// sample photo).
         #[arg(long, value_name = "LAYERS")]
         keep_fp32: Option<String>,
+        /// Quantization scheme of int8/mobile: default, torch (PyTorch quantize_dynamic, x86), or
+        /// a list like weights=per-tensor,acts=per-tensor,bits=7,acts=asym (README: Schemes).
+        #[arg(long, value_parser = parse_scheme)]
+        scheme: Option<Scheme>,
     },
     /// What each variant loses against fp32 on the same images: agreement, KL, per-layer error.
     Compare {
@@ -140,6 +148,10 @@ pub enum Command {
         /// names like blocks.0.fc2,heads.0, `all`, `none`, `auto:K`, `auto:kl=X` (ranked on these images).
         #[arg(long, value_name = "LAYERS")]
         keep_fp32: Option<String>,
+        /// Quantization scheme of int8/mobile; repeat it to compare schemes side by side: default, torch (PyTorch quantize_dynamic, x86), or
+        /// a list like weights=per-tensor,acts=per-tensor,bits=7,acts=asym (README: Schemes).
+        #[arg(long = "scheme", value_parser = parse_scheme)]
+        schemes: Vec<Scheme>,
     },
     /// Rank every linear layer by what quantizing it costs: each quantized alone (the rest fp32)
     /// and kept fp32 alone (the rest quantized), scored against fp32 on the images.
@@ -234,6 +246,10 @@ pub struct BenchArgs {
     /// `auto:K`, `auto:kl=X` (ranked on --images, else on the built-in sample photo).
     #[arg(long, value_name = "LAYERS")]
     keep_fp32: Option<String>,
+    /// Quantization scheme of int8/mobile; repeat it to measure several: default, torch (PyTorch quantize_dynamic, x86), or
+    /// a list like weights=per-tensor,acts=per-tensor,bits=7,acts=asym (README: Schemes).
+    #[arg(long = "scheme", value_parser = parse_scheme)]
+    schemes: Vec<Scheme>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -253,6 +269,9 @@ pub struct SensitivityArgs {
     /// Use truncated image files from what decoded instead of refusing them.
     #[arg(long)]
     allow_truncated: bool,
+    /// Quantization scheme of the ranked variant: default, torch, or a list (README: Schemes).
+    #[arg(long, value_parser = parse_scheme)]
+    scheme: Option<Scheme>,
 }
 
 /// `--threads`: 1 up to 4x the logical cores (more only oversubscribes: a classify with 1000
@@ -273,6 +292,11 @@ fn parse_seconds(s: &str) -> std::result::Result<f64, String> {
         return Err(format!("{v} is not a finite number of seconds >= 0"));
     }
     Ok(v)
+}
+
+/// `--scheme`: a preset or a list; a bad value names the valid ones.
+fn parse_scheme(s: &str) -> std::result::Result<Scheme, String> {
+    s.parse().map_err(|e: anyhow::Error| e.to_string())
 }
 
 /// fp32, int8 or mobile, listed in --help.
@@ -579,19 +603,19 @@ pub fn run(cli: Cli) -> Result<()> {
             outln!("{model}: {} and {}", files.config.display(), files.weights.display());
             Ok(())
         }
-        Some(Command::Classify { images, model, top, json, device, variant, allow_truncated, keep_fp32 }) => {
+        Some(Command::Classify { images, model, top, json, device, variant, allow_truncated, keep_fp32, scheme }) => {
             let k = usize::try_from(top).unwrap_or(usize::MAX);
             let keep = parse_keep_for(keep_fp32.as_deref(), variant)?;
-            classify(&hub, &images, &model, k, json, &device, variant, allow_truncated, keep.as_ref())
+            classify(&hub, &images, &model, k, json, &device, (variant, scheme), allow_truncated, keep.as_ref())
         }
-        Some(Command::Export { model, variant, out, keep_fp32 }) => {
+        Some(Command::Export { model, variant, out, keep_fp32, scheme }) => {
             let keep = parse_keep_for(keep_fp32.as_deref(), Some(variant))?;
             // Before minutes of loading and quantizing: the output must be writable and must
             // not be the model being read.
             crate::fsutil::check_writable(&out)?;
             crate::fsutil::check_outputs_distinct(&[("--out", &out)], &[std::path::Path::new(&model)])?;
             let m = match &keep {
-                None => load_model(&model, variant, &hub, &Device::Cpu, &mut download_bar())?,
+                None => load_model_default(&model, Some(variant), scheme, &hub, &Device::Cpu)?,
                 Some(keep) => {
                     let fp32 = load_model_as_is(&model, &hub, &Device::Cpu, &mut download_bar())?;
                     let sample = if keep.needs_images() {
@@ -600,7 +624,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     } else {
                         Vec::new()
                     };
-                    mixed_variant(&fp32, variant, keep, &sample)?
+                    mixed_variant(&fp32, variant, keep, scheme.unwrap_or_default(), &sample)?
                 }
             };
             crate::fsutil::check_outputs_distinct(&[("--out", &out)], &[&m.files.config, &m.files.weights])?;
@@ -608,9 +632,9 @@ pub fn run(cli: Cli) -> Result<()> {
             outln!("{} ({}): wrote {} ({})", m.id, m.label(), out.display(), human_bytes(bytes));
             Ok(())
         }
-        Some(Command::Compare { images, model, variants, json, allow_truncated, keep_fp32 }) => {
+        Some(Command::Compare { images, model, variants, json, allow_truncated, keep_fp32, schemes }) => {
             let keep = parse_keep(keep_fp32.as_deref())?;
-            compare(&hub, &images, &model, &variants, json, allow_truncated, keep.as_ref())
+            compare(&hub, &images, &model, (&variants, &schemes), json, allow_truncated, keep.as_ref())
         }
     }
 }
@@ -664,6 +688,9 @@ struct ImageResult<'a> {
     image: String,
     model: &'a str,
     variant: &'a str,
+    /// The quantization scheme of an int8/mobile variant other than the default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scheme: Option<String>,
     top: Vec<Prediction>,
     /// The file was cut off and `--allow-truncated` let it through: what was missing.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -692,10 +719,11 @@ fn classify(
     k: usize,
     json: bool,
     device: &str,
-    variant: Option<Variant>,
+    (variant, scheme): (Option<Variant>, Option<Scheme>),
     allow_truncated: bool,
     keep: Option<&KeepFp32>,
 ) -> Result<()> {
+    let images = &expand_images(images)?;
     let device = device_from_name(device)?;
     let model = match (keep, variant) {
         (Some(keep), Some(v)) => {
@@ -705,12 +733,13 @@ fn classify(
             } else {
                 Vec::new()
             };
-            mixed_variant(&fp32, v, keep, &ranked_on)?
+            mixed_variant(&fp32, v, keep, scheme.unwrap_or_default(), &ranked_on)?
         }
-        _ => load_model_default(model_spec, variant, hub, &device)?,
+        _ => load_model_default(model_spec, variant, scheme, hub, &device)?,
     };
     let variant_label = model.label();
     let variant_name = variant_label.as_str();
+    let scheme_name = model.scheme().filter(|s| !s.is_default()).map(|s| s.name());
     let k = k.min(model.config.num_classes());
     let mut results = Vec::new();
     for path in images {
@@ -720,6 +749,7 @@ fn classify(
             image: path.display().to_string(),
             model: model_spec,
             variant: variant_name,
+            scheme: scheme_name.clone(),
             top,
             truncated: img.truncated,
         });
@@ -738,12 +768,30 @@ fn classify(
     Ok(())
 }
 
-/// Loads `spec` as `variant`, or as it is stored when no variant is asked for (an exported file
-/// holds one variant; a checkpoint is fp32).
-fn load_model_default(spec: &str, variant: Option<Variant>, hub: &Hub, device: &Device) -> Result<crate::model::Model> {
+/// Loads `spec` as `variant` (quantized with `scheme`, default if none), or as it is stored when
+/// no variant is asked for (an exported file holds one variant; a checkpoint is fp32).
+fn load_model_default(
+    spec: &str,
+    variant: Option<Variant>,
+    scheme: Option<Scheme>,
+    hub: &Hub,
+    device: &Device,
+) -> Result<crate::model::Model> {
+    if variant == Some(Variant::Fp32) && scheme.is_some() {
+        anyhow::bail!("--scheme applies to the int8 and mobile variants, not fp32");
+    }
     let model = load_model_as_is(spec, hub, device, &mut download_bar())?;
+    let stored = variant.is_none_or(|v| v == model.variant);
+    if let Some(s) = scheme {
+        if stored && model.variant == Variant::Fp32 {
+            anyhow::bail!("--scheme applies to the int8 and mobile variants: add --variant int8 or --variant mobile");
+        }
+        if stored {
+            crate::quant::check_scheme(&model, &s)?;
+        }
+    }
     match variant {
-        Some(v) => model.to_variant(v, Default::default()),
+        Some(v) => model.to_variant(v, QuantOptions::with_scheme(scheme.unwrap_or_default())),
         None => Ok(model),
     }
 }
@@ -816,8 +864,9 @@ fn explain(hub: &Hub, a: &ExplainArgs) -> Result<()> {
     if (a.layer.is_some() || a.head.is_some()) && a.method != ExplainMethod::Raw {
         anyhow::bail!("--layer and --head apply to --method raw only");
     }
-    let outputs = explain_outputs(&a.images, &a.out, a.method)?;
-    let model = load_model_default(&a.model, a.variant, hub, &Device::Cpu)?;
+    let images = expand_images(&a.images)?;
+    let outputs = explain_outputs(&images, &a.out, a.method)?;
+    let model = load_model_default(&a.model, a.variant, None, hub, &Device::Cpu)?;
     let c = &model.config;
     if let Some(k) = a.class.filter(|k| *k >= c.num_classes()) {
         anyhow::bail!("--class {k}: {} has {} classes (0..{})", a.model, c.num_classes(), c.num_classes() - 1);
@@ -845,7 +894,7 @@ fn explain(hub: &Hub, a: &ExplainArgs) -> Result<()> {
         ColormapArg::Inferno => Colormap::Inferno,
         ColormapArg::Viridis => Colormap::Viridis,
     };
-    for (path, out) in a.images.iter().zip(&outputs) {
+    for (path, out) in images.iter().zip(&outputs) {
         let img = crate::preprocess::load_image(path)?;
         let e = explain_image(&model, &img, request).with_context(|| format!("cannot explain {}", path.display()))?;
         let picture = render(&img, &e, cmap, a.opacity);
@@ -872,7 +921,7 @@ fn explain(hub: &Hub, a: &ExplainArgs) -> Result<()> {
             top.label,
             100.0 * top.probability,
             top.index,
-            model.variant,
+            model.label(),
             out.display(),
             img.width(),
             img.height()
@@ -895,12 +944,14 @@ fn compare(
     hub: &Hub,
     images: &[PathBuf],
     model_spec: &str,
-    variants: &str,
+    (variants, schemes): (&str, &[Scheme]),
     json: bool,
     allow_truncated: bool,
     keep: Option<&KeepFp32>,
 ) -> Result<()> {
     let variants = parse_variants(variants)?;
+    let images = &expand_images(images)?;
+    let schemes = if schemes.is_empty() { &[Scheme::DEFAULT][..] } else { schemes };
     // Images first: a bad file fails in a second, not after the model is loaded and quantized.
     let imgs: Vec<_> = load_images(images, allow_truncated)?.into_iter().map(|i| i.image).collect();
     let reference = load_model_as_is(model_spec, hub, &Device::Cpu, &mut download_bar())?;
@@ -910,14 +961,19 @@ fn compare(
             reference.variant
         );
     }
+    // Each quantized variant once per scheme (fp32 once), in the order given, each followed by
+    // its mixed-precision form when --keep-fp32 is given.
     let mut others = Vec::new();
     for v in &variants {
-        others.push(reference.to_variant(*v, Default::default())?);
-        if let Some(keep) = keep.filter(|_| *v != Variant::Fp32) {
-            let mixed = mixed_variant(&reference, *v, keep, &imgs)?;
-            // `auto:kl=X` may keep nothing when the variant already meets X: no duplicate row.
-            if !mixed.fp32_layers().is_empty() {
-                others.push(mixed);
+        let schemes = if *v == Variant::Fp32 { &schemes[..1] } else { schemes };
+        for s in schemes {
+            others.push(reference.to_variant(*v, QuantOptions::with_scheme(*s))?);
+            if let Some(keep) = keep.filter(|_| *v != Variant::Fp32) {
+                let mixed = mixed_variant(&reference, *v, keep, *s, &imgs)?;
+                // `auto:kl=X` may keep nothing when the variant already meets X: no duplicate row.
+                if mixed.label() != others.last().map(|m: &crate::model::Model| m.label()).unwrap_or_default() {
+                    others.push(mixed);
+                }
             }
         }
     }
@@ -996,9 +1052,9 @@ fn compare(
     let model_outs: Vec<_> = std::iter::once(&reference).chain(others.iter()).collect();
     for (p, img) in images.iter().zip(&imgs) {
         let mut line = format!("{}:", p.display());
-        for (i, m) in model_outs.iter().enumerate().skip(1) {
+        for m in model_outs.iter().skip(1) {
             let top = m.classify(img, 1)?;
-            line.push_str(&format!("  {} {} {:.3}", model_outs[i].label(), top[0].label, top[0].probability));
+            line.push_str(&format!("  {} {} {:.3}", m.label(), top[0].label, top[0].probability));
         }
         outln!("{line}");
     }
@@ -1028,7 +1084,7 @@ pub fn expand_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
-    use crate::bench::{BenchConfig, BenchEvent, BenchInput, BenchJob};
+    use crate::bench::{BenchConfig, BenchEvent, BenchInput, BenchJob, bench_model_with};
     // Fail before minutes of measuring, not after: every output writable, none named twice,
     // none an input of this run.
     let outputs: Vec<(&str, &std::path::Path)> = [("--csv", &a.csv), ("--json", &a.json), ("--raw", &a.raw)]
@@ -1080,7 +1136,10 @@ fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
                 None => Variant::ALL.to_vec(),
             },
         };
-        let bar = ProgressBar::new((variants.len() * (cfg.warmup + cfg.min_runs)) as u64);
+        // Each quantized variant is measured once per scheme.
+        let runners: usize =
+            variants.iter().map(|v| if *v == Variant::Fp32 { 1 } else { a.schemes.len().max(1) }).sum();
+        let bar = ProgressBar::new((runners * (cfg.warmup + cfg.min_runs)) as u64);
         bar.set_style(
             ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -1089,12 +1148,12 @@ fn bench(hub: &Hub, a: &BenchArgs) -> Result<()> {
         bar.set_prefix(spec.to_string());
         let mut samples_seen = 0u64;
         let job = BenchJob { spec, variants: &variants, cfg, input: &input, cancel: None };
-        let r = crate::bench::bench_model_with(&job, &keep, hub, &device, &mut download_bar(), &mut |ev| match ev {
+        let r = bench_model_with(&job, &keep, &a.schemes, hub, &device, &mut download_bar(), &mut |ev| match ev {
             BenchEvent::Phase { phase, .. } => bar.set_message(phase),
             BenchEvent::Warmup { done, .. } => bar.set_position(done as u64),
             BenchEvent::Sample { variant, ms, .. } => {
                 samples_seen += 1;
-                let pos = (variants.len() * cfg.warmup) as u64 + samples_seen;
+                let pos = (runners * cfg.warmup) as u64 + samples_seen;
                 if pos > bar.length().unwrap_or(0) {
                     bar.set_length(pos);
                 }
@@ -1273,6 +1332,9 @@ fn eval(hub: &Hub, a: &EvalArgs) -> Result<()> {
 }
 
 fn profile(hub: &Hub, a: &ProfileArgs) -> Result<()> {
+    if !crate::model::profiler::PROFILER_COMPILED_IN {
+        anyhow::bail!("this build has the profiler compiled out (feature `no-profiler`): build without it to profile");
+    }
     if let Some(p) = &a.trace {
         crate::fsutil::check_writable(p)?;
         crate::fsutil::check_outputs_distinct(&[("--trace", p)], &[std::path::Path::new(&a.model)])?;
@@ -1318,6 +1380,7 @@ fn mixed_variant(
     fp32: &crate::model::Model,
     variant: Variant,
     keep: &KeepFp32,
+    scheme: Scheme,
     images: &[image::RgbImage],
 ) -> Result<crate::model::Model> {
     if fp32.variant != Variant::Fp32 {
@@ -1327,7 +1390,7 @@ fn mixed_variant(
             fp32.label()
         );
     }
-    let opts = crate::quant::QuantOptions::default();
+    let opts = QuantOptions::with_scheme(scheme);
     let batch = if keep.needs_images() { Some(fp32.preprocess_batch(images)?) } else { None };
     let kept = keep
         .resolve(fp32, variant, &opts, batch.as_ref(), &mut |n| eprintln!("note: {n}"))
@@ -1368,7 +1431,10 @@ fn sensitivity(hub: &Hub, a: &SensitivityArgs) -> Result<()> {
             .progress_chars("=> "),
     );
     bar.set_prefix(format!("{} {}", a.model, a.variant));
-    let s = analyze(&fp32, a.variant, &Default::default(), &batch, &mut |done, total| {
+    let opts = QuantOptions::with_scheme(a.scheme.unwrap_or_default());
+    let ranked =
+        if opts.scheme.is_default() { a.variant.to_string() } else { format!("{}[{}]", a.variant, opts.scheme) };
+    let s = analyze(&fp32, a.variant, &opts, &batch, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
         Ok(())
@@ -1378,7 +1444,7 @@ fn sensitivity(hub: &Hub, a: &SensitivityArgs) -> Result<()> {
     outln!(
         "{}: {} on {n} image(s), cpu, {} threads; {} layers ranked by {RANK_KEY} (mean KL vs fp32 with only that layer quantized)",
         fp32.id,
-        a.variant,
+        ranked,
         rayon::current_num_threads(),
         s.layers.len()
     );

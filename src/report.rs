@@ -51,10 +51,12 @@ pub const COLUMNS: &[&str] = &[
     "int8_kernel",
     "gpu",
     "kept_fp32",
+    "scheme",
 ];
 
 /// Columns of the per-run samples CSV.
-pub const RAW_COLUMNS: &[&str] = &["model", "variant", "device", "threads", "batch", "run", "ms", "kept_fp32"];
+pub const RAW_COLUMNS: &[&str] =
+    &["model", "variant", "device", "threads", "batch", "run", "ms", "kept_fp32", "scheme"];
 
 fn num(v: f64) -> String {
     // Enough digits to round-trip the milliseconds we measure; no exponent for readability.
@@ -112,6 +114,7 @@ pub fn row(r: &BenchResult, all: &[BenchResult]) -> Vec<String> {
         r.int8_kernel.clone().unwrap_or_default(),
         r.env.gpu.clone(),
         crate::quant::export::join_layers(&r.kept_fp32, ";"),
+        r.scheme.clone(),
     ]
 }
 
@@ -140,6 +143,7 @@ pub fn raw_to_csv(results: &[BenchResult]) -> Result<Vec<u8>> {
                 (i + 1).to_string(),
                 num(*ms),
                 crate::quant::export::join_layers(&r.kept_fp32, ";"),
+                r.scheme.clone(),
             ])?;
         }
     }

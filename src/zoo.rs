@@ -156,9 +156,7 @@ impl ModelSource {
             }
             bail!("{spec}: neither a vit-workbench export nor a file inside a model folder with a config.json");
         }
-        let looks_like_id =
-            spec.split('/').count() == 2 && !spec.starts_with('.') && !spec.contains('\\') && !spec.ends_with('/');
-        if looks_like_id {
+        if is_hub_id(spec) {
             Ok(ModelSource::Hub(spec.to_string()))
         } else {
             bail!("{spec}: no such folder, and not a Hugging Face model id (owner/name)")
@@ -176,6 +174,24 @@ impl ModelSource {
                 Ok((files, entry.and_then(|e| e.recipe).map(|f| f())))
             }
         }
+    }
+}
+
+/// `owner/name` as the hub spells repo ids: two parts of letters, digits, `-`, `_` and `.`, each
+/// starting with a letter or digit, no `--` or `..`, at most 96 characters. Anything else that
+/// is not an existing path (`/nonexistent`, `models/vit/`, `C:\\x`) is a missing folder, not a
+/// repo to look up over the network.
+pub fn is_hub_id(spec: &str) -> bool {
+    let part_ok = |p: &str| {
+        p.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && !p.contains("--")
+            && !p.contains("..")
+    };
+    let mut parts = spec.split('/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(owner), Some(name), None) => spec.len() <= 96 && part_ok(owner) && part_ok(name),
+        _ => false,
     }
 }
 

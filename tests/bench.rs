@@ -20,7 +20,7 @@ fn csv_header_starts_with_the_documented_schema_in_order() {
     assert_eq!(
         header,
         format!(
-            "{CORE_SCHEMA},warmup,measured_s,speedup_vs_fp32,size_vs_fp32,min_cosine,agreement_images,int8_kernel,gpu,kept_fp32"
+            "{CORE_SCHEMA},warmup,measured_s,speedup_vs_fp32,size_vs_fp32,min_cosine,agreement_images,int8_kernel,gpu,kept_fp32,scheme"
         )
     );
     // The README documents every column.
@@ -48,6 +48,7 @@ fn fake(variant: Variant, p50: f64, file_bytes: u64, accuracy: Option<AgreementS
         accuracy,
         int8_kernel: (variant != Variant::Fp32).then(|| "cpu-per-channel-rowwise".to_string()),
         kept_fp32: Vec::new(),
+        scheme: if variant == Variant::Fp32 { String::new() } else { "default".into() },
         samples_ms: samples,
         env: Environment {
             cpu: "Test CPU".into(),
@@ -104,6 +105,8 @@ fn csv_values_round_trip_through_a_csv_parser() {
     assert_eq!(get(int8, "int8_kernel"), "cpu-per-channel-rowwise");
     assert_eq!(get(&rows[0], "int8_kernel"), "", "fp32 uses no int8 kernel");
     assert_eq!(get(int8, "gpu"), "");
+    assert_eq!(get(int8, "scheme"), "default");
+    assert_eq!(get(&rows[0], "scheme"), "", "fp32 has no quantization scheme");
     // fp32 has no comparison of its own: agreement cells are empty, not invented.
     assert_eq!(get(&rows[0], "top1_agreement"), "");
     assert_eq!(f(&rows[0], "speedup_vs_fp32"), 1.0);

@@ -44,6 +44,41 @@ fn classify_text_lists_top_k_for_each_image() {
 }
 
 #[test]
+fn classify_a_folder_classifies_every_image_in_it() {
+    let Some(shared) = shared() else { return };
+    let model = hf_tiny(&shared);
+    let dir = shared.join("images");
+    let (code, out, err) = run(&["classify", dir.to_str().unwrap(), "--model", model.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut expected: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("png" | "jpg" | "jpeg")))
+        .map(|p| p.display().to_string())
+        .collect();
+    expected.sort();
+    let got: Vec<String> = v.as_array().unwrap().iter().map(|r| r["image"].as_str().unwrap().to_string()).collect();
+    assert_eq!(got, expected);
+    // A folder without images is an error naming it, not an empty success.
+    let empty = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(&["classify", empty.path().to_str().unwrap(), "--model", model.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert_one_line_error(&err, &[&empty.path().display().to_string(), "no image files"]);
+}
+
+#[test]
+fn an_absolute_path_that_does_not_exist_is_a_missing_folder_not_a_hub_id() {
+    let img = fixture("preprocess/hf_vit__chelsea.png");
+    for spec in ["/nonexistent", "/nonexistent/model", "models/vit/", "a/b/c"] {
+        let (code, _, err) = run(&["classify", img.to_str().unwrap(), "--model", spec]);
+        assert_ne!(code, 0);
+        assert_one_line_error(&err, &[spec, "no such folder"]);
+        assert!(!err.contains("hub"), "{spec} was looked up on the hub: {err}");
+    }
+}
+
+#[test]
 fn missing_image_is_a_one_line_error() {
     let model = fixture("timm_vit");
     let (code, _, err) = run(&["classify", "/nonexistent/cat.png", "--model", model.to_str().unwrap()]);

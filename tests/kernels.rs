@@ -221,3 +221,44 @@ fn layer_norm_fused_into_the_int8_layer_equals_the_two_ops() {
         }
     }
 }
+
+#[test]
+fn int8_gemm_paths_take_code_minus_128_exactly() {
+    use std::sync::Arc;
+    use vit_workbench::kernels::gemm_i8::Bytes;
+    // Schemes other than the default produce -128 (torch's per-tensor weights round
+    // -max|w| / (max|w| / 127.5) = -127.5 to -128; asymmetric 8-bit activations are stored as
+    // q - 128). Runs of -128 x -128 are the products that overflow an i16 pair sum
+    // (`vpmaddubsw`) and that `vpsignb` cannot negate, so every path must sum them exactly.
+    let isas = available_isas();
+    for &(m, k, n) in &[(1usize, 192usize, 37usize), (7, 100, 64), (197, 768, 192), (5, 3072, 20), (3, 45, 17)] {
+        let mut state = (m * 131 + k * 7 + n) as u32;
+        let mut code = |extreme_every: u32| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            if (state >> 8).is_multiple_of(extreme_every) {
+                if state & 1 == 0 { -128 } else { 127 }
+            } else {
+                (state >> 24) as i8
+            }
+        };
+        let mut a_codes: Vec<i8> = (0..m * k).map(|_| code(3)).collect();
+        let mut w_codes: Vec<i8> = (0..n * k).map(|_| code(3)).collect();
+        // The worst case: a whole row and a whole output channel of -128.
+        a_codes[..k].fill(-128);
+        w_codes[..k].fill(-128);
+        let a =
+            QuantizedRows { m, k, data: a_codes, scales: pseudo_random(m, 5, 1.0).iter().map(|v| v.abs()).collect() };
+        let scales = pseudo_random(n, 6, 0.01).iter().map(|v| v.abs()).collect();
+        let w = PackedWeights::from_parts(n, k, Bytes::Owned(Arc::new(w_codes)), scales);
+        let bias = pseudo_random(n, 7, 1.0);
+        let reference = naive(&a, &w, Some(&bias), Epilogue::None);
+        // Row 0 x channel 0 is exactly k · 16384 times the scales.
+        assert_eq!(reference[0], (k as i32 * 16384) as f32 * (a.scales[0] * w.scales[0]) + bias[0]);
+        for &isa in &isas {
+            let mut out = vec![f32::NAN; m * n];
+            gemm_i8::gemm(isa, &a, &w, Some(&bias), Epilogue::None, &mut out);
+            let bad = out.iter().zip(&reference).position(|(x, y)| x.to_bits() != y.to_bits());
+            assert!(bad.is_none(), "{} with -128 codes m={m} k={k} n={n}: index {bad:?}", isa.name());
+        }
+    }
+}

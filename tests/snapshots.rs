@@ -295,6 +295,7 @@ fn fixed_results(model: &str, p50: [f64; 3], fp32_mb: f64) -> Vec<BenchResult> {
             accuracy: None,
             int8_kernel: None,
             kept_fp32: Vec::new(),
+            scheme: String::new(),
             samples_ms: vec![p50[i]; 40],
             env: vit_workbench::bench::Environment {
                 cpu: "pinned".into(),

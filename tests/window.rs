@@ -266,6 +266,7 @@ fn result(model: &str, variant: Variant, p50: f64) -> BenchResult {
         accuracy: None,
         int8_kernel: None,
         kept_fp32: Vec::new(),
+        scheme: String::new(),
         samples_ms: vec![p50],
         env: Environment {
             cpu: String::new(),

@@ -4,6 +4,7 @@
 Needs: torch, transformers, timm, pillow, safetensors, numpy (PyPI). Run from the repo root:
 
     python3 tools/make_fixtures.py [--shared ../shared]
+    python3 tools/make_fixtures.py --only torch-x86   # just the torch x86 references below
 
 What it writes, per tiny random-weight model (32-dim, 2 layers, 2 heads, 32x32 input, patch 8,
 10 classes) in each layout the engine loads:
@@ -14,6 +15,14 @@ and, for the preprocessing recipes on real photos (PIL is the reference resample
   tests/fixtures/preprocess/<recipe>__<photo>.png  the 8-bit image after resize + crop, before
                                                   normalisation (normalisation is exact arithmetic)
   tests/fixtures/real_reference.json                top-5 of the real ViT-Ti in both layouts
+and the references of the `torch` quantization scheme (PyTorch's tutorial recipe,
+`quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)` on the x86 engine), made from the
+committed fixture checkpoints without rewriting them:
+  tests/fixtures/<name>/torch_x86.safetensors: logits [2,10] of the quantized model on the
+      fixture's pixel_values, and per quantized nn.Linear its input `L.x` and output `L.y` in
+      that forward, under the export layout's layer names `L` (`blocks.N.qkv|proj|fc1|fc2`,
+      `heads.I`; a transformers model's q, k and v outputs concatenated in that order)
+  tests/fixtures/quant_linear/torch_x86.safetensors: single layers `caseN.{x,weight,bias,y}`
 """
 import argparse
 import json
@@ -262,13 +271,111 @@ def quant_linear():
     print("quant_linear written, torch int8 max error", float((y_int8 - y).abs().max()))
 
 
+def torch_x86_quantize(model):
+    """The PyTorch tutorial recipe: default dynamic qconfig (per-tensor symmetric qint8 weights by
+    MinMaxObserver; activations quint8, per tensor, reduce_range) on the x86 engine (fbgemm)."""
+    import copy
+    from torch.ao.quantization import quantize_dynamic
+    torch.backends.quantized.engine = "x86"
+    return quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def load_fixture_model(name):
+    d = os.path.join(FIX, name)
+    if name.startswith("timm_"):
+        from timm.models.deit import VisionTransformerDistilled
+        from timm.models.vision_transformer import VisionTransformer
+        from safetensors.torch import load_file
+        cfg = json.load(open(os.path.join(d, "config.json")))
+        cls = VisionTransformerDistilled if "distilled" in name else VisionTransformer
+        model = cls(num_classes=cfg["num_classes"], **cfg["model_args"])
+        model.load_state_dict(load_file(os.path.join(d, "model.safetensors")))
+        return model.eval(), lambda m, x: m(x)
+    from transformers import AutoModelForImageClassification
+    model = AutoModelForImageClassification.from_pretrained(d, attn_implementation="eager")
+    return model.eval(), lambda m, x: m(pixel_values=x).logits
+
+
+def workbench_layer_name(torch_name):
+    """Our layer name for a torch nn.Linear, and the part of it (q/k/v) or None."""
+    import re
+    m = re.match(r".*layers\.(\d+)\.attention\.([qkv])_proj$", torch_name)
+    if m:
+        return f"blocks.{m[1]}.qkv", m[2]
+    m = re.match(r".*(?:layers|blocks)\.(\d+)\.(?:attention\.o_proj|attn\.proj|attn\.qkv|mlp\.fc1|mlp\.fc2)$", torch_name)
+    if m:
+        kind = {"o_proj": "proj", "proj": "proj", "qkv": "qkv", "fc1": "fc1", "fc2": "fc2"}[torch_name.split(".")[-1]]
+        return f"blocks.{m[1]}.{kind}", None
+    heads = {"classifier": 0, "cls_classifier": 0, "head": 0, "distillation_classifier": 1, "head_dist": 1}
+    return f"heads.{heads[torch_name]}", None
+
+
+def torch_x86_references():
+    from safetensors.torch import load_file
+    for name in ["hf_vit", "hf_deit", "hf_deit_distilled", "timm_vit", "timm_deit_distilled"]:
+        model, run = load_fixture_model(name)
+        x = load_file(os.path.join(FIX, name, "reference.safetensors"))["pixel_values"]
+        q = torch_x86_quantize(model)
+        seen = {}
+        hooks = []
+        for lname, mod in q.named_modules():
+            if type(mod).__name__ == "Linear" and "quantized.dynamic" in type(mod).__module__:
+                def hook(m, i, o, lname=lname):
+                    seen[lname] = (i[0].clone(), o.clone())
+                hooks.append(mod.register_forward_hook(hook))
+        with torch.no_grad():
+            tensors = {"logits": run(q, x).clone()}
+        for h in hooks:
+            h.remove()
+        parts = {}
+        for lname, (i, o) in seen.items():
+            ours, part = workbench_layer_name(lname)
+            tensors[ours + ".x"] = i.contiguous()
+            if part is None:
+                tensors[ours + ".y"] = o.contiguous()
+            else:
+                parts.setdefault(ours, {})[part] = o
+        for ours, p in parts.items():
+            tensors[ours + ".y"] = torch.cat([p["q"], p["k"], p["v"]], dim=-1).contiguous()
+        save_file(tensors, os.path.join(FIX, name, "torch_x86.safetensors"))
+        print(name, "torch x86 int8:", len(hooks), "quantized linears")
+    # Single layers: a wide input range, exact .5 ties, an all-positive input (zero point 0),
+    # weights whose most negative value is the tensor's largest magnitude (code -128).
+    g = torch.Generator().manual_seed(15)
+    cases = []
+    x = torch.randn((7, 100), generator=g) * torch.tensor([0.01, 0.1, 1.0, 3.0, 10.0, 0.5, 30.0])[:, None]
+    cases.append((x, torch.randn((40, 100), generator=g), torch.randn(40, generator=g)))
+    x = torch.arange(-64, 63, dtype=torch.float32).reshape(1, 127).repeat(3, 1) / 4.0
+    w = torch.randn((20, 127), generator=g)
+    w[3, 5] = -w.abs().max() * 1.5
+    cases.append((x, w, torch.randn(20, generator=g)))
+    x = torch.rand((13, 45), generator=g) * 5.0
+    cases.append((x, torch.randn((9, 45), generator=g) * 0.02, torch.zeros(9)))
+    tensors = {}
+    for i, (x, w, b) in enumerate(cases):
+        lin = torch.nn.Linear(w.shape[1], w.shape[0])
+        with torch.no_grad():
+            lin.weight.copy_(w)
+            lin.bias.copy_(b)
+            y = torch_x86_quantize(torch.nn.Sequential(lin))(x)
+        tensors.update({f"case{i}.x": x.contiguous(), f"case{i}.weight": w.contiguous(),
+                        f"case{i}.bias": b.contiguous(), f"case{i}.y": y.contiguous()})
+    save_file(tensors, os.path.join(FIX, "quant_linear", "torch_x86.safetensors"))
+    print("quant_linear torch x86 cases written")
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--shared", default=os.path.join(ROOT, "..", "shared"))
+    ap.add_argument("--only", choices=["torch-x86"], help="write only these references")
     a = ap.parse_args()
     torch.set_grad_enabled(False)
+    if a.only == "torch-x86":
+        torch_x86_references()
+        raise SystemExit(0)
     hf_models()
     timm_models()
     quant_linear()
+    torch_x86_references()
     preprocess_refs(a.shared)
     real_references(a.shared)

@@ -20,9 +20,9 @@
 use anyhow::{Context, Result, bail};
 use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Shape, Tensor, Var};
 
-use crate::kernels::gemm_i8::quantize_rows;
 use crate::model::Model;
 use crate::model::linear::Linear;
+use crate::quant::Scheme;
 
 /// The relevance of one image for one class.
 #[derive(Clone, Debug)]
@@ -40,9 +40,10 @@ pub struct Attribution {
     pub row: Vec<f32>,
 }
 
-/// Per-row int8 quantize-dequantize, as the int8 kernel quantizes its input rows; its gradient is
-/// passed straight through (the derivative of the rounding is taken as 1).
-struct FakeQuantRows;
+/// int8 quantize-dequantize of a layer's input, as the int8 layer quantizes it (per row by
+/// default, or by its scheme); its gradient is passed straight through (the derivative of the
+/// rounding is taken as 1).
+struct FakeQuantRows(Scheme);
 
 impl CustomOp1 for FakeQuantRows {
     fn name(&self) -> &'static str {
@@ -55,8 +56,7 @@ impl CustomOp1 for FakeQuantRows {
         let Some((start, end)) = layout.contiguous_offsets() else {
             candle_core::bail!("fake-quant-rows: input must be contiguous")
         };
-        let q = quantize_rows(&data[start..end], m, k);
-        let out = q.data.iter().enumerate().map(|(i, &c)| c as f32 * q.scales[i / k.max(1)]).collect();
+        let out = crate::quant::scheme::fake_quantize(&self.0, &data[start..end], m, k);
         Ok((CpuStorage::F32(out), Shape::from((m, k))))
     }
 
@@ -71,21 +71,28 @@ struct DenseLinear {
     weight_t: Tensor,
     bias: Option<Tensor>,
     /// Quantize input rows (the layer is int8 in the model).
-    fake_quant: bool,
+    fake_quant: Option<Scheme>,
 }
 
 impl DenseLinear {
     fn new(l: &Linear) -> Result<DenseLinear> {
         let (w, b) = l.dense_weights()?;
-        Ok(DenseLinear { weight_t: w.t()?.contiguous()?, bias: b, fake_quant: matches!(l, Linear::Int8(_)) })
+        Ok(DenseLinear {
+            weight_t: w.t()?.contiguous()?,
+            bias: b,
+            fake_quant: match l {
+                Linear::Int8(q) => Some(q.scheme),
+                _ => None,
+            },
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let k = *dims.last().context("scalar input")?;
         let mut x2 = x.reshape((x.elem_count() / k, k))?.contiguous()?;
-        if self.fake_quant {
-            x2 = x2.apply_op1(FakeQuantRows)?;
+        if let Some(scheme) = self.fake_quant {
+            x2 = x2.apply_op1(FakeQuantRows(scheme))?;
         }
         let mut y = x2.matmul(&self.weight_t)?;
         if let Some(b) = &self.bias {

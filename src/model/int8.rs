@@ -1,10 +1,12 @@
-//! The int8 linear layer as a candle `CustomOp1`: activations are quantized per row on the fly
-//! and multiplied with pre-quantized weights by [`crate::kernels::gemm_i8`].
+//! The int8 linear layer as a candle `CustomOp1`: activations are quantized on the fly (per row
+//! by default, or as its [`Scheme`] says) and multiplied with pre-quantized weights by
+//! [`crate::kernels::gemm_i8`].
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 
+use super::scheme::{self, Scheme};
 use crate::kernels::gemm_i8::{self, Epilogue, PackedWeights};
-use crate::kernels::selected_isa;
+use crate::kernels::{Isa, ops, selected_isa};
 
 #[derive(Debug)]
 pub struct Int8Linear {
@@ -12,12 +14,27 @@ pub struct Int8Linear {
     pub bias: Option<Vec<f32>>,
     /// GELU applied in the kernel's epilogue (mobile's fc1).
     pub fused_gelu: bool,
+    /// How the weights were quantized and how inputs are.
+    pub scheme: Scheme,
 }
 
 impl Int8Linear {
-    /// Quantizes fp32 weights `[n, k]`.
+    /// Quantizes fp32 weights `[n, k]` with the default scheme.
     pub fn quantize(weight: &[f32], n: usize, k: usize, bias: Option<Vec<f32>>, fused_gelu: bool) -> Int8Linear {
-        Int8Linear { weights: PackedWeights::quantize(weight, n, k), bias, fused_gelu }
+        Self::quantize_with(weight, n, k, bias, fused_gelu, Scheme::DEFAULT, 1)
+    }
+
+    /// Quantizes fp32 weights `[n, k]` with `scheme`; `tensors` as [`Scheme::quantize_weights`].
+    pub fn quantize_with(
+        weight: &[f32],
+        n: usize,
+        k: usize,
+        bias: Option<Vec<f32>>,
+        fused_gelu: bool,
+        scheme: Scheme,
+        tensors: usize,
+    ) -> Int8Linear {
+        Int8Linear { weights: scheme.quantize_weights(weight, n, k, tensors), bias, fused_gelu, scheme }
     }
 
     fn epilogue(&self) -> Epilogue {
@@ -26,7 +43,12 @@ impl Int8Linear {
 
     /// `x` `[m, k]` row-major -> `[m, n]`.
     pub fn run(&self, x: &[f32], m: usize) -> Vec<f32> {
-        gemm_i8::linear(selected_isa(), x, m, &self.weights, self.bias.as_deref(), self.epilogue())
+        let (isa, bias) = (selected_isa(), self.bias.as_deref());
+        if self.scheme.default_activations() {
+            gemm_i8::linear(isa, x, m, &self.weights, bias, self.epilogue())
+        } else {
+            scheme::linear(&self.scheme, isa, x, m, &self.weights, bias, self.epilogue())
+        }
     }
 
     /// This layer on `LayerNorm(x + y)` (`x` alone without `y`), normalised row by row as rows
@@ -40,8 +62,14 @@ impl Int8Linear {
         eps: f32,
         sum: &mut [f32],
     ) -> Vec<f32> {
-        let (w, bias) = (&self.weights, self.bias.as_deref());
-        gemm_i8::layer_norm_linear(selected_isa(), x, y, gamma, beta, eps, sum, w, bias, self.epilogue())
+        let (isa, w, bias) = (selected_isa(), &self.weights, self.bias.as_deref());
+        if self.scheme.default_activations() {
+            return gemm_i8::layer_norm_linear(isa, x, y, gamma, beta, eps, sum, w, bias, self.epilogue());
+        }
+        // Per-tensor parameters need every row normalised before the first is quantized.
+        let mut norm = vec![0f32; x.len()];
+        ops::add_layer_norm(isa == Isa::Portable, x, y, gamma, beta, eps, sum, &mut norm);
+        self.run(&norm, x.len() / w.k.max(1))
     }
 }
 

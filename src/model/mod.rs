@@ -13,6 +13,8 @@ pub mod int8;
 pub mod layers;
 pub mod linear;
 pub mod profiler;
+/// How an int8 layer quantizes (beside [`int8`], which runs it; `quant` re-exports both).
+pub mod scheme;
 pub mod variant;
 pub mod vit;
 
@@ -25,6 +27,7 @@ use serde::Serialize;
 
 pub use config::{HeadMode, Layout, VitConfig};
 pub use layers::{BlockLayer, LayerName};
+use linear::Linear;
 pub use variant::{Variant, parse_variants};
 pub use vit::{Capture, ForwardOutput, VitWeights};
 
@@ -96,15 +99,36 @@ impl Model {
         })
     }
 
-    /// The name shown to users: the variant, and for a quantized model that keeps some layers
-    /// fp32 (mixed precision), how many: `int8+fp32[3]`.
+    /// The name shown to users: the variant, its quantization scheme when not the default, and
+    /// for a quantized model that keeps some layers fp32 (mixed precision), how many:
+    /// `int8`, `int8[torch]`, `int8+fp32[3]`. The torch scheme's fp32 patch embedding is part
+    /// of the scheme, not counted as kept.
     pub fn label(&self) -> String {
-        let kept = self.fp32_layers().len();
-        if self.variant == Variant::Fp32 || kept == 0 {
-            self.variant.name().to_string()
-        } else {
-            format!("{}+fp32[{kept}]", self.variant)
+        if self.variant == Variant::Fp32 {
+            return self.variant.name().to_string();
         }
+        let scheme = self.scheme().unwrap_or_default();
+        let mut label = self.variant.name().to_string();
+        if !scheme.is_default() {
+            label.push_str(&format!("[{scheme}]"));
+        }
+        let kept = self
+            .fp32_layers()
+            .into_iter()
+            .filter(|l| !(scheme == scheme::Scheme::TORCH && *l == LayerName::Patch))
+            .count();
+        if kept > 0 {
+            label.push_str(&format!("+fp32[{kept}]"));
+        }
+        label
+    }
+
+    /// The scheme this model's int8 layers were quantized with (`None` when none is int8).
+    pub fn scheme(&self) -> Option<scheme::Scheme> {
+        self.weights.linears().into_iter().find_map(|(_, l)| match l {
+            Linear::Int8(q) => Some(q.scheme),
+            _ => None,
+        })
     }
 
     /// The linear layers a quantized model holds in fp32 (empty for fp32 itself, where all are).

@@ -6,11 +6,14 @@
 //! new dependency (candle reads it), validates offsets on open, and is memory-mappable: the
 //! int8 weights of a loaded file are used straight from the map, never copied.
 //!
-//! Layout (format version 2):
+//! Layout (format version 2; 3 for a quantization scheme other than the default, so that an
+//! older build, which would run such weights with the default activation rounding, refuses it):
 //! - metadata: `format` = "vit-workbench", `format_version` = "2", `variant`, `source`,
 //!   `config` (JSON of [`VitConfig`], labels included), `recipe` (JSON of the preprocessing),
 //!   `kernel_layout` (int8 weight layout, e.g. "rowmajor-i8-v1"), `fused` (graph work applied),
-//!   `tensor_xxh3` (JSON object: tensor name -> XXH3-64 of its bytes, 16 hex digits; new in 2).
+//!   `tensor_xxh3` (JSON object: tensor name -> XXH3-64 of its bytes, 16 hex digits; new in 2),
+//!   `scheme` (int8/mobile: the [`Scheme`] name, e.g. `default`, `torch`; new in 3, absent
+//!   means `default`).
 //! - dense fp32 tensors: `cls_token`, `dist_token`, `pos_embed`, `blocks.N.norm{1,2}.{weight,bias}`,
 //!   `norm.{weight,bias}`.
 //! - each linear layer `L` (`patch`, `blocks.N.{qkv,proj,fc1,fc2}`, `heads.I` reading token I):
@@ -32,9 +35,12 @@ use crate::model::layers::{BlockLayer, LayerName};
 use crate::model::vit::{DenseWeights, Linear, VitWeights};
 use crate::model::{Model, ModelFiles, Variant};
 use crate::preprocess::Recipe;
+use crate::quant::Scheme;
 
 pub const FORMAT: &str = "vit-workbench";
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
+/// The version written for files any version-2 reader runs correctly (default scheme).
+const BASE_FORMAT_VERSION: u32 = 2;
 /// Metadata key of the per-tensor checksums (format version 2).
 pub const CHECKSUMS_KEY: &str = "tensor_xxh3";
 /// Metadata key listing, in a quantized file, the layers kept fp32 (mixed precision), comma-
@@ -110,9 +116,14 @@ pub fn serialize(model: &Model) -> Result<Vec<u8>> {
             Linear::Q8_0 { .. } => bail!("models quantized for CUDA (Q8_0) cannot be exported; export from the CPU"),
         }
     }
+    let scheme = crate::quant::model_scheme(model).unwrap_or_default();
+    let version = if scheme.is_default() { BASE_FORMAT_VERSION } else { FORMAT_VERSION };
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), FORMAT.to_string());
-    meta.insert("format_version".to_string(), FORMAT_VERSION.to_string());
+    meta.insert("format_version".to_string(), version.to_string());
+    if model.variant != Variant::Fp32 {
+        meta.insert("scheme".to_string(), scheme.name());
+    }
     meta.insert("variant".to_string(), model.variant.name().to_string());
     meta.insert("source".to_string(), model.id.clone());
     meta.insert("config".to_string(), serde_json::to_string(&model.config)?);
@@ -213,8 +224,17 @@ fn load_inner(path: &Path, device: &Device) -> Result<Model> {
         bail!("int8 weights are in layout `{layout}`, which this build does not read (expected {})", gemm_i8::LAYOUT);
     }
     let source = meta.get("source").cloned().unwrap_or_default();
+    let scheme: Scheme = match meta.get("scheme") {
+        Some(s) => s.parse().context("bad `scheme` metadata")?,
+        None => Scheme::DEFAULT,
+    };
+    if !device.is_cpu() && variant != Variant::Fp32 && !scheme.is_default() {
+        bail!(
+            "its int8 weights use quantization scheme `{scheme}`, which runs on the CPU only (CUDA int8 is candle's Q8_0)"
+        );
+    }
 
-    let mut r = Reader { st: &st, map: &map, used: Default::default() };
+    let mut r = Reader { st: &st, map: &map, used: Default::default(), scheme };
     let c = &config;
     let mobile = variant == Variant::Mobile;
     let dense = DenseWeights::read(c, mobile, |name, shape| r.f32(name, shape))?;
@@ -298,6 +318,8 @@ struct Reader<'a> {
     st: &'a SafeTensors<'a>,
     map: &'a Arc<memmap2::Mmap>,
     used: std::collections::HashSet<String>,
+    /// The scheme of every int8 layer.
+    scheme: Scheme,
 }
 
 impl Reader<'_> {
@@ -348,6 +370,6 @@ impl Reader<'_> {
             }
             weights.row_sums = stored;
         }
-        Ok(Linear::Int8(Arc::new(Int8Linear { weights, bias, fused_gelu })))
+        Ok(Linear::Int8(Arc::new(Int8Linear { weights, bias, fused_gelu, scheme: self.scheme })))
     }
 }

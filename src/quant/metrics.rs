@@ -119,6 +119,8 @@ pub struct VariantComparison {
     pub label: String,
     /// Layers a quantized variant keeps fp32 (mixed precision).
     pub fp32_layers: Vec<crate::model::LayerName>,
+    /// The quantization scheme (`None` for fp32).
+    pub scheme: Option<String>,
     /// Size of the variant as an exported file.
     pub file_bytes: u64,
     pub weight_bytes: usize,
@@ -158,6 +160,7 @@ pub fn compare_variants(
             variant: v.variant,
             label: v.label(),
             fp32_layers: v.fp32_layers(),
+            scheme: crate::quant::model_scheme(v).map(|s| s.name()),
             file_bytes: crate::quant::export::serialize(v)?.len() as u64,
             weight_bytes: v.weight_bytes(),
             summary: summarize(&per_image),

@@ -8,6 +8,7 @@ pub mod sensitivity;
 
 /// The int8 layer the forward runs lives in `model`; re-exported here under its old path.
 pub use crate::model::int8;
+pub use crate::model::scheme::{self, Scheme};
 pub use crate::model::variant::{Variant, parse_variants};
 
 use std::collections::BTreeSet;
@@ -16,9 +17,9 @@ use std::sync::Arc;
 use anyhow::{Result, bail};
 use candle_core::{Device, Tensor};
 
-use crate::model::Model;
 use crate::model::layers::{BlockLayer, LayerName};
 use crate::model::vit::{Linear, VitWeights};
+use crate::model::{Layout, Model};
 use int8::Int8Linear;
 
 /// Choices in how a model is quantized (the one carrier of them: the CLI, the window and the
@@ -32,19 +33,50 @@ pub struct QuantOptions {
     pub patch_embed: bool,
     /// Layers left fp32 in a quantized variant (mixed precision). Empty: every layer quantized.
     pub keep_fp32: BTreeSet<LayerName>,
+    /// How each quantized layer's weights and inputs are quantized ([`scheme`]).
+    pub scheme: Scheme,
 }
 
 impl Default for QuantOptions {
     fn default() -> Self {
-        QuantOptions { patch_embed: true, keep_fp32: BTreeSet::new() }
+        QuantOptions { patch_embed: true, keep_fp32: BTreeSet::new(), scheme: Scheme::DEFAULT }
     }
 }
 
 impl QuantOptions {
+    /// The defaults with `scheme`. The `torch` preset also leaves the patch embedding fp32, as
+    /// torch does (it is a Conv2d there, not an `nn.Linear`), so its numbers are torch's.
+    pub fn with_scheme(scheme: Scheme) -> QuantOptions {
+        QuantOptions { patch_embed: scheme != Scheme::TORCH, scheme, ..QuantOptions::default() }
+    }
+
     /// Whether the quantized variants hold `name` in fp32.
     pub fn keeps_fp32(&self, name: &LayerName) -> bool {
         self.keep_fp32.contains(name) || (*name == LayerName::Patch && !self.patch_embed)
     }
+}
+
+/// The scheme a model's int8 layers use (`None` when none is int8).
+pub fn model_scheme(model: &Model) -> Option<Scheme> {
+    model.scheme()
+}
+
+/// Refuses to use `model` (an exported quantized file) as if it had been quantized with
+/// `wanted`: its scheme is fixed; another needs the fp32 model.
+pub fn check_scheme(model: &Model, wanted: &Scheme) -> Result<()> {
+    match model_scheme(model) {
+        Some(have) if have != *wanted => bail!(
+            "{} holds {} weights quantized with scheme `{have}`; scheme `{wanted}` must be made from the fp32 model",
+            model.files.weights.display(),
+            model.variant
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// A variant's name for people ([`Model::label`]): `int8`, `int8[torch]`, `int8+fp32[3]`.
+pub fn variant_label(model: &Model) -> String {
+    model.label()
 }
 
 /// `patch, blocks.N.qkv|proj|fc1|fc2 for N in 0..=11, heads.0`: the layer names of `w`, for
@@ -74,10 +106,22 @@ fn to_vec2(t: &Tensor) -> Result<(Vec<f32>, usize, usize)> {
 
 /// One fp32 linear layer -> int8 (our kernel on CPU, candle's Q8_0 on CUDA).
 /// `row_scale` multiplies the first `rows_scaled` output rows (folding the attention scale).
-fn quantize_linear(l: &Linear, device: &Device, fused_gelu: bool, row_scale: Option<(usize, f32)>) -> Result<Linear> {
+/// `tensors`: the checkpoint tensors the layer's rows came from ([`Scheme::quantize_weights`]).
+fn quantize_linear(
+    l: &Linear,
+    device: &Device,
+    fused_gelu: bool,
+    row_scale: Option<(usize, f32)>,
+    scheme: Scheme,
+    tensors: usize,
+) -> Result<Linear> {
     let (w, b, n, k) = scaled_weights(l, row_scale)?;
     if device.is_cpu() {
-        Ok(Linear::Int8(Arc::new(Int8Linear::quantize(&w, n, k, b, fused_gelu))))
+        Ok(Linear::Int8(Arc::new(Int8Linear::quantize_with(&w, n, k, b, fused_gelu, scheme, tensors))))
+    } else if !scheme.is_default() {
+        bail!(
+            "quantization scheme `{scheme}` runs on our CPU int8 kernels; CUDA int8 is candle's Q8_0 (use --device cpu)"
+        )
     } else {
         let wt = Tensor::from_vec(w, (n, k), device)?;
         let bt = b.map(|b| Tensor::from_vec(b, n, device)).transpose()?;
@@ -109,13 +153,25 @@ struct LayerMaker {
     device: Device,
     /// Mobile folds 1/sqrt(head_dim) into the q rows of every qkv: `(rows, factor)`.
     fold: Option<(usize, f32)>,
+    scheme: Scheme,
+    /// Checkpoint tensors a qkv layer came from: 3 in the transformers layout (q, k, v), 1 in
+    /// timm's; per-tensor weight scales follow them.
+    qkv_tensors: usize,
 }
 
 impl LayerMaker {
-    fn new(w: &VitWeights, variant: Variant, heads: usize, device: &Device) -> LayerMaker {
+    fn new(
+        w: &VitWeights,
+        variant: Variant,
+        heads: usize,
+        layout: Layout,
+        scheme: Scheme,
+        device: &Device,
+    ) -> LayerMaker {
         let d = w.cls_token.dims()[2];
         let fold = (variant == Variant::Mobile).then(|| (d, ((d / heads) as f32).powf(-0.5)));
-        LayerMaker { variant, device: device.clone(), fold }
+        let qkv_tensors = if layout == Layout::Hf { 3 } else { 1 };
+        LayerMaker { variant, device: device.clone(), fold, scheme, qkv_tensors }
     }
 
     /// `l` (fp32) as the variant holds layer `name`: quantized, or fp32 when `keep`. Mobile's
@@ -136,18 +192,22 @@ impl LayerMaker {
             }
             (false, _) => {
                 let fused_gelu = self.variant == Variant::Mobile && is(BlockLayer::Fc1);
-                quantize_linear(l, &self.device, fused_gelu, fold)
+                let tensors = if is(BlockLayer::Qkv) { self.qkv_tensors } else { 1 };
+                quantize_linear(l, &self.device, fused_gelu, fold, self.scheme, tensors)
             }
         }
     }
 }
 
 /// Builds a variant's weights from fp32 weights. `heads` is the attention head count (mobile
-/// folds 1/sqrt(head_dim) into the q projection). Layers `opts` keeps are left fp32.
+/// folds 1/sqrt(head_dim) into the q projection). Layers `opts` keeps are left fp32. `layout`
+/// says whether q, k and v were one tensor (timm) or three (transformers), which per-tensor
+/// weight scales follow.
 pub fn quantize(
     w: &VitWeights,
     variant: Variant,
     heads: usize,
+    layout: Layout,
     opts: QuantOptions,
     device: &Device,
 ) -> Result<VitWeights> {
@@ -160,7 +220,7 @@ pub fn quantize(
     if !bad.is_empty() {
         bail!("cannot quantize to {variant}: non-finite (NaN/Inf) weights in {}", crate::model::vit::list_names(&bad));
     }
-    let maker = LayerMaker::new(w, variant, heads, device);
+    let maker = LayerMaker::new(w, variant, heads, layout, opts.scheme, device);
     let mut out = w.map_linears(|name, l| maker.layer(name, l, opts.keeps_fp32(name)))?;
     out.attention_scale_folded = variant == Variant::Mobile;
     Ok(out)
@@ -183,10 +243,10 @@ impl LayerChoices {
             bail!("layer choices need an fp32 model and a quantized variant (got {} -> {variant})", fp32.variant);
         }
         let all = QuantOptions { keep_fp32: fp32.weights.layer_names().into_iter().collect(), ..opts.clone() };
-        // The rest of `opts` (today nothing else) carries through to both sides.
-        #[allow(clippy::needless_update)]
+        // The rest of `opts` (the scheme) carries through to both sides.
         let none = QuantOptions { keep_fp32: BTreeSet::new(), patch_embed: true, ..opts.clone() };
-        let make = |o: QuantOptions| quantize(&fp32.weights, variant, fp32.config.heads, o, &fp32.device);
+        let c = &fp32.config;
+        let make = |o: QuantOptions| quantize(&fp32.weights, variant, c.heads, c.layout, o, &fp32.device);
         Ok(LayerChoices { variant, kept: make(all)?, quantized: make(none)? })
     }
 
@@ -217,7 +277,7 @@ impl Model {
                 self.label()
             );
         }
-        let weights = quantize(&self.weights, variant, self.config.heads, opts, &self.device)?;
+        let weights = quantize(&self.weights, variant, self.config.heads, self.config.layout, opts, &self.device)?;
         Ok(Model { weights, variant, ..self.clone() })
     }
 }

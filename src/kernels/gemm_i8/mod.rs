@@ -279,6 +279,18 @@ pub fn gemm(isa: Isa, a: &QuantizedRows, w: &PackedWeights, bias: Option<&[f32]>
     out.copy_from_slice(&run_on(isa, a.m, Source::Codes(a), w, bias, epilogue));
 }
 
+/// [`gemm`] into a new vector (no copy through a caller's buffer).
+pub fn gemm_to_vec(
+    isa: Isa,
+    a: &QuantizedRows,
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+) -> Vec<f32> {
+    assert_eq!(a.k, w.k, "inner dimensions differ");
+    run_on(isa, a.m, Source::Codes(a), w, bias, epilogue)
+}
+
 fn run_on(isa: Isa, m: usize, src: Source, w: &PackedWeights, bias: Option<&[f32]>, epilogue: Epilogue) -> Vec<f32> {
     if let Some(b) = bias {
         assert_eq!(b.len(), w.n);
