@@ -652,3 +652,23 @@ fn the_exported_csv_names_the_layers_each_row_kept() {
     let kept: Vec<String> = rows.records().map(|r| r.unwrap()[at].to_string()).collect();
     assert_eq!(kept, ["", "blocks.0.fc2;heads.0"]);
 }
+
+#[test]
+fn the_window_names_a_variant_before_it_is_built_as_the_model_will() {
+    use vit_workbench::app::state::planned_label;
+    use vit_workbench::model::{Model, ModelFiles};
+    use vit_workbench::quant::{QuantOptions, Scheme};
+    let fp32 =
+        Model::load("timm_vit", &ModelFiles::from_dir(&fixture("timm_vit")).unwrap(), None, &candle_core::Device::Cpu)
+            .unwrap();
+    for scheme in [Scheme::DEFAULT, Scheme::TORCH] {
+        for keep in [&[][..], &["patch", "blocks.0.fc2"][..], &["blocks.1.qkv"][..]] {
+            let opts =
+                QuantOptions { keep_fp32: layers(keep).into_iter().collect(), scheme, ..QuantOptions::default() };
+            for v in Variant::ALL {
+                let made = fp32.to_variant(v, opts.clone()).unwrap();
+                assert_eq!(planned_label(v, &opts), made.label(), "{v} {scheme} {keep:?}");
+            }
+        }
+    }
+}

@@ -272,9 +272,9 @@ impl BenchState {
         self.model = model;
     }
 
-    /// The newest result of each (model, variant, layers kept fp32), in the order the models
-    /// were first benchmarked, variants in their usual order (a plain variant before its mixed
-    /// forms, in the order first measured): what the bar charts show.
+    /// The newest result of each (model, variant, scheme, layers kept fp32), in the order the
+    /// models were first benchmarked, variants in their usual order (a plain variant before its
+    /// mixed forms, otherwise in the order first measured): what the charts show.
     pub fn latest(&self) -> Vec<&BenchResult> {
         let mut models: Vec<&str> = Vec::new();
         for r in &self.results {
@@ -285,19 +285,18 @@ impl BenchState {
         let mut out = Vec::new();
         for m in models {
             for v in Variant::ALL {
-                let mut kept_sets: Vec<&[LayerName]> = Vec::new();
+                let mut forms: Vec<(&str, &[LayerName])> = Vec::new();
                 for r in self.results.iter().filter(|r| r.model == m && r.variant == v) {
-                    if !kept_sets.contains(&r.kept_fp32.as_slice()) {
-                        kept_sets.push(&r.kept_fp32);
+                    let form = (r.scheme.as_str(), r.kept_fp32.as_slice());
+                    if !forms.contains(&form) {
+                        forms.push(form);
                     }
                 }
-                kept_sets.sort_by_key(|k| !k.is_empty());
-                for kept in kept_sets {
-                    if let Some(r) =
-                        self.results.iter().rev().find(|r| r.model == m && r.variant == v && r.kept_fp32 == kept)
-                    {
-                        out.push(r);
-                    }
+                forms.sort_by_key(|(_, kept)| !kept.is_empty());
+                for (scheme, kept) in forms {
+                    let same =
+                        |r: &&BenchResult| r.model == m && r.variant == v && r.scheme == scheme && r.kept_fp32 == kept;
+                    out.extend(self.results.iter().rev().find(same));
                 }
             }
         }
@@ -592,12 +591,23 @@ impl AppState {
     }
 }
 
-/// `int8`, or `int8+fp32[3]` when `opts` keeps 3 layers fp32 (as `Model::label` names a model).
+/// `int8`, `int8[torch]`, or `int8+fp32[3]` when `opts` keeps 3 layers fp32: as
+/// `Model::label` will name the variant `opts` make (the torch scheme's fp32 patch embedding is
+/// part of the scheme, not a kept layer).
 pub fn planned_label(v: Variant, opts: &QuantOptions) -> String {
-    match opts.keep_fp32.len() {
-        n if n > 0 && v != Variant::Fp32 => format!("{v}+fp32[{n}]"),
-        _ => v.name().to_string(),
+    if v == Variant::Fp32 {
+        return v.name().to_string();
     }
+    let mut label = v.name().to_string();
+    if !opts.scheme.is_default() {
+        label.push_str(&format!("[{}]", opts.scheme));
+    }
+    let torch = opts.scheme == crate::quant::Scheme::TORCH;
+    let kept = opts.keep_fp32.iter().filter(|l| !(torch && **l == LayerName::Patch)).count();
+    if kept > 0 {
+        label.push_str(&format!("+fp32[{kept}]"));
+    }
+    label
 }
 
 fn to_color_image(rgba: &Rgba) -> ColorImage {

@@ -730,7 +730,8 @@ impl State {
         // Beside each quantized variant, its mixed form with the layers the window keeps fp32:
         // both measured in one run, for the frontier.
         let keep = KeepFp32::Layers(self.quant.keep_fp32.clone());
-        let results = bench_model_with(&job, &keep, &self.hub, &device, &mut |_| {}, &mut |ev| match ev {
+        let schemes = [self.quant.scheme];
+        let results = bench_model_with(&job, &keep, &schemes, &self.hub, &device, &mut |_| {}, &mut |ev| match ev {
             BenchEvent::Phase { phase, .. } => out.send(Reply::BenchPhase(phase)),
             BenchEvent::Warmup { done, total, .. } => out.send(Reply::BenchPhase(format!("warm-up {done}/{total}"))),
             BenchEvent::Sample { variant, label, ms, run, .. } => {
