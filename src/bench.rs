@@ -132,6 +132,9 @@ pub enum BenchEvent {
     Sample {
         model: String,
         variant: Variant,
+        /// The variant as shown (`int8+fp32[3]`): a mixed form measured beside its plain variant
+        /// is its own series.
+        label: String,
         ms: f64,
         run: usize,
     },
@@ -636,6 +639,8 @@ pub fn measure(
         .collect();
     let mut runners: Vec<&mut dyn FnMut() -> Result<()>> =
         closures.iter_mut().map(|c| c.as_mut() as &mut dyn FnMut() -> Result<()>).collect();
+    // Named once, not between timed runs.
+    let labels: Vec<String> = prepared.variants.iter().map(|p| p.model.label()).collect();
     let mut measuring_announced = false;
     let samples = measure_interleaved(cfg, &clock, &mut runners, &mut |ev| match ev {
         MeasureEvent::Warmup { done, total } => on_event(BenchEvent::Warmup { model: spec.to_string(), done, total }),
@@ -645,7 +650,8 @@ pub fn measure(
                 on_event(BenchEvent::Phase { model: spec.to_string(), phase: "measuring".to_string() });
             }
             let variant = prepared.variants[runner].model.variant;
-            on_event(BenchEvent::Sample { model: spec.to_string(), variant, ms, run });
+            let label = labels[runner].clone();
+            on_event(BenchEvent::Sample { model: spec.to_string(), variant, label, ms, run });
         }
     })?;
     Ok((samples, peak_rss_bytes().unwrap_or(0)))

@@ -48,6 +48,11 @@ pub struct Cli {
     /// Run a benchmark in the window once the first result is shown.
     #[arg(long)]
     pub benchmark: bool,
+    /// Rank the layers by sensitivity in the window once the first result is shown (the
+    /// Sensitivity view), and keep the K most sensitive fp32 (0: none). With --benchmark, the
+    /// benchmark follows (mixed variants beside the plain ones) and the Frontier view is shown.
+    #[arg(long, value_name = "K")]
+    pub sensitivity: Option<usize>,
     /// Use only the local Hugging Face cache (same as HF_HUB_OFFLINE=1).
     #[arg(long, global = true)]
     pub offline: bool,
@@ -612,6 +617,7 @@ pub fn run(cli: Cli) -> Result<()> {
             },
             screenshot: cli.screenshot,
             benchmark: cli.benchmark,
+            sensitivity: cli.sensitivity,
             offline: cli.offline,
             hub: cli.revision.is_some().then(|| hub.clone()),
         }),

@@ -19,12 +19,15 @@ use std::time::{Duration, Instant};
 use common::*;
 use egui_kittest::kittest::Queryable;
 use egui_kittest::{Harness, SnapshotOptions, SnapshotResults};
-use vit_workbench::app::state::{BottomView, Environment, Level, Settings};
+use vit_workbench::app::state::{BottomView, Environment, Level, SensitivityReport, Settings};
 use vit_workbench::app::worker::Reply;
 use vit_workbench::app::{GuiOptions, WorkbenchApp};
 use vit_workbench::bench::{BenchResult, Stats};
+use vit_workbench::model::LayerName;
 use vit_workbench::profile::{StageSummary, VariantProfile};
 use vit_workbench::quant::Variant;
+use vit_workbench::quant::metrics::AgreementSummary;
+use vit_workbench::quant::sensitivity::{Cost, LayerSensitivity, Sensitivity};
 
 const SIZES: [(f32, f32); 2] = [(1280.0, 820.0), (800.0, 600.0)];
 
@@ -132,7 +135,7 @@ fn benchmark_done() {
                 // Slow first runs, then a plateau with some spread: what real runs look like.
                 let base = [9.0, 4.8, 4.7][i];
                 let ms = base * (1.0 + 0.6 * (-(run as f64) / 4.0).exp()) + 0.4 * ((run * 7 + i * 3) % 5) as f64;
-                st.apply(&ctx, Reply::BenchSample { variant: *v, ms, run });
+                st.apply(&ctx, Reply::BenchSample { variant: *v, label: v.name().into(), ms, run });
             }
         }
         st.apply(
@@ -164,6 +167,103 @@ fn an_error_notice() {
         snap(&mut h, &format!("error_notice_{}x{}", size.0, size.1), &mut all);
     }
     all.unwrap();
+}
+
+/// A ranking of the ViT-Ti's 50 layers with fixed numbers (a measured one differs in its last
+/// digits between CPU paths), in a plausible order: KL falling by rank, a few flips at the top.
+fn fixed_ranking() -> Sensitivity {
+    let names = LayerName::all(12, 1);
+    let n = names.len();
+    let layers = (0..n)
+        .map(|i| {
+            let layer = names[(i * 17 + 49) % n];
+            let kl = 4.2e-4 * 0.86f64.powi(i as i32);
+            LayerSensitivity {
+                layer,
+                alone: Cost { kl, flips: usize::from(i < 2), max_abs_dlogit: (0.31 * 0.93f64.powi(i as i32)) as f32 },
+                all_but: Cost { kl: 1.2e-3 - 0.6 * kl, flips: 0, max_abs_dlogit: 0.55 },
+                rank: i + 1,
+            }
+        })
+        .collect();
+    Sensitivity {
+        variant: Variant::Int8,
+        images: 1,
+        all_quantized: Cost { kl: 1.2e-3, flips: 0, max_abs_dlogit: 0.58 },
+        layers,
+    }
+}
+
+/// The ranking, with its top 3 kept fp32 (int8 really rebuilt with them), then a frontier of
+/// fixed benchmark numbers: fp32, int8, mobile, and mixed forms keeping 3 and 6 layers.
+#[test]
+fn sensitivity_and_frontier() {
+    let Some(shared) = shared() else { return };
+    let mut all = SnapshotResults::new();
+    for size in SIZES {
+        let mut h = harness(tiny_settings(&shared, Some(Variant::Int8)), size);
+        wait_for(&mut h, "both results and overlays", |a| {
+            [Variant::Fp32, Variant::Int8]
+                .iter()
+                .all(|v| a.state.result(*v).is_some() && a.state.overlays.contains_key(v))
+                && a.state.busy.is_none()
+        });
+        let ctx = h.ctx.clone();
+        let report =
+            SensitivityReport { ranking: std::sync::Arc::new(fixed_ranking()), source: "chelsea.png (sample)".into() };
+        h.state_mut().state.apply(&ctx, Reply::SensitivityDone(report));
+        h.get_by_label("Sensitivity").click();
+        h.step();
+        h.step();
+        h.get_by_label("keep top 3").click();
+        wait_for(&mut h, "int8 rebuilt with 3 layers kept", |a| {
+            a.state.result(Variant::Int8).is_some_and(|r| r.label == "int8+fp32[3]")
+                && a.state.overlays.contains_key(&Variant::Int8)
+                && a.state.busy.is_none()
+        });
+        settle(&mut h, MODEL_FIELD);
+        snap(&mut h, &format!("sensitivity_{}x{}", size.0, size.1), &mut all);
+
+        let model = timm_tiny(&shared).display().to_string();
+        let st = &mut h.state_mut().state;
+        st.apply(&ctx, Reply::BenchDone(frontier_results(&model)));
+        h.get_by_label("Frontier").click();
+        settle(&mut h, MODEL_FIELD);
+        snap(&mut h, &format!("frontier_{}x{}", size.0, size.1), &mut all);
+    }
+    all.unwrap();
+}
+
+/// fp32, int8 and mobile, and int8/mobile keeping 3 and int8 keeping 6 layers fp32: p50 ms, MB, KL.
+fn frontier_results(model: &str) -> Vec<BenchResult> {
+    let top: Vec<LayerName> = fixed_ranking().layers.iter().map(|l| l.layer).collect();
+    let rows: [(Variant, usize, f64, f64, f64); 6] = [
+        (Variant::Fp32, 0, 9.1, 22.9, 0.0),
+        (Variant::Int8, 0, 4.8, 6.05, 1.2e-3),
+        (Variant::Int8, 3, 5.6, 7.9, 4.1e-4),
+        (Variant::Int8, 6, 6.4, 9.6, 2.2e-4),
+        (Variant::Mobile, 0, 4.7, 6.1, 1.3e-3),
+        (Variant::Mobile, 3, 5.9, 8.0, 4.4e-4),
+    ];
+    let base = fixed_results(model, [9.1, 4.8, 4.7], 22.9);
+    rows.iter()
+        .map(|&(variant, kept, p50, mb, kl)| {
+            let mut r = base.iter().find(|r| r.variant == variant).unwrap().clone();
+            r.kept_fp32 = top[..kept].to_vec();
+            r.stats.p50 = p50;
+            r.file_bytes = (mb * 1e6) as u64;
+            r.accuracy = (variant != Variant::Fp32).then(|| AgreementSummary {
+                images: 1,
+                top1_agreement: 1.0,
+                top5_overlap: 1.0,
+                min_top5_overlap: 5,
+                mean_kl_div: kl,
+                max_abs_dlogit: 0.5,
+                min_cosine: 0.999,
+            });
+            r
+        })
+        .collect()
 }
 
 fn fixed_results(model: &str, p50: [f64; 3], fp32_mb: f64) -> Vec<BenchResult> {

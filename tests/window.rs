@@ -625,3 +625,297 @@ fn evaluate_and_profile_wait_for_a_running_job() {
     assert!(h.state().state.profile.running || h.state().state.profile.report.is_some());
     wait_for(&mut h, "the profile", |a| !a.state.profile.running && a.state.busy.is_none());
 }
+
+fn agreement(kl: f64, top1: f64) -> Option<vit_workbench::quant::metrics::AgreementSummary> {
+    Some(vit_workbench::quant::metrics::AgreementSummary {
+        images: 1,
+        top1_agreement: top1,
+        top5_overlap: 1.0,
+        min_top5_overlap: 5,
+        mean_kl_div: kl,
+        max_abs_dlogit: 0.1,
+        min_cosine: 1.0,
+    })
+}
+
+fn layers(names: &[&str]) -> Vec<vit_workbench::model::LayerName> {
+    names.iter().map(|n| n.parse().unwrap()).collect()
+}
+
+#[test]
+fn the_pareto_front_is_the_points_nothing_beats() {
+    use vit_workbench::app::frontier::pareto_front;
+    let xy = [
+        [10.0, 0.0],          // 0 fp32: slow and exact
+        [4.0, 1e-3],          // 1 int8: fast and lossy
+        [5.0, 2e-3],          // 2 slower and lossier than 1
+        [6.0, 4e-4],          // 3 a mixed variant in between
+        [6.0, 4e-4],          // 4 the same point again: on the front with it
+        [12.0, 0.0],          // 5 as exact as fp32, slower
+        [f64::NAN, 0.0],      // 6 not measured: never on the front, beats nothing
+        [4.0, 1e-3 + 1e-9],   // 7 as fast as 1, a little lossier
+        [f64::INFINITY, 0.0], // 8
+    ];
+    assert_eq!(pareto_front(&xy), vec![1, 3, 4, 0], "sorted by latency");
+    assert_eq!(pareto_front(&[]), Vec::<usize>::new());
+    assert_eq!(pareto_front(&[[1.0, 1.0]]), vec![0]);
+    // Both better than the rest: one point is the whole front.
+    assert_eq!(pareto_front(&[[2.0, 2.0], [1.0, 1.0], [3.0, 1.0], [1.0, 3.0]]), vec![1]);
+}
+
+#[test]
+fn the_frontier_has_one_point_per_variant_and_kept_layers() {
+    use vit_workbench::app::frontier::points;
+    let ctx = egui::Context::default();
+    let mut st = AppState::new(Settings::default());
+    let with = |variant, p50, kl: Option<f64>, kept: &[&str]| BenchResult {
+        accuracy: kl.and_then(|kl| agreement(kl, 1.0)),
+        kept_fp32: layers(kept),
+        ..result("m", variant, p50)
+    };
+    let top3 = ["patch", "blocks.0.fc2", "heads.0"];
+    st.apply(
+        &ctx,
+        Reply::BenchDone(vec![
+            with(Variant::Fp32, 30.0, None, &[]),
+            with(Variant::Int8, 10.0, Some(1e-3), &[]),
+            with(Variant::Int8, 14.0, Some(3e-4), &top3),
+            // No accuracy measured for a quantized result (no fp32 reference): no y, no point.
+            with(Variant::Mobile, 9.0, None, &[]),
+        ]),
+    );
+    // The user keeps another three layers and measures again: plain int8 is replaced by its
+    // newer measurement, the new set is a new point beside the old one.
+    st.apply(
+        &ctx,
+        Reply::BenchDone(vec![
+            with(Variant::Int8, 11.0, Some(1e-3), &[]),
+            with(Variant::Int8, 13.0, Some(5e-4), &["blocks.1.qkv", "blocks.1.fc1", "blocks.0.proj"]),
+        ]),
+    );
+    st.apply(
+        &ctx,
+        Reply::BenchDone(
+            vec![with(Variant::Fp32, 90.0, None, &[])]
+                .into_iter()
+                .map(|mut r| {
+                    r.model = "other".into();
+                    r
+                })
+                .collect(),
+        ),
+    );
+    let pts = points(&st.bench.latest(), "m");
+    let got: Vec<(&str, f64, f64)> = pts.iter().map(|p| (p.label.as_str(), p.p50_ms, p.kl)).collect();
+    assert_eq!(
+        got,
+        vec![("fp32", 30.0, 0.0), ("int8", 11.0, 1e-3), ("int8+fp32[3]", 14.0, 3e-4), ("int8+fp32[3] (2)", 13.0, 5e-4)]
+    );
+    assert_eq!(pts[2].kept_fp32, layers(&top3));
+    // The bar charts show the mixed variants too, by name.
+    let names: Vec<String> = st.bench.latest().iter().map(|r| r.label()).collect();
+    assert_eq!(names, ["fp32", "int8", "int8+fp32[3]", "int8+fp32[3]", "mobile", "fp32"]);
+}
+
+/// The sample photo as the fixture model sees it, through a model made outside the window.
+fn logits_outside_the_window(keep: &std::collections::BTreeSet<vit_workbench::model::LayerName>) -> Vec<f32> {
+    use vit_workbench::model::{Capture, Model, ModelFiles};
+    use vit_workbench::quant::QuantOptions;
+    let dev = candle_core::Device::Cpu;
+    let fp32 = Model::load("timm_vit", &ModelFiles::from_dir(&fixture("timm_vit")).unwrap(), None, &dev).unwrap();
+    let int8 =
+        fp32.to_variant(Variant::Int8, QuantOptions { keep_fp32: keep.clone(), ..QuantOptions::default() }).unwrap();
+    let img = image::open(repo().join("assets/chelsea.png")).unwrap().to_rgb8();
+    let x = int8.preprocess(&img).unwrap();
+    int8.forward(&x, Capture::NONE).unwrap().logits.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+#[test]
+fn ticking_a_layer_in_the_sensitivity_table_rebuilds_int8_with_it_kept() {
+    use egui::accesskit::Role;
+    let settings = Settings {
+        model: fixture("timm_vit").display().to_string(),
+        compare: Some(Variant::Int8),
+        ..Settings::default()
+    };
+    let mut h = harness_with(settings);
+    wait_for(&mut h, "fp32 and int8", |a| {
+        a.state.result(Variant::Fp32).is_some() && a.state.result(Variant::Int8).is_some() && a.state.busy.is_none()
+    });
+    let plain = h.state().state.result(Variant::Int8).unwrap().logits.clone();
+    assert_eq!(h.state().state.result(Variant::Int8).unwrap().label, "int8");
+
+    h.get_by_label("Sensitivity").click();
+    h.step();
+    h.step();
+    h.get_by_label("Rank layers").click();
+    wait_for(&mut h, "the ranking", |a| a.state.sensitivity.report.is_some() && !a.state.sensitivity.running);
+    let ranking = h.state().state.sensitivity.report.clone().unwrap().ranking;
+    // patch, 2 blocks x (qkv, proj, fc1, fc2), the head: every layer, ranked 1..=10.
+    assert_eq!(ranking.layers.len(), 10);
+    assert_eq!(ranking.layers.iter().map(|l| l.rank).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
+    assert_eq!(ranking.variant, Variant::Int8);
+    assert!(h.state().state.quant.keep_fp32.is_empty(), "ranking keeps nothing by itself");
+
+    // Tick the most sensitive layer: int8 is rebuilt in the background with it kept fp32.
+    let top = ranking.layers[0].layer;
+    h.get_by_role_and_label(Role::CheckBox, &top.to_string()).click();
+    wait_for(&mut h, "int8 rebuilt with one layer kept", |a| {
+        a.state.result(Variant::Int8).is_some_and(|r| r.label == "int8+fp32[1]") && a.state.busy.is_none()
+    });
+    let kept: std::collections::BTreeSet<_> = [top].into();
+    assert_eq!(h.state().state.quant.keep_fp32, kept);
+    let mixed = h.state().state.result(Variant::Int8).unwrap().logits.clone();
+    assert_eq!(mixed, logits_outside_the_window(&kept), "the window's int8 is not int8 with {top} kept fp32");
+    assert_ne!(mixed, plain);
+    // fp32's result is the same as before: only the quantized variants were rebuilt.
+    assert_eq!(h.state().state.result(Variant::Fp32).unwrap().label, "fp32");
+
+    h.get_by_label("keep top 3").click();
+    wait_for(&mut h, "int8 with the top 3 kept", |a| {
+        a.state.result(Variant::Int8).is_some_and(|r| r.label == "int8+fp32[3]") && a.state.busy.is_none()
+    });
+    assert_eq!(h.state().state.quant.keep_fp32, ranking.top(3));
+
+    h.get_by_label("none").click();
+    wait_for(&mut h, "plain int8 again", |a| {
+        a.state.result(Variant::Int8).is_some_and(|r| r.label == "int8") && a.state.busy.is_none()
+    });
+    assert_eq!(h.state().state.result(Variant::Int8).unwrap().logits, plain);
+    assert!(errors(h.state()).is_empty(), "{:?}", errors(h.state()));
+}
+
+#[test]
+fn a_mixed_variant_measured_beside_its_plain_one_is_its_own_live_series() {
+    let ctx = egui::Context::default();
+    let mut st = AppState::new(Settings::default());
+    st.bench.start("m".into());
+    for (label, ms) in [("int8", 10.0), ("int8+fp32[3]", 14.0), ("int8", 11.0), ("int8+fp32[3]", 15.0)] {
+        st.apply(&ctx, Reply::BenchSample { variant: Variant::Int8, label: label.into(), ms, run: 1 });
+    }
+    let series: Vec<(&str, Vec<f64>)> =
+        st.bench.live.iter().map(|((_, label), s)| (label.as_str(), s.samples.clone())).collect();
+    assert_eq!(series, vec![("int8", vec![10.0, 11.0]), ("int8+fp32[3]", vec![14.0, 15.0])]);
+}
+
+#[test]
+fn a_ranking_can_be_cancelled_and_the_worker_goes_on() {
+    let Some(shared) = shared() else { return };
+    let settings = Settings {
+        model: timm_tiny(&shared).display().to_string(),
+        compare: Some(Variant::Int8),
+        ..Settings::default()
+    };
+    let mut h = harness_with(settings);
+    wait_for(&mut h, "fp32 and int8", |a| {
+        a.state.result(Variant::Int8).is_some()
+            && a.state.overlays.contains_key(&Variant::Int8)
+            && a.state.busy.is_none()
+    });
+    h.get_by_label("Sensitivity").click();
+    h.step();
+    h.step();
+    h.get_by_label("Rank layers").click();
+    // 101 forwards of the ViT-Ti: cancelled after the first few.
+    wait_for(&mut h, "the ranking to start", |a| a.state.sensitivity.progress.0 >= 2);
+    h.get_by_label("Cancel").click();
+    wait_for(&mut h, "the cancel", |a| !a.state.sensitivity.running);
+    let st = &h.state().state;
+    assert!(st.sensitivity.report.is_none(), "a cancelled ranking left a report");
+    assert!(st.notices.iter().any(|n| n.text == "sensitivity ranking cancelled"), "{:?}", st.notices);
+    assert!(st.sensitivity.progress.0 < st.sensitivity.progress.1, "it ran to the end: {:?}", st.sensitivity.progress);
+    assert!(errors(h.state()).is_empty(), "{:?}", errors(h.state()));
+    // The worker is fine: a ranking again runs to its end.
+    h.get_by_label("Rank layers").click();
+    wait_for(&mut h, "the second ranking", |a| a.state.sensitivity.report.is_some() && !a.state.sensitivity.running);
+    assert_eq!(h.state().state.sensitivity.report.as_ref().unwrap().ranking.layers.len(), 50);
+}
+
+#[test]
+fn ranking_on_a_bad_folder_is_a_one_line_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        model: fixture("timm_vit").display().to_string(),
+        compare: Some(Variant::Int8),
+        ..Settings::default()
+    };
+    let mut h = harness_with(settings);
+    wait_for(&mut h, "int8", |a| a.state.result(Variant::Int8).is_some() && a.state.busy.is_none());
+    h.get_by_label("Sensitivity").click();
+    h.step();
+    h.step();
+    let rank_on = |h: &mut Harness<'static, WorkbenchApp>, folder: &Path| {
+        h.state_mut().state.settings.sensitivity_folder = folder.display().to_string();
+        h.step();
+        h.get_by_label("Rank on folder").click();
+        h.step();
+        assert!(h.state().state.sensitivity.running, "the ranking did not start");
+        wait_for(h, "the ranking to end", |a| !a.state.sensitivity.running && a.state.busy.is_none());
+        errors(h.state())
+    };
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let errs = rank_on(&mut h, &empty);
+    let said = format!("cannot rank the layers on {}: no image files in this folder", empty.display());
+    assert!(errs.contains(&said), "{errs:?}");
+    let broken = dir.path().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::copy(repo().join("assets/chelsea.png"), broken.join("a.png")).unwrap();
+    std::fs::write(broken.join("b.png"), b"not a png").unwrap();
+    let errs = rank_on(&mut h, &broken);
+    let bad = broken.join("b.png").display().to_string();
+    assert!(errs.iter().any(|e| e.contains(&format!("cannot decode image {bad}")) && !e.contains('\n')), "{errs:?}");
+    assert!(h.state().state.sensitivity.report.is_none());
+    // A good folder then ranks, on its images.
+    std::fs::remove_file(broken.join("b.png")).unwrap();
+    std::fs::copy(repo().join("assets/chelsea.png"), broken.join("c.png")).unwrap();
+    rank_on(&mut h, &broken);
+    let report = h.state().state.sensitivity.report.clone().expect("no ranking on the good folder");
+    assert_eq!(report.ranking.images, 2);
+    assert!(report.source.contains("(2 images)"), "{}", report.source);
+}
+
+#[test]
+fn the_exported_csv_names_the_layers_each_row_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("report.csv");
+    let mut h = harness(&dir.path().join("no-model"));
+    let ctx = h.ctx.clone();
+    let top = ["blocks.0.fc2", "heads.0"];
+    let st = &mut h.state_mut().state;
+    st.apply(
+        &ctx,
+        Reply::BenchDone(vec![
+            result("m", Variant::Int8, 10.0),
+            BenchResult { kept_fp32: layers(&top), ..result("m", Variant::Int8, 12.0) },
+        ]),
+    );
+    st.settings.export_path = csv.display().to_string();
+    h.step();
+    h.get_by_label("Export CSV").click();
+    wait_for(&mut h, "the CSV", |a| a.state.last_export.is_some());
+    let mut rows = csv::Reader::from_path(&csv).unwrap();
+    let at = rows.headers().unwrap().iter().position(|c| c == "kept_fp32").expect("no kept_fp32 column");
+    let kept: Vec<String> = rows.records().map(|r| r.unwrap()[at].to_string()).collect();
+    assert_eq!(kept, ["", "blocks.0.fc2;heads.0"]);
+}
+
+#[test]
+fn the_window_names_a_variant_before_it_is_built_as_the_model_will() {
+    use vit_workbench::app::state::planned_label;
+    use vit_workbench::model::{Model, ModelFiles};
+    use vit_workbench::quant::{QuantOptions, Scheme};
+    let fp32 =
+        Model::load("timm_vit", &ModelFiles::from_dir(&fixture("timm_vit")).unwrap(), None, &candle_core::Device::Cpu)
+            .unwrap();
+    for scheme in [Scheme::DEFAULT, Scheme::TORCH] {
+        for keep in [&[][..], &["patch", "blocks.0.fc2"][..], &["blocks.1.qkv"][..]] {
+            let opts =
+                QuantOptions { keep_fp32: layers(keep).into_iter().collect(), scheme, ..QuantOptions::default() };
+            for v in Variant::ALL {
+                let made = fp32.to_variant(v, opts.clone()).unwrap();
+                assert_eq!(planned_label(v, &opts), made.label(), "{v} {scheme} {keep:?}");
+            }
+        }
+    }
+}

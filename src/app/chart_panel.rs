@@ -3,7 +3,8 @@
 
 use egui::{Color32, Stroke, Ui, Vec2};
 use egui_plot::{
-    AxisHints, Bar, BarChart, GridInput, GridMark, HoverPosition, Line, LineStyle, Plot, PlotPoints, Points,
+    AxisHints, Bar, BarChart, GridInput, GridMark, HoverPosition, Line, LineStyle, MarkerShape, Plot, PlotPoints,
+    Points,
 };
 
 use super::Action;
@@ -128,9 +129,9 @@ fn live_plot(ui: &mut Ui, state: &AppState, h: f32) {
         if roomy {
             ui.label(egui::RichText::new("latency per run").strong());
         }
-        for v in state.bench.live.keys() {
+        for (v, label) in state.bench.live.keys() {
             swatch(ui, color(*v), false);
-            ui.label(v.name());
+            ui.label(label);
         }
         if !state.bench.live.is_empty() {
             ui.add_space(6.0);
@@ -162,17 +163,25 @@ fn live_plot(ui: &mut Ui, state: &AppState, h: f32) {
             _ => None,
         })
         .show(ui, |plot| {
-            for (v, series) in &state.bench.live {
+            for ((v, label), series) in &state.bench.live {
+                // A mixed form is drawn in its variant's colour, its median line thinner.
+                let mixed = label != v.name();
                 let pts: Vec<[f64; 2]> =
                     series.samples.iter().enumerate().map(|(i, ms)| [i as f64 + 1.0, *ms]).collect();
-                plot.points(Points::new(format!("{v} sample"), PlotPoints::from(pts)).color(color(*v)).radius(1.5));
-                plot.line(
-                    Line::new(format!("{v} running median"), PlotPoints::from(series.median.clone()))
+                let marker = if mixed { MarkerShape::Diamond } else { MarkerShape::Circle };
+                plot.points(
+                    Points::new(format!("{label} sample"), PlotPoints::from(pts))
                         .color(color(*v))
-                        .width(2.0),
+                        .shape(marker)
+                        .radius(1.5),
                 );
                 plot.line(
-                    Line::new(format!("{v} running p90"), PlotPoints::from(series.p90.clone()))
+                    Line::new(format!("{label} running median"), PlotPoints::from(series.median.clone()))
+                        .color(color(*v))
+                        .width(if mixed { 1.2 } else { 2.0 }),
+                );
+                plot.line(
+                    Line::new(format!("{label} running p90"), PlotPoints::from(series.p90.clone()))
                         .color(color(*v))
                         .style(LineStyle::dashed_dense())
                         .width(1.5),
@@ -208,8 +217,8 @@ fn bar_plot(
     let names: Vec<String> = latest
         .iter()
         .map(|r| match models.iter().find(|(_, m)| *m == r.model) {
-            Some((k, _)) if models.len() > 1 => format!("{k} {}", r.variant),
-            _ => r.variant.to_string(),
+            Some((k, _)) if models.len() > 1 => format!("{k} {}", r.label()),
+            _ => r.label(),
         })
         .collect();
     let fp32_size = |model: &str| {

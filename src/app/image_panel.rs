@@ -58,7 +58,7 @@ impl ImagePanel {
                         painter.text(
                             pos2(fit.left() + 6.0, fit.top() + 6.0),
                             egui::Align2::LEFT_TOP,
-                            v.name(),
+                            state.label(*v),
                             egui::FontId::proportional(15.0),
                             Color32::WHITE,
                         );

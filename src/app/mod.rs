@@ -9,13 +9,17 @@
 mod chart_panel;
 mod controls;
 mod eval_panel;
+pub mod frontier;
+mod frontier_panel;
 mod image_panel;
 mod profile_panel;
 mod results_panel;
+mod sensitivity_panel;
 pub mod state;
 mod status_bar;
 pub mod worker;
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -23,6 +27,7 @@ use anyhow::Result;
 use egui::{Key, Modifiers, Ui};
 
 use crate::hub::Hub;
+use crate::model::LayerName;
 use crate::quant::Variant;
 use state::{AppState, BottomView, Level, OverlaySettings, Settings, Topic};
 use worker::{Command, ImageSource, WorkerHandle};
@@ -86,6 +91,14 @@ pub enum Action {
     SetProfileRuns(usize),
     /// Time every stage of a forward of each variant.
     Profile,
+    /// Keep these layers fp32 in int8 and mobile (the rest quantized); they are rebuilt.
+    SetKeepFp32(BTreeSet<LayerName>),
+    /// Rank the layers by sensitivity on the current image, or on the images of a folder.
+    RankLayers {
+        folder: Option<PathBuf>,
+    },
+    /// The text of the sensitivity view's folder field changed.
+    EditSensitivityFolder(String),
 }
 
 /// Command-line choices for the window.
@@ -100,6 +113,9 @@ pub struct GuiOptions {
     pub screenshot: Option<PathBuf>,
     /// Run a benchmark as soon as the first result is in (with `screenshot`: shoot after it).
     pub benchmark: bool,
+    /// Rank the layers as soon as the first result is in, then keep this many of the most
+    /// sensitive fp32 (with `screenshot`: shoot once int8 and mobile are rebuilt with them).
+    pub sensitivity: Option<usize>,
     pub offline: bool,
     /// The hub to use instead of the one the environment describes (tests).
     pub hub: Option<Hub>,
@@ -127,11 +143,17 @@ pub struct WorkbenchApp {
     chart: chart_panel::ChartPanel,
     eval: eval_panel::EvalPanel,
     profile: profile_panel::ProfilePanel,
+    sensitivity: sensitivity_panel::SensitivityPanel,
+    frontier: frontier_panel::FrontierPanel,
     status: status_bar::StatusBar,
     notices: status_bar::Notices,
     screenshot: Option<Screenshot>,
     /// A benchmark asked for on the command line, not started yet.
     pending_benchmark: bool,
+    /// A ranking asked for on the command line: not started yet (`rank`), and the layers to
+    /// keep once it is in (`keep`).
+    pending_rank: bool,
+    pending_keep_top: Option<usize>,
 }
 
 impl WorkbenchApp {
@@ -184,9 +206,13 @@ impl WorkbenchApp {
             chart: chart_panel::ChartPanel,
             eval: eval_panel::EvalPanel,
             profile: profile_panel::ProfilePanel,
+            sensitivity: sensitivity_panel::SensitivityPanel,
+            frontier: frontier_panel::FrontierPanel,
             status: status_bar::StatusBar,
             notices: status_bar::Notices,
             pending_benchmark: opts.benchmark,
+            pending_rank: opts.sensitivity.is_some(),
+            pending_keep_top: opts.sensitivity,
             screenshot: opts.screenshot.clone().map(|path| Screenshot {
                 path,
                 ready_frames: 0,
@@ -254,6 +280,8 @@ impl WorkbenchApp {
                     BottomView::Benchmark => self.chart.ui(ui, &self.state, &mut actions),
                     BottomView::Accuracy => self.eval.ui(ui, &self.state, &mut actions),
                     BottomView::Profile => self.profile.ui(ui, &self.state, &mut actions),
+                    BottomView::Sensitivity => self.sensitivity.ui(ui, &self.state, &mut actions),
+                    BottomView::Frontier => self.frontier.ui(ui, &self.state, &mut actions),
                 });
             });
         });
@@ -268,9 +296,27 @@ impl WorkbenchApp {
         // Notices float over the window below the top bar: they never push the layout.
         self.notices.ui(&ctx, top.response.rect.bottom(), &self.state, &mut actions);
 
-        if self.pending_benchmark && self.state.result(self.state.primary()).is_some() {
+        // With --sensitivity too, the benchmark waits for the layers to be kept, measures the
+        // mixed variants beside the plain ones, and the frontier is shown.
+        let ranking_first = self.pending_rank || self.pending_keep_top.is_some() || self.state.sensitivity.running;
+        if self.pending_benchmark && self.state.result(self.state.primary()).is_some() && !ranking_first {
             self.pending_benchmark = false;
             actions.push(Action::Benchmark);
+            if self.state.sensitivity.report.is_some() {
+                actions.push(Action::ShowView(BottomView::Frontier));
+            }
+        }
+        if self.pending_rank && self.state.result(self.state.primary()).is_some() {
+            self.pending_rank = false;
+            actions.push(Action::RankLayers { folder: None });
+        }
+        // Once the ranking is in (a failed one leaves an error, which ends a screenshot run).
+        if !self.pending_rank
+            && !self.state.sensitivity.running
+            && let (Some(k), Some(r)) = (self.pending_keep_top, &self.state.sensitivity.report)
+        {
+            self.pending_keep_top = None;
+            actions.push(Action::SetKeepFp32(r.ranking.top(k)));
         }
         for a in actions {
             self.act(a);
@@ -517,6 +563,36 @@ impl WorkbenchApp {
                         .send(Command::Profile { variants: s.profile_variants(), runs: s.settings.profile_runs });
                 }
             }
+            Action::SetKeepFp32(keep) => {
+                if let Some(held) = s.exported_variant() {
+                    s.notify(
+                        Level::Info,
+                        Topic::Other,
+                        format!("this exported file holds {held} as it was made; load the fp32 model to choose layers kept fp32"),
+                    );
+                    return;
+                }
+                if s.quant.keep_fp32 != keep {
+                    s.quant.keep_fp32 = keep;
+                    // The worker drops the variants made otherwise; the next analysis rebuilds them.
+                    self.worker.send(Command::SetQuant(s.quant.clone()));
+                    self.analyze();
+                }
+            }
+            Action::RankLayers { folder } => {
+                if s.model.is_none() {
+                    s.notify(Level::Info, Topic::Sensitivity, "load a model first");
+                } else if let Some(job) = s.long_job() {
+                    s.notify(Level::Info, Topic::Sensitivity, format!("{job} is running: wait for it or cancel it"));
+                } else {
+                    s.settings.view = BottomView::Sensitivity;
+                    s.sensitivity.running = true;
+                    s.sensitivity.progress = (0, 0);
+                    let image_name = s.image.as_ref().map_or_else(String::new, |i| i.name.clone());
+                    self.worker.send(Command::RankLayers { variant: s.sensitivity_variant(), folder, image_name });
+                }
+            }
+            Action::EditSensitivityFolder(text) => s.settings.sensitivity_folder = text,
             Action::Dismiss(id) => s.dismiss(id),
             Action::DismissLatest => {
                 if let Some(id) = s.notices.last().map(|n| n.id) {
@@ -550,7 +626,13 @@ impl WorkbenchApp {
         let ready = shown.iter().all(|v| self.state.result(*v).is_some())
             && (!self.state.settings.overlay.enabled || shown.iter().all(|v| self.state.overlays.contains_key(v)))
             && !self.pending_benchmark
-            && !self.state.bench.running;
+            && !self.state.bench.running
+            && !self.pending_rank
+            && self.pending_keep_top.is_none()
+            && !self.state.sensitivity.running
+            // Variants rebuilt with other options are shown once their new result is in.
+            && shown.iter().all(|v| self.state.label(*v) == state::planned_label(*v, &self.state.quant))
+            && (self.state.quant.keep_fp32.is_empty() || self.state.busy.is_none());
         if ready {
             shot.ready_frames += 1;
             // One more frame so what is captured is what was drawn with the result.
@@ -599,7 +681,7 @@ fn view_tabs(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
     });
 }
 
-const VIEW_TABS_WIDTH: f32 = 96.0;
+const VIEW_TABS_WIDTH: f32 = 112.0;
 
 const NO_DIALOG: &str = "no file dialog is available here (no desktop portal): drag an image onto the window, or paste its path into the field and press Open path";
 

@@ -16,12 +16,12 @@ impl ResultsPanel {
         let Some(&second) = variants.get(1) else {
             ui.heading("Top-5");
             match primary {
-                Some(r) => top5(ui, variants[0].name(), r, state, actions),
+                Some(r) => top5(ui, &r.label, r, state, actions),
                 None => pending(ui, waiting),
             }
             return;
         };
-        ui.heading(format!("{} vs {}", variants[0], second));
+        ui.heading(format!("{} vs {}", state.label(variants[0]), state.label(second)));
         let (Some(r1), Some(r2)) = (primary, state.result(second)) else {
             pending(ui, waiting);
             return;
@@ -51,9 +51,9 @@ impl ResultsPanel {
             ui.end_row();
         });
         ui.separator();
-        top5(ui, variants[0].name(), r1, state, actions);
+        top5(ui, &r1.label, r1, state, actions);
         ui.add_space(6.0);
-        top5(ui, second.name(), r2, state, actions);
+        top5(ui, &r2.label, r2, state, actions);
     }
 }
 

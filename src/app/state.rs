@@ -8,12 +8,12 @@ use std::path::PathBuf;
 use egui::{ColorImage, TextureHandle, TextureOptions};
 use serde::{Deserialize, Serialize};
 
-pub use super::worker::Topic;
 use super::worker::{ImageSource, ModelSummary, Reply, Rgba};
+pub use super::worker::{SensitivityReport, Topic};
 use crate::bench::{BenchConfig, BenchResult, percentile};
 use crate::explain::{AttentionMap, Colormap, HeadFusion, Request};
-use crate::model::Prediction;
-use crate::quant::Variant;
+use crate::model::{LayerName, Prediction};
+use crate::quant::{QuantOptions, Variant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OverlayMode {
@@ -80,10 +80,20 @@ pub enum BottomView {
     Accuracy,
     /// Where the time of a forward goes, per stage ("Profile").
     Profile,
+    /// Which layers hurt when quantized; ticks keep them fp32.
+    Sensitivity,
+    /// Latency and size against accuracy loss, one point per variant measured, Pareto front.
+    Frontier,
 }
 
 impl BottomView {
-    pub const ALL: [BottomView; 3] = [BottomView::Benchmark, BottomView::Accuracy, BottomView::Profile];
+    pub const ALL: [BottomView; 5] = [
+        BottomView::Benchmark,
+        BottomView::Accuracy,
+        BottomView::Profile,
+        BottomView::Sensitivity,
+        BottomView::Frontier,
+    ];
 
     /// What the view shows, on hover.
     pub fn hover(self) -> &'static str {
@@ -91,6 +101,10 @@ impl BottomView {
             BottomView::Benchmark => "Latency per run, p50 latency and file size of each variant",
             BottomView::Accuracy => "Accuracy of each variant on a labelled folder or list (Evaluate folder…)",
             BottomView::Profile => "Where the time goes: every stage of a forward, per variant (Profile)",
+            BottomView::Sensitivity => "Which layers hurt when quantized; tick a layer to keep it fp32",
+            BottomView::Frontier => {
+                "p50 latency and file size against the loss vs fp32, one point per variant; Pareto front"
+            }
         }
     }
 
@@ -99,6 +113,8 @@ impl BottomView {
             BottomView::Benchmark => "Benchmark",
             BottomView::Accuracy => "Accuracy",
             BottomView::Profile => "Stage times",
+            BottomView::Sensitivity => "Sensitivity",
+            BottomView::Frontier => "Frontier",
         }
     }
 }
@@ -117,6 +133,8 @@ pub struct Settings {
     pub bench_warmup: usize,
     pub bench_runs: usize,
     pub bench_seconds: f64,
+    /// The folder of images typed for "Rank on folder" (empty: rank on the current image).
+    pub sensitivity_folder: String,
     /// The image file open when the window closed, reopened at the next start.
     pub last_image: Option<PathBuf>,
     /// What the bottom panel shows.
@@ -139,6 +157,7 @@ impl Default for Settings {
             bench_warmup: 5,
             bench_runs: 20,
             bench_seconds: 2.0,
+            sensitivity_folder: String::new(),
             last_image: None,
             view: BottomView::Benchmark,
             eval_path: String::new(),
@@ -225,6 +244,8 @@ impl ShownImage {
 #[derive(Clone, Debug)]
 pub struct VariantResult {
     pub image_id: u64,
+    /// The variant as computed: `int8`, or `int8+fp32[3]` when it kept layers fp32.
+    pub label: String,
     pub top5: Vec<Prediction>,
     pub logits: Vec<f32>,
     pub ms: f64,
@@ -269,7 +290,8 @@ pub struct BenchState {
     /// The model of the running (or last) benchmark.
     pub model: String,
     /// Timed samples of the running (or last) benchmark, per variant, in order.
-    pub live: BTreeMap<Variant, LiveSeries>,
+    /// Keyed by variant and its label: `int8` and `int8+fp32[3]` measured in one run are two series.
+    pub live: BTreeMap<(Variant, String), LiveSeries>,
     /// Every result gathered since the app started (what "Export CSV" writes).
     pub results: Vec<BenchResult>,
 }
@@ -282,8 +304,9 @@ impl BenchState {
         self.model = model;
     }
 
-    /// The newest result of each (model, variant), in the order the models were first
-    /// benchmarked, variants in their usual order: what the bar charts show.
+    /// The newest result of each (model, variant, scheme, layers kept fp32), in the order the
+    /// models were first benchmarked, variants in their usual order (a plain variant before its
+    /// mixed forms, otherwise in the order first measured): what the charts show.
     pub fn latest(&self) -> Vec<&BenchResult> {
         let mut models: Vec<&str> = Vec::new();
         for r in &self.results {
@@ -294,8 +317,18 @@ impl BenchState {
         let mut out = Vec::new();
         for m in models {
             for v in Variant::ALL {
-                if let Some(r) = self.results.iter().rev().find(|r| r.model == m && r.variant == v) {
-                    out.push(r);
+                let mut forms: Vec<(&str, &[LayerName])> = Vec::new();
+                for r in self.results.iter().filter(|r| r.model == m && r.variant == v) {
+                    let form = (r.scheme.as_str(), r.kept_fp32.as_slice());
+                    if !forms.contains(&form) {
+                        forms.push(form);
+                    }
+                }
+                forms.sort_by_key(|(_, kept)| !kept.is_empty());
+                for (scheme, kept) in forms {
+                    let same =
+                        |r: &&BenchResult| r.model == m && r.variant == v && r.scheme == scheme && r.kept_fp32 == kept;
+                    out.extend(self.results.iter().rev().find(same));
                 }
             }
         }
@@ -331,6 +364,17 @@ pub struct ProfileState {
     pub model: String,
     pub threads: usize,
     pub report: Option<std::sync::Arc<Vec<crate::profile::VariantProfile>>>,
+}
+
+/// The sensitivity view: a ranking running or finished.
+#[derive(Default)]
+pub struct SensitivityState {
+    pub running: bool,
+    /// Models scored of the running ranking: (done, total).
+    pub progress: (usize, usize),
+    /// The last finished ranking (a cancelled or failed one leaves it as it was; a new model
+    /// drops it, its layers being another model's).
+    pub report: Option<SensitivityReport>,
 }
 
 /// The machine the numbers come from, for the status bar.
@@ -380,6 +424,10 @@ pub struct AppState {
     pub cuda: crate::device::CudaStatus,
     /// The image being decoded (asked for, not arrived yet).
     pub decoding: Option<String>,
+    /// How the window's int8 and mobile variants are made (layers kept fp32); the worker holds
+    /// the same, sent with every change. Per model: a new model starts from the default.
+    pub quant: QuantOptions,
+    pub sensitivity: SensitivityState,
 }
 
 impl AppState {
@@ -409,6 +457,8 @@ impl AppState {
             last_export: None,
             cuda,
             decoding: None,
+            quant: QuantOptions::default(),
+            sensitivity: SensitivityState::default(),
         }
     }
 
@@ -488,6 +538,8 @@ impl AppState {
             Some("an evaluation")
         } else if self.profile.running {
             Some("a profile")
+        } else if self.sensitivity.running {
+            Some("a sensitivity ranking")
         } else {
             None
         }
@@ -502,6 +554,21 @@ impl AppState {
     pub fn result(&self, v: Variant) -> Option<&VariantResult> {
         let id = self.image.as_ref()?.id;
         self.results.get(&v).filter(|r| r.image_id == id)
+    }
+
+    /// How `v` is named to the user: as its shown result was computed (`int8+fp32[3]`), else
+    /// as the current options will make it.
+    pub fn label(&self, v: Variant) -> String {
+        match self.result(v) {
+            Some(r) => r.label.clone(),
+            None => planned_label(v, &self.quant),
+        }
+    }
+
+    /// The quantized variant the sensitivity view ranks: the one shown first if quantized, else
+    /// the compare one, else int8.
+    pub fn sensitivity_variant(&self) -> Variant {
+        self.active_variants().into_iter().find(|v| *v != Variant::Fp32).unwrap_or(Variant::Int8)
     }
 
     /// Applies one worker reply. Returns `true` when a new model or image arrived (the caller
@@ -531,6 +598,12 @@ impl AppState {
                 return true;
             }
             Reply::ModelLoaded(summary) => {
+                // Layers kept fp32 are another model's names: a new model starts from the default
+                // (the worker applies the same rule), the same one on another device keeps them.
+                if self.model.as_ref().is_none_or(|m| m.spec != summary.spec) {
+                    self.quant = QuantOptions::default();
+                    self.sensitivity.report = None;
+                }
                 self.settings.model = summary.spec.clone();
                 self.model = Some(summary);
                 self.resolved(Topic::Model);
@@ -539,8 +612,8 @@ impl AppState {
                 self.settings.overlay.class = None;
                 return true;
             }
-            Reply::Classified { image_id, variant, top5, logits, ms } => {
-                self.results.insert(variant, VariantResult { image_id, top5, logits, ms });
+            Reply::Classified { image_id, variant, label, top5, logits, ms } => {
+                self.results.insert(variant, VariantResult { image_id, label, top5, logits, ms });
                 self.resolved(Topic::Analysis);
             }
             Reply::Overlay { image_id, variant, rgba } => {
@@ -552,7 +625,9 @@ impl AppState {
                 }
             }
             Reply::BenchPhase(p) => self.bench.phase = p,
-            Reply::BenchSample { variant, ms, .. } => self.bench.live.entry(variant).or_default().push(ms),
+            Reply::BenchSample { variant, label, ms, .. } => {
+                self.bench.live.entry((variant, label)).or_default().push(ms)
+            }
             Reply::BenchDone(results) => {
                 self.bench.running = false;
                 self.bench.phase = "done".into();
@@ -561,7 +636,7 @@ impl AppState {
                     .filter_map(|r| {
                         let f = results.iter().find(|o| o.variant == Variant::Fp32)?;
                         (r.stats.p50 > f.stats.p50)
-                            .then(|| format!("{} is {:.2}x slower than fp32", r.variant, r.stats.p50 / f.stats.p50))
+                            .then(|| format!("{} is {:.2}x slower than fp32", r.label(), r.stats.p50 / f.stats.p50))
                     })
                     .collect();
                 self.resolved(Topic::Benchmark);
@@ -607,11 +682,18 @@ impl AppState {
                 self.profile.report = Some(report);
                 self.resolved(Topic::Profile);
             }
+            Reply::SensitivityProgress { done, total } => self.sensitivity.progress = (done, total),
+            Reply::SensitivityDone(report) => {
+                self.sensitivity.running = false;
+                self.resolved(Topic::Sensitivity);
+                self.sensitivity.report = Some(report);
+            }
             Reply::Cancelled(what) => {
                 // One command runs at a time: whichever it was has stopped.
                 self.bench.running = false;
                 self.eval.running = false;
                 self.profile.running = false;
+                self.sensitivity.running = false;
                 self.notify(Level::Info, Topic::Other, what);
             }
             Reply::Error { what, about, message, open_anyway } => {
@@ -627,6 +709,9 @@ impl AppState {
                 if about == Topic::Image {
                     self.decoding = None;
                 }
+                if about == Topic::Sensitivity {
+                    self.sensitivity.running = false;
+                }
                 self.notify(Level::Error, about, format!("{what}: {message}"));
                 if let Some(notice) = self.notices.last_mut() {
                     notice.open_anyway = open_anyway;
@@ -635,6 +720,25 @@ impl AppState {
         }
         false
     }
+}
+
+/// `int8`, `int8[torch]`, or `int8+fp32[3]` when `opts` keeps 3 layers fp32: as
+/// `Model::label` will name the variant `opts` make (the torch scheme's fp32 patch embedding is
+/// part of the scheme, not a kept layer).
+pub fn planned_label(v: Variant, opts: &QuantOptions) -> String {
+    if v == Variant::Fp32 {
+        return v.name().to_string();
+    }
+    let mut label = v.name().to_string();
+    if !opts.scheme.is_default() {
+        label.push_str(&format!("[{}]", opts.scheme));
+    }
+    let torch = opts.scheme == crate::quant::Scheme::TORCH;
+    let kept = opts.keep_fp32.iter().filter(|l| !(torch && **l == LayerName::Patch)).count();
+    if kept > 0 {
+        label.push_str(&format!("+fp32[{kept}]"));
+    }
+    label
 }
 
 fn to_color_image(rgba: &Rgba) -> ColorImage {

@@ -26,11 +26,12 @@ impl StatusBar {
                             .text(format!("{file} {:.1} MB", *done as f64 / 1e6)),
                     );
                 }
-                // A running benchmark has its own Cancel beside the chart; an evaluation or a
-                // profile has one in its view while that view is shown.
+                // A running benchmark has its own Cancel beside the chart; an evaluation, a
+                // profile or a ranking has one in its view while that view is shown.
                 let view = state.settings.view;
                 let own_cancel = (state.eval.running && view == BottomView::Accuracy)
-                    || (state.profile.running && view == BottomView::Profile);
+                    || (state.profile.running && view == BottomView::Profile)
+                    || (state.sensitivity.running && view == BottomView::Sensitivity);
                 if !state.bench.running && !own_cancel && ui.small_button("Cancel").clicked() {
                     actions.push(Action::Cancel);
                 }

@@ -16,11 +16,12 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use image::RgbImage;
 
-use crate::bench::{BenchConfig, BenchEvent, BenchInput, BenchJob, BenchResult, bench_model};
+use crate::bench::{BenchConfig, BenchEvent, BenchInput, BenchJob, BenchResult, bench_model_with};
 use crate::explain::attribution::attribution;
 use crate::explain::{Attentions, Colormap, Heatmap, Request, grid_heatmap, heatmap, overlay_layer};
 use crate::hub::{DownloadEvent, Hub};
 use crate::model::{Capture, Model, Prediction, device_from_name};
+use crate::quant::sensitivity::{KeepFp32, Sensitivity, analyze};
 use crate::quant::{QuantOptions, Variant};
 
 /// Where an image comes from.
@@ -58,6 +59,8 @@ pub enum Topic {
     Evaluation,
     /// Where the time of a forward goes.
     Profile,
+    /// Ranking the layers by sensitivity.
+    Sensitivity,
     Other,
 }
 
@@ -103,6 +106,17 @@ pub enum Command {
         variants: Vec<Variant>,
         runs: usize,
     },
+    /// Make the int8 and mobile variants with these options from now on (the cached ones that
+    /// differ are dropped, to be rebuilt when next used).
+    SetQuant(QuantOptions),
+    /// Rank every linear layer of `variant` by what quantizing it costs against fp32, on the
+    /// current image or on the images of `folder`.
+    RankLayers {
+        variant: Variant,
+        folder: Option<PathBuf>,
+        /// How the current image is named to the user (when there is no folder).
+        image_name: String,
+    },
     /// Deliberately panics (tests of the recovery path).
     Crash,
 }
@@ -119,6 +133,8 @@ impl Command {
             Command::Crash => 6,
             Command::Evaluate { .. } => 7,
             Command::Profile { .. } => 8,
+            Command::SetQuant(_) => 9,
+            Command::RankLayers { .. } => 10,
         }
     }
 
@@ -132,6 +148,8 @@ impl Command {
             Command::Evaluate { .. } => Topic::Evaluation,
             Command::Profile { .. } => Topic::Profile,
             Command::Crash => Topic::Other,
+            Command::SetQuant(_) => Topic::Analysis,
+            Command::RankLayers { .. } => Topic::Sensitivity,
         }
     }
 }
@@ -187,6 +205,8 @@ pub enum Reply {
     Classified {
         image_id: u64,
         variant: Variant,
+        /// The variant as computed (`int8+fp32[3]` for a mixed one).
+        label: String,
         top5: Vec<Prediction>,
         logits: Vec<f32>,
         ms: f64,
@@ -199,6 +219,8 @@ pub enum Reply {
     BenchPhase(String),
     BenchSample {
         variant: Variant,
+        /// `int8+fp32[3]` for a mixed variant measured beside plain int8.
+        label: String,
         ms: f64,
         run: usize,
     },
@@ -228,6 +250,12 @@ pub enum Reply {
         threads: usize,
         report: Arc<Vec<crate::profile::VariantProfile>>,
     },
+    /// Models scored of a running sensitivity ranking.
+    SensitivityProgress {
+        done: usize,
+        total: usize,
+    },
+    SensitivityDone(SensitivityReport),
     Cancelled(String),
     /// `what` failed (one line naming the file or model), the previous state is kept.
     Error {
@@ -238,6 +266,18 @@ pub enum Reply {
         open_anyway: Option<ImageSource>,
     },
 }
+
+/// A finished sensitivity ranking and what it was made on.
+#[derive(Clone, Debug)]
+pub struct SensitivityReport {
+    pub ranking: Arc<Sensitivity>,
+    /// The image, or the folder and how many of its images, the layers were ranked on.
+    pub source: String,
+}
+
+/// The most images of a folder a ranking runs on (they go through the model as one batch,
+/// 2 x layers + 1 times).
+pub const MAX_RANK_IMAGES: usize = 16;
 
 /// The UI's handle on the worker.
 pub struct WorkerHandle {
@@ -316,6 +356,9 @@ pub fn spawn(hub: Hub, wake: impl Fn() + Send + 'static) -> WorkerHandle {
                                 let mut fresh = State::new(state.hub.clone());
                                 fresh.image = state.image.take();
                                 fresh.next_image_id = state.next_image_id;
+                                // The window's choices stay as the window shows them.
+                                fresh.quant = state.quant.clone();
+                                fresh.spec = state.spec.take();
                                 state = fresh;
                             }
                         }
@@ -342,7 +385,8 @@ fn coalesce(first: Command, rx: &Receiver<Command>) -> Vec<Command> {
     while let Ok(c) = rx.try_recv() {
         all.push(c);
     }
-    let keep_last_only = |k: u8| matches!(k, 2 | 3);
+    // Options are absolute (the newest replaces the rest); commands keep their order.
+    let keep_last_only = |k: u8| matches!(k, 2 | 3 | 7);
     let mut out: Vec<Command> = Vec::new();
     for (i, c) in all.iter().enumerate() {
         let superseded = keep_last_only(c.kind()) && all[i + 1..].iter().any(|later| later.kind() == c.kind());
@@ -364,6 +408,9 @@ fn describe(cmd: &Command) -> String {
         Command::Evaluate { source, .. } => format!("cannot evaluate {}", source.display()),
         Command::Profile { .. } => "profiling failed".into(),
         Command::Crash => "crash test".into(),
+        Command::SetQuant(_) => "cannot change the quantization options".into(),
+        Command::RankLayers { folder: Some(f), .. } => format!("cannot rank the layers on {}", f.display()),
+        Command::RankLayers { .. } => "cannot rank the layers".into(),
     }
 }
 
@@ -410,6 +457,24 @@ struct State {
     top1: HashMap<Variant, usize>,
     /// The last map per variant: an opacity or colormap change redraws it without recomputing.
     maps: HashMap<Variant, (u64, Request, Heatmap)>,
+    /// How int8 and mobile are made (the window's choice, e.g. layers kept fp32).
+    quant: QuantOptions,
+}
+
+/// The images of `dir` (by extension, sorted by name), at most [`MAX_RANK_IMAGES`]. Errors do
+/// not repeat the folder: the notice names it.
+fn images_in(dir: &std::path::Path) -> Result<Vec<PathBuf>> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|f| f.is_file() && crate::preprocess::has_image_extension(f))
+        .collect();
+    if found.is_empty() {
+        bail!("no image files in this folder");
+    }
+    found.sort();
+    found.truncate(MAX_RANK_IMAGES);
+    Ok(found)
 }
 
 /// Longest side of the image shown in the window (the model always sees the full image).
@@ -447,6 +512,7 @@ impl State {
             input: None,
             top1: HashMap::new(),
             maps: HashMap::new(),
+            quant: QuantOptions::default(),
         }
     }
 
@@ -467,6 +533,13 @@ impl State {
             Command::Evaluate { source, variants } => self.evaluate(&source, &variants, out, cancel),
             Command::Profile { variants, runs } => self.profile(&variants, runs, out, cancel),
             Command::Crash => panic!("deliberate crash for testing"),
+            Command::SetQuant(opts) => {
+                self.set_quant(opts);
+                Ok(())
+            }
+            Command::RankLayers { variant, folder, image_name } => {
+                self.rank_layers(variant, folder, image_name, out, cancel)
+            }
         }
     }
 
@@ -547,6 +620,11 @@ impl State {
         self.attentions.clear();
         self.maps.clear();
         self.top1.clear();
+        // Kept layers name another model's layers; the same model (on another device) keeps
+        // them. The window's state applies the same rule.
+        if self.spec.as_deref() != Some(spec) {
+            self.quant = QuantOptions::default();
+        }
         self.variants.insert(model.variant, model.clone());
         self.source = Some(model);
         self.spec = Some(spec.to_string());
@@ -557,8 +635,12 @@ impl State {
     fn variant(&mut self, v: Variant, out: &Out) -> Result<&Model> {
         if !self.variants.contains_key(&v) {
             let source = self.source.as_ref().context("no model is loaded")?;
-            out.send(Reply::Busy(format!("quantizing to {v}")));
-            let m = source.to_variant(v, QuantOptions::default())?;
+            let kept = self.quant.keep_fp32.len();
+            out.send(Reply::Busy(match kept {
+                0 => format!("quantizing to {v}"),
+                n => format!("quantizing to {v}, {n} layer(s) kept fp32"),
+            }));
+            let m = source.to_variant(v, self.quant.clone())?;
             self.variants.insert(v, m);
         }
         Ok(&self.variants[&v])
@@ -568,7 +650,8 @@ impl State {
         let Some((image_id, img)) = self.image.clone() else { bail!("no image is open") };
         for &v in variants {
             let model = self.variant(v, out)?;
-            out.send(Reply::Busy(format!("classifying with {v}")));
+            let label = model.label();
+            out.send(Reply::Busy(format!("classifying with {label}")));
             let x = model.preprocess(&img)?;
             let t = Instant::now();
             let fwd = model.forward(&x, Capture::ATTENTIONS)?;
@@ -577,7 +660,7 @@ impl State {
             let logits = fwd.logits.flatten_all()?.to_vec1::<f32>()?;
             let att = Attentions::from_tensors(fwd.attentions.as_deref().unwrap_or_default(), 0)?;
             self.top1.insert(v, top5[0].index);
-            out.send(Reply::Classified { image_id, variant: v, top5, logits, ms });
+            out.send(Reply::Classified { image_id, variant: v, label, top5, logits, ms });
             self.attentions.insert(v, (image_id, att));
             self.input = Some((image_id, x));
         }
@@ -686,6 +769,75 @@ impl State {
         Ok(())
     }
 
+    fn set_quant(&mut self, opts: QuantOptions) {
+        if opts == self.quant {
+            return;
+        }
+        self.quant = opts;
+        // Every variant made with the old options goes (an exported file's own variant stays:
+        // it is the model as loaded, not made here).
+        let stored = self.source.as_ref().map(|m| m.variant);
+        let stale: Vec<Variant> =
+            self.variants.keys().copied().filter(|v| *v != Variant::Fp32 && Some(*v) != stored).collect();
+        for v in stale {
+            self.variants.remove(&v);
+            self.attentions.remove(&v);
+            self.maps.remove(&v);
+            self.top1.remove(&v);
+        }
+    }
+
+    fn rank_layers(
+        &mut self,
+        variant: Variant,
+        folder: Option<PathBuf>,
+        image_name: String,
+        out: &Out,
+        cancel: &AtomicBool,
+    ) -> Result<()> {
+        let source = self.source.as_ref().context("no model is loaded")?;
+        if source.variant != Variant::Fp32 {
+            bail!(
+                "ranking layers needs the fp32 model as the reference, and {} holds {} weights: load the original checkpoint",
+                source.display_name(),
+                source.label()
+            );
+        }
+        let (x, on) = match folder {
+            None => {
+                let (_, img) = self.image.as_ref().context("no image is open")?;
+                (source.preprocess(img)?, image_name)
+            }
+            Some(dir) => {
+                let files = images_in(&dir)?;
+                out.send(Reply::Busy(format!("reading {} images of {}", files.len(), dir.display())));
+                let imgs = files.iter().map(|f| crate::preprocess::load_image(f)).collect::<Result<Vec<_>>>()?;
+                (source.preprocess_batch(&imgs)?, format!("{} ({} images)", dir.display(), imgs.len()))
+            }
+        };
+        out.send(Reply::Busy(format!("ranking the layers of {variant} on {on}")));
+        // The ranking is of single layers: it starts from every layer quantized, whatever is kept now.
+        let opts = QuantOptions { keep_fp32: Default::default(), ..self.quant.clone() };
+        let ranked = analyze(source, variant, &opts, &x, &mut |done, total| {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(crate::bench::Cancelled.into());
+            }
+            out.send(Reply::SensitivityProgress { done, total });
+            Ok(())
+        });
+        match ranked {
+            Ok(ranking) => {
+                out.send(Reply::SensitivityDone(SensitivityReport { ranking: Arc::new(ranking), source: on }))
+            }
+            // Stopped between two models; nothing of the worker's state was changed.
+            Err(e) if e.downcast_ref::<crate::bench::Cancelled>().is_some() => {
+                out.send(Reply::Cancelled("sensitivity ranking cancelled".into()))
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
     fn benchmark(&mut self, variants: &[Variant], cfg: &BenchConfig, out: &Out, cancel: &AtomicBool) -> Result<()> {
         let source = self.source.as_ref().context("no model is loaded")?;
         let spec = self.spec.clone().context("no model is loaded")?;
@@ -696,10 +848,16 @@ impl State {
         };
         out.send(Reply::Busy("benchmarking".into()));
         let job = BenchJob { spec: &spec, variants, cfg, input: &input, cancel: Some(cancel) };
-        let results = bench_model(&job, &self.hub, &device, &mut |_| {}, &mut |ev| match ev {
+        // Beside each quantized variant, its mixed form with the layers the window keeps fp32:
+        // both measured in one run, for the frontier.
+        let keep = KeepFp32::Layers(self.quant.keep_fp32.clone());
+        let schemes = [self.quant.scheme];
+        let results = bench_model_with(&job, &keep, &schemes, &self.hub, &device, &mut |_| {}, &mut |ev| match ev {
             BenchEvent::Phase { phase, .. } => out.send(Reply::BenchPhase(phase)),
             BenchEvent::Warmup { done, total, .. } => out.send(Reply::BenchPhase(format!("warm-up {done}/{total}"))),
-            BenchEvent::Sample { variant, ms, run, .. } => out.send(Reply::BenchSample { variant, ms, run }),
+            BenchEvent::Sample { variant, label, ms, run, .. } => {
+                out.send(Reply::BenchSample { variant, label, ms, run })
+            }
         })?;
         out.send(Reply::BenchDone(results));
         Ok(())
