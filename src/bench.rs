@@ -445,7 +445,13 @@ pub fn load_variants_with(
     let source = crate::zoo::load_model_as_is(spec, hub, device, on_download)?;
     let base_load_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let explicit = !schemes.is_empty();
-    let schemes = if explicit { schemes } else { &[Scheme::DEFAULT][..] };
+    let mut unique: Vec<Scheme> = Vec::new();
+    for s in schemes {
+        if !unique.contains(s) {
+            unique.push(*s);
+        }
+    }
+    let schemes = if explicit { &unique[..] } else { &[Scheme::DEFAULT][..] };
     let mut made = Vec::new();
     for v in variants {
         // fp32, and the variant an exported file holds, exist once: no scheme makes them again.

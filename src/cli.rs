@@ -591,7 +591,9 @@ pub fn run(cli: Cli) -> Result<()> {
             ("--benchmark", cli.benchmark),
         ];
         if let Some((name, _)) = window_only.iter().find(|(_, given)| *given) {
-            anyhow::bail!("{name} before the command is an option of the window: put the command first (`vit-workbench COMMAND {name} ...`)");
+            anyhow::bail!(
+                "{name} before the command is an option of the window: put the command first (`vit-workbench COMMAND {name} ...`)"
+            );
         }
     }
     let sweep = cli.threads.clone().filter(|t| t.0.len() > 1);
@@ -993,7 +995,14 @@ fn compare(
 ) -> Result<()> {
     let variants = parse_variants(variants)?;
     let images = &expand_images(images)?;
-    let schemes = if schemes.is_empty() { &[Scheme::DEFAULT][..] } else { schemes };
+    // Each scheme once, in the order given; the default when none is.
+    let mut unique: Vec<Scheme> = Vec::new();
+    for s in schemes {
+        if !unique.contains(s) {
+            unique.push(*s);
+        }
+    }
+    let schemes = if unique.is_empty() { vec![Scheme::DEFAULT] } else { unique };
     // Images first: a bad file fails in a second, not after the model is loaded and quantized.
     let imgs: Vec<_> = load_images(images, allow_truncated)?.into_iter().map(|i| i.image).collect();
     let reference = load_model_as_is(model_spec, hub, &Device::Cpu, &mut download_bar())?;
@@ -1007,7 +1016,7 @@ fn compare(
     // its mixed-precision form when --keep-fp32 is given.
     let mut others = Vec::new();
     for v in &variants {
-        let schemes = if *v == Variant::Fp32 { &schemes[..1] } else { schemes };
+        let schemes = if *v == Variant::Fp32 { &schemes[..1] } else { &schemes[..] };
         for s in schemes {
             others.push(reference.to_variant(*v, QuantOptions::with_scheme(*s))?);
             if let Some(keep) = keep.filter(|_| *v != Variant::Fp32) {
