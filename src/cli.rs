@@ -1022,7 +1022,8 @@ fn compare(
     // its mixed-precision form when --keep-fp32 is given.
     let mut others = Vec::new();
     for v in &variants {
-        for s in if *v == Variant::Fp32 { &schemes[..1] } else { &schemes[..] } {
+        let schemes = if *v == Variant::Fp32 { &schemes[..1] } else { &schemes[..] };
+        for s in schemes {
             others.push(reference.to_variant(*v, QuantOptions::with_scheme(*s))?);
             if let Some(keep) = keep.filter(|_| *v != Variant::Fp32) {
                 let mixed = mixed_variant(&reference, *v, keep, *s, &imgs)?;

@@ -236,3 +236,27 @@ fn compare_with_the_torch_scheme_shows_its_larger_loss_on_real_weights() {
     assert!(kl_t > 5.0 * kl_d, "torch KL {kl_t} vs default {kl_d}");
     assert!(dl_t > dl_d);
 }
+
+#[test]
+fn compare_makes_each_scheme_once_in_the_order_given() {
+    let (model, img) = (fixture("timm_vit"), fixture("preprocess/deit__chelsea.png"));
+    let (code, stdout, stderr) = run(&[
+        "compare",
+        "--json",
+        "--variants",
+        "fp32,int8",
+        "--scheme",
+        "torch",
+        "--scheme",
+        "TORCH",
+        "--scheme",
+        "default",
+        "--model",
+        model.to_str().unwrap(),
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let rows: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let labels: Vec<&str> = rows.as_array().unwrap().iter().map(|r| r["label"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["fp32", "int8[torch]", "int8"]);
+}
