@@ -919,3 +919,42 @@ fn the_window_names_a_variant_before_it_is_built_as_the_model_will() {
         }
     }
 }
+
+#[test]
+fn choosing_the_torch_scheme_rebuilds_int8_as_torch_quantizes_it() {
+    use vit_workbench::model::{Capture, Model, ModelFiles};
+    use vit_workbench::quant::{QuantOptions, Scheme};
+    let settings = Settings {
+        model: fixture("timm_vit").display().to_string(),
+        compare: Some(Variant::Int8),
+        ..Settings::default()
+    };
+    let mut h = harness_with(settings);
+    wait_for(&mut h, "fp32 and int8", |a| {
+        a.state.result(Variant::Fp32).is_some() && a.state.result(Variant::Int8).is_some() && a.state.busy.is_none()
+    });
+    let plain = h.state().state.result(Variant::Int8).unwrap().logits.clone();
+    h.get_by_label("Sensitivity").click();
+    h.step();
+    h.step();
+    // The scheme box shows the current scheme; its list offers the others.
+    h.get_by_label("scheme").click();
+    for _ in 0..6 {
+        h.step();
+    }
+    h.get_by_label("torch").click();
+    wait_for(&mut h, "int8 rebuilt with the torch scheme", |a| {
+        a.state.result(Variant::Int8).is_some_and(|r| r.label == "int8[torch]") && a.state.busy.is_none()
+    });
+    assert_eq!(h.state().state.quant.scheme, Scheme::TORCH);
+    // The same logits as `--scheme torch` outside the window.
+    let dev = candle_core::Device::Cpu;
+    let fp32 = Model::load("timm_vit", &ModelFiles::from_dir(&fixture("timm_vit")).unwrap(), None, &dev).unwrap();
+    let torch = fp32.to_variant(Variant::Int8, QuantOptions::with_scheme(Scheme::TORCH)).unwrap();
+    let img = image::open(repo().join("assets/chelsea.png")).unwrap().to_rgb8();
+    let expected =
+        torch.forward(&torch.preprocess(&img).unwrap(), Capture::NONE).unwrap().logits.flatten_all().unwrap();
+    let got = h.state().state.result(Variant::Int8).unwrap().logits.clone();
+    assert_eq!(got, expected.to_vec1::<f32>().unwrap());
+    assert_ne!(got, plain);
+}

@@ -93,6 +93,8 @@ pub enum Action {
     Profile,
     /// Keep these layers fp32 in int8 and mobile (the rest quantized); they are rebuilt.
     SetKeepFp32(BTreeSet<LayerName>),
+    /// Quantize int8 and mobile with this scheme; they are rebuilt.
+    SetScheme(crate::quant::Scheme),
     /// Rank the layers by sensitivity on the current image, or on the images of a folder.
     RankLayers {
         folder: Option<PathBuf>,
@@ -575,6 +577,27 @@ impl WorkbenchApp {
                 if s.quant.keep_fp32 != keep {
                     s.quant.keep_fp32 = keep;
                     // The worker drops the variants made otherwise; the next analysis rebuilds them.
+                    self.worker.send(Command::SetQuant(s.quant.clone()));
+                    self.analyze();
+                }
+            }
+            Action::SetScheme(scheme) => {
+                if let Some(held) = s.exported_variant() {
+                    s.notify(
+                        Level::Info,
+                        Topic::Other,
+                        format!(
+                            "this exported file holds {held} as it was made; load the fp32 model to choose a scheme"
+                        ),
+                    );
+                    return;
+                }
+                if s.quant.scheme != scheme {
+                    // The torch preset's patch embedding stays fp32, as in `--scheme torch`.
+                    let patch_embed = crate::quant::QuantOptions::with_scheme(scheme).patch_embed;
+                    s.quant = crate::quant::QuantOptions { scheme, patch_embed, ..s.quant.clone() };
+                    // A ranking belongs to the scheme it was made under.
+                    s.sensitivity.report = None;
                     self.worker.send(Command::SetQuant(s.quant.clone()));
                     self.analyze();
                 }

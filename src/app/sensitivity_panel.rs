@@ -13,6 +13,36 @@ use crate::quant::sensitivity::{Cost, LayerSensitivity};
 
 pub struct SensitivityPanel;
 
+/// The schemes offered in the window: ours, PyTorch's, and each of torch's four choices alone,
+/// so the loss can be traced to one of them (`--scheme` takes any combination).
+pub const SCHEME_CHOICES: [&str; 6] =
+    ["default", "torch", "weights=per-tensor", "acts=per-tensor", "bits=7", "acts=asym"];
+
+/// How the window's int8 and mobile are quantized: a choice rebuilds them (and drops the
+/// ranking, which was made under the old scheme).
+fn scheme_choice(ui: &mut Ui, state: &AppState, enabled: bool, actions: &mut Vec<Action>) {
+    let current = state.quant.scheme;
+    ui.add_enabled_ui(enabled, |ui| {
+        egui::ComboBox::from_label("scheme")
+            .selected_text(current.to_string())
+            .show_ui(ui, |ui| {
+                for name in SCHEME_CHOICES {
+                    let Ok(scheme) = name.parse::<crate::quant::Scheme>() else { continue };
+                    if ui.selectable_label(scheme == current, name).clicked() && scheme != current {
+                        actions.push(Action::SetScheme(scheme));
+                    }
+                }
+            })
+            .response
+            .on_hover_text(
+                "How int8 and mobile quantize: default = per-channel weights, per-row 8-bit symmetric activations; \
+                 torch = PyTorch quantize_dynamic on x86 (per-tensor weights, per-tensor 7-bit asymmetric activations, \
+                 fp32 patch embedding)",
+            )
+            .on_disabled_hover_text("needs the fp32 model, and no ranking running");
+    });
+}
+
 /// Layers "keep top" keeps fp32.
 pub const KEEP_TOP: usize = 3;
 
@@ -108,6 +138,8 @@ impl SensitivityPanel {
                     actions.push(Action::Cancel);
                 }
             }
+            ui.separator();
+            scheme_choice(ui, state, fp32_model && !state.sensitivity.running, actions);
             ui.separator();
             let kept = &state.quant.keep_fp32;
             let can_keep = fp32_model && state.sensitivity.report.is_some();
