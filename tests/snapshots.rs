@@ -252,7 +252,7 @@ fn frontier_results(model: &str) -> Vec<BenchResult> {
             r.kept_fp32 = top[..kept].to_vec();
             r.stats.p50 = p50;
             r.file_bytes = (mb * 1e6) as u64;
-            r.accuracy = (variant != Variant::Fp32).then(|| AgreementSummary {
+            r.accuracy = (variant != Variant::Fp32).then_some(AgreementSummary {
                 images: 1,
                 top1_agreement: 1.0,
                 top5_overlap: 1.0,
