@@ -370,6 +370,24 @@ impl WorkbenchApp {
     }
 
     /// Applies one action: the only place the app's state changes in response to the user.
+    /// Changes how the window quantizes (`change` says whether anything changed); int8 and mobile
+    /// are then rebuilt in the background. An exported file holds its variant as it was made.
+    fn requantize(&mut self, what: &str, change: impl FnOnce(&mut crate::quant::QuantOptions) -> bool) -> bool {
+        let s = &mut self.state;
+        if let Some(held) = s.exported_variant() {
+            let text = format!("this exported file holds {held} as it was made; load the fp32 model to {what}");
+            s.notify(Level::Info, Topic::Other, text);
+            return false;
+        }
+        if !change(&mut s.quant) {
+            return false;
+        }
+        // The worker drops the variants made otherwise; the next analysis rebuilds them.
+        self.worker.send(Command::SetQuant(s.quant.clone()));
+        self.analyze();
+        true
+    }
+
     fn act(&mut self, action: Action) {
         let s = &mut self.state;
         match action {
@@ -566,40 +584,23 @@ impl WorkbenchApp {
                 }
             }
             Action::SetKeepFp32(keep) => {
-                if let Some(held) = s.exported_variant() {
-                    s.notify(
-                        Level::Info,
-                        Topic::Other,
-                        format!("this exported file holds {held} as it was made; load the fp32 model to choose layers kept fp32"),
-                    );
-                    return;
-                }
-                if s.quant.keep_fp32 != keep {
-                    s.quant.keep_fp32 = keep;
-                    // The worker drops the variants made otherwise; the next analysis rebuilds them.
-                    self.worker.send(Command::SetQuant(s.quant.clone()));
-                    self.analyze();
-                }
+                self.requantize("choose layers kept fp32", |q| {
+                    let changed = q.keep_fp32 != keep;
+                    q.keep_fp32 = keep;
+                    changed
+                });
             }
             Action::SetScheme(scheme) => {
-                if let Some(held) = s.exported_variant() {
-                    s.notify(
-                        Level::Info,
-                        Topic::Other,
-                        format!(
-                            "this exported file holds {held} as it was made; load the fp32 model to choose a scheme"
-                        ),
-                    );
-                    return;
-                }
-                if s.quant.scheme != scheme {
+                let changed = self.requantize("choose a scheme", |q| {
                     // The torch preset's patch embedding stays fp32, as in `--scheme torch`.
                     let patch_embed = crate::quant::QuantOptions::with_scheme(scheme).patch_embed;
-                    s.quant = crate::quant::QuantOptions { scheme, patch_embed, ..s.quant.clone() };
+                    let changed = q.scheme != scheme;
+                    *q = crate::quant::QuantOptions { scheme, patch_embed, ..q.clone() };
+                    changed
+                });
+                if changed {
                     // A ranking belongs to the scheme it was made under.
-                    s.sensitivity.report = None;
-                    self.worker.send(Command::SetQuant(s.quant.clone()));
-                    self.analyze();
+                    self.state.sensitivity.report = None;
                 }
             }
             Action::RankLayers { folder } => {
