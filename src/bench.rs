@@ -685,8 +685,14 @@ pub fn assemble(
                 weight_bytes: p.model.weight_bytes(),
                 peak_rss_bytes,
                 accuracy: p.accuracy.clone(),
-                int8_kernel: (p.model.variant != Variant::Fp32)
-                    .then(|| crate::device::Int8Kernel::for_device(&p.model.device).id().to_string()),
+                int8_kernel: (p.model.variant != Variant::Fp32).then(|| {
+                    let kernel = crate::device::Int8Kernel::for_device(&p.model.device).id();
+                    // Our CPU kernels under another scheme are not per-channel/per-row numerics.
+                    match p.model.scheme().filter(|s| !s.is_default()) {
+                        Some(_) if p.model.device.is_cpu() => "cpu-scheme".to_string(),
+                        _ => kernel.to_string(),
+                    }
+                }),
                 kept_fp32: p.model.fp32_layers(),
                 scheme: crate::quant::model_scheme(&p.model).map(|s| s.name()).unwrap_or_default(),
                 samples_ms,

@@ -339,3 +339,41 @@ fn a_threads_sweep_measures_every_thread_and_batch_combination() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("listed twice"), "{stderr}");
 }
+
+#[test]
+fn a_non_default_scheme_row_names_its_int8_numerics_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv_path = dir.path().join("schemes.csv");
+    let model = fixture("timm_vit");
+    let (code, _, err) = common::run(&[
+        "bench",
+        "--models",
+        model.to_str().unwrap(),
+        "--variants",
+        "int8",
+        "--scheme",
+        "default",
+        "--scheme",
+        "torch",
+        "--warmup",
+        "1",
+        "--runs",
+        "2",
+        "--max-runs",
+        "2",
+        "--min-seconds",
+        "0",
+        "--csv",
+        csv_path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let mut rd = csv::Reader::from_path(&csv_path).unwrap();
+    let col = |c: &str| COLUMNS.iter().position(|x| *x == c).unwrap();
+    let rows: Vec<(String, String)> = rd
+        .records()
+        .map(|r| r.unwrap())
+        .map(|r| (r[col("scheme")].to_string(), r[col("int8_kernel")].to_string()))
+        .collect();
+    let expected = [("default", "cpu-per-channel-rowwise"), ("torch", "cpu-scheme")];
+    assert_eq!(rows, expected.map(|(a, b)| (a.to_string(), b.to_string())));
+}
