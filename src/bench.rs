@@ -387,6 +387,11 @@ pub struct BenchJob<'a> {
     pub input: &'a BenchInput,
     /// Set from another thread to stop the benchmark (it then returns [`Cancelled`]).
     pub cancel: Option<&'a std::sync::atomic::AtomicBool>,
+    /// Layers kept fp32 in a mixed-precision form measured beside each quantized variant
+    /// (keeping none: no mixed form).
+    pub keep: &'a KeepFp32,
+    /// Each quantized variant is made once per scheme ([`load_variants_with`]); none: the default.
+    pub schemes: &'a [Scheme],
 }
 
 /// The benchmark was stopped by the user (through [`BenchJob::cancel`]). A typed error so the
@@ -534,7 +539,10 @@ pub fn timed_input(source: &Model, batch: usize, input: &BenchInput) -> Result<T
 }
 
 /// Phase 1: load, make the variants, learn their sizes and accuracy against fp32, build the
-/// timed input and make the first (cold) inference of each.
+/// timed input and make the first (cold) inference of each. Each quantized variant is made once
+/// per scheme of the job, with its mixed-precision form beside it when the job keeps layers
+/// fp32; the `auto:` forms rank the layers on the benchmark images, or on the bundled sample
+/// photo when the input is synthetic.
 pub fn prepare(
     job: &BenchJob,
     hub: &Hub,
@@ -542,23 +550,7 @@ pub fn prepare(
     on_download: &mut dyn FnMut(DownloadEvent),
     on_event: &mut dyn FnMut(BenchEvent),
 ) -> Result<Prepared> {
-    prepare_with(job, &KeepFp32::Layers(Default::default()), &[], hub, device, on_download, on_event)
-}
-
-/// [`prepare`], each quantized variant made once per scheme ([`load_variants_with`]; none given:
-/// the default), and beside each its mixed-precision form keeping `keep`'s layers fp32 (none
-/// when `keep` keeps nothing). The `auto:` forms rank the layers on the benchmark images, or on
-/// the bundled sample photo when the input is synthetic.
-pub fn prepare_with(
-    job: &BenchJob,
-    keep: &KeepFp32,
-    schemes: &[Scheme],
-    hub: &Hub,
-    device: &Device,
-    on_download: &mut dyn FnMut(DownloadEvent),
-    on_event: &mut dyn FnMut(BenchEvent),
-) -> Result<Prepared> {
-    let BenchJob { spec, variants, cfg, input, .. } = *job;
+    let BenchJob { spec, variants, cfg, input, keep, schemes, .. } = *job;
     if variants.is_empty() {
         bail!("no variants to benchmark");
     }
@@ -711,21 +703,7 @@ pub fn bench_model(
     on_download: &mut dyn FnMut(DownloadEvent),
     on_event: &mut dyn FnMut(BenchEvent),
 ) -> Result<Vec<BenchResult>> {
-    bench_model_with(job, &KeepFp32::Layers(Default::default()), &[], hub, device, on_download, on_event)
-}
-
-/// [`bench_model`] with each quantized variant made once per scheme and mixed-precision forms
-/// beside them ([`prepare_with`]), all measured interleaved.
-pub fn bench_model_with(
-    job: &BenchJob,
-    keep: &KeepFp32,
-    schemes: &[Scheme],
-    hub: &Hub,
-    device: &Device,
-    on_download: &mut dyn FnMut(DownloadEvent),
-    on_event: &mut dyn FnMut(BenchEvent),
-) -> Result<Vec<BenchResult>> {
-    let prepared = prepare_with(job, keep, schemes, hub, device, on_download, on_event)?;
+    let prepared = prepare(job, hub, device, on_download, on_event)?;
     let (samples, peak) = measure(&prepared, job.cfg, job.cancel, on_event)?;
     Ok(assemble(&prepared, job.cfg, samples, peak, &Environment::capture(device)))
 }

@@ -1144,7 +1144,7 @@ pub fn expand_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 /// `sweep`: thread counts to measure one after another, each in its own pool (`None`: the
 /// process's pool, as `--threads N` or the default set it).
 fn bench(hub: &Hub, a: &BenchArgs, sweep: Option<Vec<usize>>) -> Result<()> {
-    use crate::bench::{BenchConfig, BenchEvent, BenchInput, BenchJob, bench_model_with};
+    use crate::bench::{BenchConfig, BenchEvent, BenchInput, BenchJob, bench_model};
     // Fail before minutes of measuring, not after: every output writable, none named twice,
     // none an input of this run.
     let outputs: Vec<(&str, &std::path::Path)> = [("--csv", &a.csv), ("--json", &a.json), ("--raw", &a.raw)]
@@ -1232,9 +1232,10 @@ fn bench(hub: &Hub, a: &BenchArgs, sweep: Option<Vec<usize>>) -> Result<()> {
             None => spec.to_string(),
         });
         let mut samples_seen = 0u64;
-        let job = BenchJob { spec, variants: &variants, cfg, input: &input, cancel: None };
+        let job =
+            BenchJob { spec, variants: &variants, cfg, input: &input, cancel: None, keep: &keep, schemes: &a.schemes };
         let mut run = || {
-            bench_model_with(&job, &keep, &a.schemes, hub, &device, &mut download_bar(), &mut |ev| match ev {
+            bench_model(&job, hub, &device, &mut download_bar(), &mut |ev| match ev {
                 BenchEvent::Phase { phase, .. } => bar.set_message(phase),
                 BenchEvent::Warmup { done, .. } => bar.set_position(done as u64),
                 BenchEvent::Sample { variant, ms, .. } => {

@@ -16,7 +16,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use image::RgbImage;
 
-use crate::bench::{BenchConfig, BenchEvent, BenchInput, BenchJob, BenchResult, bench_model_with};
+use crate::bench::{BenchConfig, BenchEvent, BenchInput, BenchJob, BenchResult, bench_model};
 use crate::explain::attribution::attribution;
 use crate::explain::{Attentions, Colormap, Heatmap, Request, grid_heatmap, heatmap, overlay_layer};
 use crate::hub::{DownloadEvent, Hub};
@@ -847,12 +847,20 @@ impl State {
             None => BenchInput::Synthetic,
         };
         out.send(Reply::Busy("benchmarking".into()));
-        let job = BenchJob { spec: &spec, variants, cfg, input: &input, cancel: Some(cancel) };
         // Beside each quantized variant, its mixed form with the layers the window keeps fp32:
         // both measured in one run, for the frontier.
         let keep = KeepFp32::Layers(self.quant.keep_fp32.clone());
         let schemes = [self.quant.scheme];
-        let results = bench_model_with(&job, &keep, &schemes, &self.hub, &device, &mut |_| {}, &mut |ev| match ev {
+        let job = BenchJob {
+            spec: &spec,
+            variants,
+            cfg,
+            input: &input,
+            cancel: Some(cancel),
+            keep: &keep,
+            schemes: &schemes,
+        };
+        let results = bench_model(&job, &self.hub, &device, &mut |_| {}, &mut |ev| match ev {
             BenchEvent::Phase { phase, .. } => out.send(Reply::BenchPhase(phase)),
             BenchEvent::Warmup { done, total, .. } => out.send(Reply::BenchPhase(format!("warm-up {done}/{total}"))),
             BenchEvent::Sample { variant, label, ms, run, .. } => {
