@@ -718,21 +718,19 @@ fn the_frontier_has_one_point_per_variant_and_kept_layers() {
 }
 
 /// The sample photo as the fixture model sees it, through a model made outside the window.
-fn logits_outside_the_window(keep: &std::collections::BTreeSet<vit_workbench::model::LayerName>) -> Vec<f32> {
+fn logits_outside_the_window(opts: vit_workbench::quant::QuantOptions) -> Vec<f32> {
     use vit_workbench::model::{Capture, Model, ModelFiles};
-    use vit_workbench::quant::QuantOptions;
     let dev = candle_core::Device::Cpu;
     let fp32 = Model::load("timm_vit", &ModelFiles::from_dir(&fixture("timm_vit")).unwrap(), None, &dev).unwrap();
-    let int8 =
-        fp32.to_variant(Variant::Int8, QuantOptions { keep_fp32: keep.clone(), ..QuantOptions::default() }).unwrap();
+    let int8 = fp32.to_variant(Variant::Int8, opts).unwrap();
     let img = image::open(repo().join("assets/chelsea.png")).unwrap().to_rgb8();
     let x = int8.preprocess(&img).unwrap();
     int8.forward(&x, Capture::NONE).unwrap().logits.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
-#[test]
-fn ticking_a_layer_in_the_sensitivity_table_rebuilds_int8_with_it_kept() {
-    use egui::accesskit::Role;
+/// The fixture model with fp32 beside int8, both analysed, the Sensitivity view open: the
+/// harness and int8's plain logits.
+fn sensitivity_view() -> (Harness<'static, WorkbenchApp>, Vec<f32>) {
     let settings = Settings {
         model: fixture("timm_vit").display().to_string(),
         compare: Some(Variant::Int8),
@@ -744,10 +742,16 @@ fn ticking_a_layer_in_the_sensitivity_table_rebuilds_int8_with_it_kept() {
     });
     let plain = h.state().state.result(Variant::Int8).unwrap().logits.clone();
     assert_eq!(h.state().state.result(Variant::Int8).unwrap().label, "int8");
-
     h.get_by_label("Sensitivity").click();
     h.step();
     h.step();
+    (h, plain)
+}
+
+#[test]
+fn ticking_a_layer_in_the_sensitivity_table_rebuilds_int8_with_it_kept() {
+    use egui::accesskit::Role;
+    let (mut h, plain) = sensitivity_view();
     h.get_by_label("Rank layers").click();
     wait_for(&mut h, "the ranking", |a| a.state.sensitivity.report.is_some() && !a.state.sensitivity.running);
     let ranking = h.state().state.sensitivity.report.clone().unwrap().ranking;
@@ -766,7 +770,11 @@ fn ticking_a_layer_in_the_sensitivity_table_rebuilds_int8_with_it_kept() {
     let kept: std::collections::BTreeSet<_> = [top].into();
     assert_eq!(h.state().state.quant.keep_fp32, kept);
     let mixed = h.state().state.result(Variant::Int8).unwrap().logits.clone();
-    assert_eq!(mixed, logits_outside_the_window(&kept), "the window's int8 is not int8 with {top} kept fp32");
+    assert_eq!(
+        mixed,
+        logits_outside_the_window(vit_workbench::quant::QuantOptions { keep_fp32: kept.clone(), ..Default::default() }),
+        "the window's int8 is not int8 with {top} kept fp32"
+    );
     assert_ne!(mixed, plain);
     // fp32's result is the same as before: only the quantized variants were rebuilt.
     assert_eq!(h.state().state.result(Variant::Fp32).unwrap().label, "fp32");
@@ -922,21 +930,8 @@ fn the_window_names_a_variant_before_it_is_built_as_the_model_will() {
 
 #[test]
 fn choosing_the_torch_scheme_rebuilds_int8_as_torch_quantizes_it() {
-    use vit_workbench::model::{Capture, Model, ModelFiles};
     use vit_workbench::quant::{QuantOptions, Scheme};
-    let settings = Settings {
-        model: fixture("timm_vit").display().to_string(),
-        compare: Some(Variant::Int8),
-        ..Settings::default()
-    };
-    let mut h = harness_with(settings);
-    wait_for(&mut h, "fp32 and int8", |a| {
-        a.state.result(Variant::Fp32).is_some() && a.state.result(Variant::Int8).is_some() && a.state.busy.is_none()
-    });
-    let plain = h.state().state.result(Variant::Int8).unwrap().logits.clone();
-    h.get_by_label("Sensitivity").click();
-    h.step();
-    h.step();
+    let (mut h, plain) = sensitivity_view();
     // The scheme box shows the current scheme; its list offers the others.
     h.get_by_label("scheme").click();
     for _ in 0..6 {
@@ -948,13 +943,7 @@ fn choosing_the_torch_scheme_rebuilds_int8_as_torch_quantizes_it() {
     });
     assert_eq!(h.state().state.quant.scheme, Scheme::TORCH);
     // The same logits as `--scheme torch` outside the window.
-    let dev = candle_core::Device::Cpu;
-    let fp32 = Model::load("timm_vit", &ModelFiles::from_dir(&fixture("timm_vit")).unwrap(), None, &dev).unwrap();
-    let torch = fp32.to_variant(Variant::Int8, QuantOptions::with_scheme(Scheme::TORCH)).unwrap();
-    let img = image::open(repo().join("assets/chelsea.png")).unwrap().to_rgb8();
-    let expected =
-        torch.forward(&torch.preprocess(&img).unwrap(), Capture::NONE).unwrap().logits.flatten_all().unwrap();
     let got = h.state().state.result(Variant::Int8).unwrap().logits.clone();
-    assert_eq!(got, expected.to_vec1::<f32>().unwrap());
+    assert_eq!(got, logits_outside_the_window(QuantOptions::with_scheme(Scheme::TORCH)));
     assert_ne!(got, plain);
 }
