@@ -341,16 +341,9 @@ pub struct BenchResult {
 impl BenchResult {
     /// The variant as shown to users ([`Model::label`]): `int8`, `int8[torch]`, `int8+fp32[3]`.
     pub fn label(&self) -> String {
-        let mut label = self.variant.to_string();
-        if !self.scheme.is_empty() && self.scheme != "default" {
-            label.push_str(&format!("[{}]", self.scheme));
-        }
-        // The torch scheme's fp32 patch embedding is part of the scheme, not a kept layer.
-        let kept = self.kept_fp32.iter().filter(|l| !(self.scheme == "torch" && **l == LayerName::Patch)).count();
-        if kept > 0 {
-            label.push_str(&format!("+fp32[{kept}]"));
-        }
-        label
+        // An empty scheme (fp32, or a row from before schemes) is the default.
+        let scheme = self.scheme.parse().unwrap_or_default();
+        crate::model::label_of(self.variant, scheme, &self.kept_fp32)
     }
 }
 

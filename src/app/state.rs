@@ -726,19 +726,8 @@ impl AppState {
 /// `Model::label` will name the variant `opts` make (the torch scheme's fp32 patch embedding is
 /// part of the scheme, not a kept layer).
 pub fn planned_label(v: Variant, opts: &QuantOptions) -> String {
-    if v == Variant::Fp32 {
-        return v.name().to_string();
-    }
-    let mut label = v.name().to_string();
-    if !opts.scheme.is_default() {
-        label.push_str(&format!("[{}]", opts.scheme));
-    }
-    let torch = opts.scheme == crate::quant::Scheme::TORCH;
-    let kept = opts.keep_fp32.iter().filter(|l| !(torch && **l == LayerName::Patch)).count();
-    if kept > 0 {
-        label.push_str(&format!("+fp32[{kept}]"));
-    }
-    label
+    let kept: Vec<LayerName> = opts.keep_fp32.iter().copied().collect();
+    crate::model::label_of(v, opts.scheme, &kept)
 }
 
 fn to_color_image(rgba: &Rgba) -> ColorImage {

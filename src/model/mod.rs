@@ -79,6 +79,26 @@ pub struct Model {
     pub variant: Variant,
 }
 
+/// A variant's name for people, from what makes it: `int8`, `int8[torch]`, `int8+fp32[3]`. The
+/// one rule for every place that names a variant (a model, a benchmark row, a variant the window
+/// is about to build): the scheme when not the default, and the layers kept fp32 — the torch
+/// scheme's fp32 patch embedding is part of the scheme, not counted as kept.
+pub fn label_of(variant: Variant, scheme: scheme::Scheme, kept_fp32: &[LayerName]) -> String {
+    if variant == Variant::Fp32 {
+        return variant.name().to_string();
+    }
+    let mut label = variant.name().to_string();
+    if !scheme.is_default() {
+        label.push_str(&format!("[{scheme}]"));
+    }
+    let torch = scheme == scheme::Scheme::TORCH;
+    let kept = kept_fp32.iter().filter(|l| !(torch && **l == LayerName::Patch)).count();
+    if kept > 0 {
+        label.push_str(&format!("+fp32[{kept}]"));
+    }
+    label
+}
+
 impl Model {
     /// Loads a checkpoint. `recipe` overrides the preprocessing the config implies (zoo entries
     /// whose published preprocessor config is wrong, e.g. DeiT's).
@@ -104,23 +124,7 @@ impl Model {
     /// `int8`, `int8[torch]`, `int8+fp32[3]`. The torch scheme's fp32 patch embedding is part
     /// of the scheme, not counted as kept.
     pub fn label(&self) -> String {
-        if self.variant == Variant::Fp32 {
-            return self.variant.name().to_string();
-        }
-        let scheme = self.scheme().unwrap_or_default();
-        let mut label = self.variant.name().to_string();
-        if !scheme.is_default() {
-            label.push_str(&format!("[{scheme}]"));
-        }
-        let kept = self
-            .fp32_layers()
-            .into_iter()
-            .filter(|l| !(scheme == scheme::Scheme::TORCH && *l == LayerName::Patch))
-            .count();
-        if kept > 0 {
-            label.push_str(&format!("+fp32[{kept}]"));
-        }
-        label
+        label_of(self.variant, self.scheme().unwrap_or_default(), &self.fp32_layers())
     }
 
     /// The scheme this model's int8 layers were quantized with (`None` when none is int8).
