@@ -679,7 +679,7 @@ pub fn assemble(
                     }
                 }),
                 kept_fp32: p.model.fp32_layers(),
-                scheme: crate::quant::model_scheme(&p.model).map(|s| s.name()).unwrap_or_default(),
+                scheme: p.model.scheme().map(|s| s.name()).unwrap_or_default(),
                 samples_ms,
                 env: env.clone(),
             }

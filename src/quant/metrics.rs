@@ -160,7 +160,7 @@ pub fn compare_variants(
             variant: v.variant,
             label: v.label(),
             fp32_layers: v.fp32_layers(),
-            scheme: crate::quant::model_scheme(v).map(|s| s.name()),
+            scheme: v.scheme().map(|s| s.name()),
             file_bytes: crate::quant::export::serialize(v)?.len() as u64,
             weight_bytes: v.weight_bytes(),
             summary: summarize(&per_image),

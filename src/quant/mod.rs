@@ -56,15 +56,10 @@ impl QuantOptions {
     }
 }
 
-/// The scheme a model's int8 layers use (`None` when none is int8).
-pub fn model_scheme(model: &Model) -> Option<Scheme> {
-    model.scheme()
-}
-
 /// Refuses to use `model` (an exported quantized file) as if it had been quantized with
 /// `wanted`: its scheme is fixed; another needs the fp32 model.
 pub fn check_scheme(model: &Model, wanted: &Scheme) -> Result<()> {
-    match model_scheme(model) {
+    match model.scheme() {
         Some(have) if have != *wanted => bail!(
             "{} holds {} weights quantized with scheme `{have}`; scheme `{wanted}` must be made from the fp32 model",
             model.display_name(),
@@ -72,11 +67,6 @@ pub fn check_scheme(model: &Model, wanted: &Scheme) -> Result<()> {
         ),
         _ => Ok(()),
     }
-}
-
-/// A variant's name for people ([`Model::label`]): `int8`, `int8[torch]`, `int8+fp32[3]`.
-pub fn variant_label(model: &Model) -> String {
-    model.label()
 }
 
 /// `patch, blocks.N.qkv|proj|fc1|fc2 for N in 0..=11, heads.0`: the layer names of `w`, for
