@@ -446,13 +446,7 @@ pub fn load_variants_with(
     let source = crate::zoo::load_model_as_is(spec, hub, device, on_download)?;
     let base_load_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let explicit = !schemes.is_empty();
-    let mut unique: Vec<Scheme> = Vec::new();
-    for s in schemes {
-        if !unique.contains(s) {
-            unique.push(*s);
-        }
-    }
-    let schemes = if explicit { &unique[..] } else { &[Scheme::DEFAULT][..] };
+    let schemes = crate::quant::scheme::distinct_or_default(schemes);
     let mut made = Vec::new();
     for v in variants {
         // fp32, and the variant an exported file holds, exist once: no scheme makes them again.
@@ -461,7 +455,7 @@ pub fn load_variants_with(
             schemes.iter().try_for_each(|s| crate::quant::check_scheme(&source, s))?;
         }
         let once = *v == Variant::Fp32 || stored;
-        for scheme in if once { &schemes[..1] } else { schemes } {
+        for scheme in if once { &schemes[..1] } else { &schemes[..] } {
             let t = Instant::now();
             let m = source
                 .to_variant(*v, QuantOptions::with_scheme(*scheme))

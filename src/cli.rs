@@ -1001,14 +1001,7 @@ fn compare(
 ) -> Result<()> {
     let variants = parse_variants(variants)?;
     let images = &expand_images(images)?;
-    // Each scheme once, in the order given; the default when none is.
-    let mut unique: Vec<Scheme> = Vec::new();
-    for s in schemes {
-        if !unique.contains(s) {
-            unique.push(*s);
-        }
-    }
-    let schemes = if unique.is_empty() { vec![Scheme::DEFAULT] } else { unique };
+    let schemes = crate::quant::scheme::distinct_or_default(schemes);
     // Images first: a bad file fails in a second, not after the model is loaded and quantized.
     let imgs: Vec<_> = load_images(images, allow_truncated)?.into_iter().map(|i| i.image).collect();
     let reference = load_model_as_is(model_spec, hub, &Device::Cpu, &mut download_bar())?;
@@ -1219,8 +1212,10 @@ fn bench(hub: &Hub, a: &BenchArgs, sweep: Option<Vec<usize>>) -> Result<()> {
             },
         };
         // Each quantized variant is measured once per scheme.
-        let runners: usize =
-            variants.iter().map(|v| if *v == Variant::Fp32 { 1 } else { a.schemes.len().max(1) }).sum();
+        let runners: usize = variants
+            .iter()
+            .map(|v| if *v == Variant::Fp32 { 1 } else { crate::quant::scheme::distinct_or_default(&a.schemes).len() })
+            .sum();
         let bar = ProgressBar::new((runners * (cfg.warmup + cfg.min_runs)) as u64);
         bar.set_style(
             ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")

@@ -74,6 +74,18 @@ impl Default for Scheme {
 pub const SCHEME_SYNTAX: &str = "`default`, `torch`, or a comma-separated list of weights=per-channel|per-tensor, \
      acts=per-row|per-tensor, bits=8|7, acts=sym|asym";
 
+/// The schemes a command makes: each given one once, in the order given; the default when none
+/// is (`--scheme torch --scheme TORCH` makes one variant, not two).
+pub fn distinct_or_default(schemes: &[Scheme]) -> Vec<Scheme> {
+    let mut distinct: Vec<Scheme> = Vec::new();
+    for s in schemes {
+        if !distinct.contains(s) {
+            distinct.push(*s);
+        }
+    }
+    if distinct.is_empty() { vec![Scheme::DEFAULT] } else { distinct }
+}
+
 impl Scheme {
     /// Ours: per-channel weights, per-row symmetric 8-bit activations.
     pub const DEFAULT: Scheme = Scheme {
