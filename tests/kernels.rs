@@ -158,10 +158,111 @@ fn fused_attention_matches_the_portable_reference() {
     );
 }
 
+/// The f32 kernels this CPU has (the AVX2 one too where AVX-512 is present: it is what AVX2
+/// CPUs run), and a line saying which were tested.
+fn f32_levels() -> Vec<vit_workbench::kernels::SimdLevel> {
+    use vit_workbench::kernels::{SimdLevel, gemm_f32};
+    let levels: Vec<SimdLevel> =
+        [SimdLevel::Avx2Fma, SimdLevel::Avx512].into_iter().filter(|&l| gemm_f32::has_kernel(l)).collect();
+    println!("f32 kernel paths tested: {:?}", levels);
+    levels
+}
+
+#[test]
+fn f32_kernel_paths_match_an_f64_loop_on_odd_shapes() {
+    // Every tile shape: rows 1..=15 and 197 (tails of the 14-, 8- and 6-row tiles), columns not
+    // a multiple of 16 or 32 (masked/staged stores), k from 1 to past the 1024 switch to 8 rows.
+    use vit_workbench::kernels::gemm_f32::{self, PackedB};
+    let mut worst = 0f64;
+    for level in f32_levels() {
+        for &m in &[1usize, 2, 5, 6, 7, 8, 9, 13, 14, 15, 29, 197] {
+            for &(k, n) in
+                &[(1usize, 1usize), (3, 17), (64, 16), (64, 33), (100, 37), (192, 200), (1100, 48), (768, 64)]
+            {
+                let x = pseudo_random(m * k, (m * 31 + k) as u64, 2.0);
+                let w = pseudo_random(n * k, (n * 7 + k) as u64, 0.1);
+                let b = pseudo_random(n, n as u64, 0.5);
+                let packed = PackedB::from_weights(&w, n, k);
+                for (bias, gelu) in [(None, false), (Some(&b[..]), false), (Some(&b[..]), true)] {
+                    let y = gemm_f32::linear(level, &x, m, &packed, bias, gelu);
+                    let reference: Vec<f32> = (0..m * n)
+                        .map(|idx| {
+                            let (i, j) = (idx / n, idx % n);
+                            let dot: f64 = (0..k).map(|t| x[i * k + t] as f64 * w[j * k + t] as f64).sum();
+                            let v = (dot + bias.map_or(0.0, |b| b[j] as f64)) as f32;
+                            if gelu { vit_workbench::kernels::gelu_erf(v) } else { v }
+                        })
+                        .collect();
+                    let err = max_rel_err(&y, &reference);
+                    assert!(
+                        err <= 1e-5,
+                        "{level:?} m={m} k={k} n={n} bias={} gelu={gelu}: rel err {err:.2e}",
+                        bias.is_some()
+                    );
+                    worst = worst.max(err);
+                }
+            }
+        }
+    }
+    println!("f32 kernels vs f64 loops: {worst:.2e} relative");
+}
+
+#[test]
+fn f32_tiles_read_strided_operands_and_write_padding_columns_as_zero() {
+    // Attention's use: A read in place with a row stride, B packed from rows of its transpose
+    // (scaled) or from rows, C with its own stride; columns past n up to the next 16 are 0.
+    use vit_workbench::kernels::gemm_f32::{self, PackedB};
+    for level in f32_levels() {
+        for &(rows, n, k) in &[(197usize, 197usize, 64usize), (5, 7, 24), (30, 33, 197)] {
+            let (lda, ldc) = (k + 9, n.next_multiple_of(16) + 3);
+            let a = pseudo_random(rows * lda, 5, 1.0);
+            let src = pseudo_random(n * (k + 4), 6, 1.0); // B's transpose: n rows of k, stride k + 4
+            let mut keys = PackedB::default();
+            keys.pack_transposed(&pseudo_random(500, 1, 1.0), 3, 50, 7, 1.0); // a larger use first: reuse must reset
+            keys.pack_transposed(&src, k + 4, n, k, 0.5);
+            let mut c = vec![f32::NAN; rows * ldc];
+            let cols = 0..n.next_multiple_of(16);
+            // SAFETY: a holds rows x lda, c holds rows x ldc >= cols.end.
+            unsafe { gemm_f32::tiles(level, rows, cols.clone(), a.as_ptr(), lda, &keys, c.as_mut_ptr(), ldc, None) };
+            for i in 0..rows {
+                for j in cols.clone() {
+                    let want: f64 = if j < n {
+                        (0..k).map(|t| a[i * lda + t] as f64 * 0.5 * src[j * (k + 4) + t] as f64).sum()
+                    } else {
+                        0.0
+                    };
+                    let got = c[i * ldc + j] as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-5 * (1.0 + want.abs()) * (k as f64).sqrt(),
+                        "{level:?} {rows}x{n}x{k} ({i},{j}): {got} vs {want}"
+                    );
+                }
+                assert!(
+                    c[i * ldc + cols.end..(i + 1) * ldc].iter().all(|v| v.is_nan()),
+                    "{level:?}: wrote past the columns"
+                );
+            }
+            // B given row by row: C = A · src_as_[k, n] with rows of stride n + 2.
+            let rows_src = pseudo_random(k * (n + 2), 8, 1.0);
+            let mut values = PackedB::default();
+            values.pack_rows(&rows_src, n + 2, n, k);
+            let mut c2 = vec![0f32; rows * ldc];
+            // SAFETY: as above.
+            unsafe { gemm_f32::tiles(level, rows, 0..n, a.as_ptr(), lda, &values, c2.as_mut_ptr(), ldc, None) };
+            for i in 0..rows {
+                for j in 0..n {
+                    let want: f64 = (0..k).map(|t| a[i * lda + t] as f64 * rows_src[t * (n + 2) + j] as f64).sum();
+                    assert!((c2[i * ldc + j] as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()) * (k as f64).sqrt());
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn f32_linear_matches_a_portable_f64_loop() {
-    // The fp32 linear layer is candle's matmul, i.e. the `gemm` crate with its AVX-512 kernels
-    // (enabled by our `x86-v4` feature); checked here against plain loops on the odd shapes.
+    // The fp32 linear layer as the model builds it (our packed kernel where the CPU has AVX2+FMA
+    // or AVX-512, the `gemm` crate elsewhere), checked against plain loops on odd shapes.
     use candle_core::{Device, Module, Tensor};
     use vit_workbench::model::linear::Linear;
     let mut worst = 0f64;
@@ -191,7 +292,7 @@ fn f32_linear_matches_a_portable_f64_loop() {
             }
         }
     }
-    println!("f32 linear (gemm crate, AVX-512 where present) vs f64 loops: {worst:.2e} relative");
+    println!("f32 linear (the model's layer) vs f64 loops: {worst:.2e} relative");
 }
 
 #[test]

@@ -9,9 +9,13 @@
 //! and v are read in place), the softmax is our vectorised one, and the output lands in its final
 //! place. Tasks split query rows so that even 3 heads (DeiT-Ti) keep both cores busy.
 
+use std::cell::RefCell;
+use std::sync::Mutex;
+
 use rayon::prelude::*;
 
-use super::{SharedMut, ops};
+use super::gemm_f32::{self, PackedB};
+use super::{SharedMut, SimdLevel, ops};
 
 /// Dimensions of one attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,12 +71,42 @@ pub fn attention(
     let chunks = t.div_ceil(rows_per_chunk);
     let out_ptr = SharedMut(out.as_mut_ptr());
     let probs_ptr = probs.map(|p| SharedMut(p.as_mut_ptr()));
+    // With our f32 kernel, each head's scaled keys and its values are packed once, by one
+    // parallel pass, for all the head's tasks.
+    let level = ops::simd_level();
+    // The buffers are reused from call to call: fresh ones (1.3 MB for ViT-B) cost page faults.
+    let mut packed = PACKED_HEADS.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default();
+    if !reference && gemm_f32::has_kernel(level) {
+        packed.resize_with(batch * heads, Default::default);
+        packed
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(bh, (keys, values))| pack_head(qkv, dims, bh / heads, bh % heads, scale, keys, values));
+    } else {
+        packed.clear();
+    }
     (0..batch * heads * chunks).into_par_iter().for_each(|task| {
         let (bh, c) = (task / chunks, task % chunks);
         let (b, h) = (bh / heads, bh % heads);
         let i0 = c * rows_per_chunk;
         let rows = rows_per_chunk.min(t - i0);
         let mut local = Vec::new();
+        if let Some((keys, values)) = packed.get(bh) {
+            // Scores rows padded to whole vectors, so the softmax has no scalar tail.
+            let padded = t.next_multiple_of(gemm_f32::BLOCK);
+            SCORES.with_borrow_mut(|scores| {
+                if scores.len() < rows * padded {
+                    scores.resize(rows * padded, 0f32);
+                }
+                // SAFETY: rows i0..i0+rows of head (b, h) belong to this task alone.
+                let probs = probs_ptr
+                    .map(|p| unsafe { std::slice::from_raw_parts_mut(p.ptr().add((bh * t + i0) * t), rows * t) });
+                let scores = &mut scores[..rows * padded];
+                // SAFETY: as below.
+                unsafe { head_rows_packed(level, qkv, dims, b, h, i0, rows, keys, values, scores, probs, out_ptr) };
+            });
+            return;
+        }
         let scores: &mut [f32] = match probs_ptr {
             // SAFETY: rows i0..i0+rows of head (b, h) belong to this task alone.
             Some(p) => unsafe { std::slice::from_raw_parts_mut(p.ptr().add((bh * t + i0) * t), rows * t) },
@@ -84,6 +118,83 @@ pub fn attention(
         // SAFETY: this task writes rows i0..i0+rows, columns of head h, of `out` alone.
         unsafe { head_rows(reference, qkv, dims, b, h, i0, rows, scale, scores, out_ptr) };
     });
+    if let Ok(mut pool) = PACKED_HEADS.lock() {
+        *pool = packed;
+    }
+}
+
+/// Packed heads kept between calls (taken by one call at a time; a concurrent call packs into
+/// fresh buffers).
+static PACKED_HEADS: Mutex<Vec<(PackedB, PackedB)>> = Mutex::new(Vec::new());
+
+thread_local! {
+    /// Each worker's score rows, kept between calls for the same reason.
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Head `h` of image `b` packed for [`gemm_f32`]: `scale · Kᵀ` `[hd, T]` into `keys`, `V`
+/// `[T, hd]` into `values`.
+fn pack_head(
+    qkv: &[f32],
+    dims: AttentionDims,
+    b: usize,
+    h: usize,
+    scale: f32,
+    keys: &mut PackedB,
+    values: &mut PackedB,
+) {
+    let AttentionDims { tokens: t, head_dim: hd, .. } = dims;
+    let d = dims.width();
+    let image = &qkv[b * t * 3 * d..(b + 1) * t * 3 * d];
+    keys.pack_transposed(&image[d + h * hd..], 3 * d, t, hd, scale);
+    values.pack_rows(&image[2 * d + h * hd..], 3 * d, hd, t);
+}
+
+/// One task on our f32 kernel: scores = q·(scale·Kᵀ) with q read in place, softmax, then
+/// out = P·V written at its place in the merged-heads output. `scores` is `rows` rows of T
+/// rounded up to 16; `probs` (rows x T) receives the softmax when given.
+///
+/// # Safety
+/// As [`head_rows`]; `level` has an f32 kernel.
+#[allow(clippy::too_many_arguments)]
+unsafe fn head_rows_packed(
+    level: SimdLevel,
+    qkv: &[f32],
+    dims: AttentionDims,
+    b: usize,
+    h: usize,
+    i0: usize,
+    rows: usize,
+    keys: &PackedB,
+    values: &PackedB,
+    scores: &mut [f32],
+    probs: Option<&mut [f32]>,
+    out: SharedMut<f32>,
+) {
+    let AttentionDims { tokens: t, head_dim: hd, .. } = dims;
+    let d = dims.width();
+    let padded = t.next_multiple_of(gemm_f32::BLOCK);
+    let q = (b * t + i0) * 3 * d + h * hd;
+    // SAFETY: q rows i0..i0+rows lie in qkv (stride 3D); scores holds rows x padded; the
+    // output rows of this head are the caller's.
+    unsafe {
+        gemm_f32::tiles(level, rows, 0..padded, qkv[q..].as_ptr(), 3 * d, keys, scores.as_mut_ptr(), padded, None);
+    }
+    for row in scores.chunks_exact_mut(padded) {
+        // exp(-inf - max) is 0 (our exp clamps to ~1e-38): the padding adds nothing to the sum.
+        row[t..].fill(f32::NEG_INFINITY);
+    }
+    ops::softmax_rows(scores, padded);
+    if let Some(p) = probs {
+        for (dst, src) in p.chunks_exact_mut(t).zip(scores.chunks_exact(padded)) {
+            dst.copy_from_slice(&src[..t]);
+        }
+    }
+    // SAFETY: as above; P's rows are read for their first t columns only.
+    unsafe {
+        let o = out.ptr().add((b * t + i0) * d + h * hd);
+        gemm_f32::tiles(level, rows, 0..hd, scores.as_ptr(), padded, values, o, d, None);
+    }
 }
 
 /// One task: query rows `i0..i0 + rows` of head `h` of image `b`.

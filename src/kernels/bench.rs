@@ -7,9 +7,10 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::attention::{AttentionDims, attention};
+use super::gemm_f32::{self, PackedB};
 use super::gemm_i8::{self, Epilogue, PackedWeights};
 use super::linear_f32::linear_f32;
-use super::{Isa, available_isas, ops};
+use super::{Isa, SimdLevel, available_isas, ops};
 
 /// One measured kernel.
 #[derive(Clone, Debug)]
@@ -77,6 +78,8 @@ pub struct KernelReport {
     pub peaks: Vec<(Isa, f64)>,
     /// The AVX2 candidate sequences' peaks for these threads (GMAC/s).
     pub avx2_candidates: Vec<(&'static str, f64)>,
+    /// The f32 FMA peak of each f32 kernel for these threads (GMAC/s).
+    pub f32_peaks: Vec<(SimdLevel, f64)>,
     pub results: Vec<KernelResult>,
 }
 
@@ -88,6 +91,15 @@ pub fn run(min_seconds: f64) -> KernelReport {
     let avx2_candidates = gemm_i8::avx2_candidate_peaks()
         .into_iter()
         .map(|(name, per_core)| (name, per_core * threads as f64 / 1e9))
+        .collect();
+    let f32_levels = f32_levels();
+    let f32_peaks: Vec<(SimdLevel, f64)> = f32_levels
+        .iter()
+        .filter_map(|&level| {
+            let per_thread: Vec<Option<f64>> =
+                (0..threads).into_par_iter().map(|_| gemm_f32::peak_macs_per_second(level)).collect();
+            per_thread.iter().all(Option::is_some).then(|| (level, per_thread.into_iter().flatten().sum::<f64>() / 1e9))
+        })
         .collect();
     let mut out = Vec::new();
     let m = 197;
@@ -114,7 +126,27 @@ pub fn run(min_seconds: f64) -> KernelReport {
                 of_peak: peaks.iter().find(|(i, _)| *i == isa).map(|(_, p)| rate / p),
             });
         }
-        // The fp32 linear layer, as the model's F32 layers call it.
+        // The fp32 linear layer: our kernel on each f32 path, and the `gemm` crate.
+        let w32 = pseudo_random(n * k, 3);
+        let packed = PackedB::from_weights(&w32, n, k);
+        for &level in &f32_levels {
+            let p50 = median_us(
+                || {
+                    std::hint::black_box(gemm_f32::linear(level, &x, m, &packed, Some(&bias), false));
+                },
+                min_seconds,
+            );
+            let rate = macs / p50 / 1e3;
+            out.push(KernelResult {
+                kernel: format!("f32 linear {name}"),
+                path: gemm_f32::path_name(level).into(),
+                shape: format!("{m}x{k} -> {n}"),
+                p50_us: p50,
+                rate,
+                unit: "GMAC/s",
+                of_peak: f32_peaks.iter().find(|(l, _)| *l == level).map(|(_, p)| rate / p),
+            });
+        }
         let wt = pseudo_random(k * n, 3);
         let p50 = median_us(
             || {
@@ -137,9 +169,10 @@ pub fn run(min_seconds: f64) -> KernelReport {
     let mut o = vec![0f32; dims.out_len()];
     for reference in [true, false] {
         let p50 = median_us(|| attention(reference, &qkv, dims, 0.125, &mut o, None), min_seconds);
+        let level = ops::simd_level();
         out.push(KernelResult {
             kernel: "attention (12 heads)".into(),
-            path: if reference { "portable" } else { "gemm crate + SIMD softmax" }.into(),
+            path: if reference { "portable".into() } else { format!("{} + SIMD softmax", gemm_f32::path_name(level)) },
             shape: format!("{m} tokens x 64"),
             p50_us: p50,
             rate: (2 * 12 * m * m * 64) as f64 / p50 / 1e3,
@@ -161,7 +194,17 @@ pub fn run(min_seconds: f64) -> KernelReport {
     let mut sm = pseudo_random(12 * m * 208, 9);
     let p50 = median_us(|| sm.par_chunks_mut(208 * 16).for_each(|c| ops::softmax_rows(c, 208)), min_seconds);
     out.push(elementwise("softmax rows of 208", "best", sm.len(), p50));
-    KernelReport { threads, peaks, avx2_candidates, results: out }
+    KernelReport { threads, peaks, avx2_candidates, f32_peaks, results: out }
+}
+
+/// The f32 kernels this CPU runs, within the process's path (`VITWB_ISA` forces it down).
+fn f32_levels() -> Vec<SimdLevel> {
+    let top = ops::simd_level();
+    [SimdLevel::Avx2Fma, SimdLevel::Avx512]
+        .into_iter()
+        .filter(|&l| gemm_f32::has_kernel(l) && top != SimdLevel::None)
+        .filter(|&l| l == SimdLevel::Avx2Fma || top == SimdLevel::Avx512)
+        .collect()
 }
 
 fn elementwise(kernel: &str, path: &str, elements: usize, p50_us: f64) -> KernelResult {
@@ -187,6 +230,12 @@ pub fn table(report: &KernelReport) -> String {
         s += "AVX2 candidate sequences (same measurement):\n";
         for (name, p) in &report.avx2_candidates {
             s += &format!("  {name:<66} {p:>7.0} GMAC/s\n");
+        }
+    }
+    if !report.f32_peaks.is_empty() {
+        s += "f32 peaks, each f32 kernel's FMA from registers only, all threads:\n";
+        for (level, p) in &report.f32_peaks {
+            s += &format!("  {:<14} {p:>7.0} GMAC/s\n", gemm_f32::path_name(*level));
         }
     }
     s += &format!("{:<24} {:<26} {:<18} {:>10} {:>14} {:>8}\n", "kernel", "path", "shape", "p50 us", "rate", "of peak");

@@ -26,6 +26,7 @@
 
 pub mod attention;
 pub mod bench;
+pub mod gemm_f32;
 pub mod gemm_i8;
 pub mod linear_f32;
 pub mod ops;
