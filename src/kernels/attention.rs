@@ -4,10 +4,12 @@
 //! Why one kernel instead of candle ops: the candle graph splits q/k/v into three contiguous
 //! copies, runs two batched matmuls (each packing its operands and waking the thread pool),
 //! a softmax over libm's scalar `expf`, and a transpose copy to merge heads — a quarter of an int8
-//! ViT-B forward went there. Here each task owns one (image, head, block of query rows): its two
-//! products go through the `gemm` crate (well-kept, AVX-512 kernels, arbitrary strides, so q, k
-//! and v are read in place), the softmax is our vectorised one, and the output lands in its final
-//! place. Tasks split query rows so that even 3 heads (DeiT-Ti) keep both cores busy.
+//! ViT-B forward went there. Here each head's scaled keys and values are packed once for our f32
+//! kernel ([`super::gemm_f32`]), then each task owns one (image, head, block of query rows): q is
+//! read in place, the softmax is our vectorised one over rows padded to whole vectors, and the
+//! output lands in its final place. Tasks split query rows so that even 3 heads (DeiT-Ti) keep
+//! both cores busy. Without an f32 kernel (no AVX2+FMA) the products go through the `gemm`
+//! crate, which reads q, k and v in place with strides.
 
 use std::cell::RefCell;
 use std::sync::Mutex;

@@ -52,24 +52,17 @@ impl Int8Linear {
     }
 
     /// This layer on `LayerNorm(x + y)` (`x` alone without `y`), normalised row by row as rows
-    /// are quantized; `sum` receives `x + y`.
-    pub fn run_normed(
-        &self,
-        x: &[f32],
-        y: Option<&[f32]>,
-        gamma: &[f32],
-        beta: &[f32],
-        eps: f32,
-        sum: &mut [f32],
-    ) -> Vec<f32> {
+    /// are quantized: one buffer holding the sum `x + y`, then the layer's output.
+    pub fn run_normed(&self, x: &[f32], y: Option<&[f32]>, gamma: &[f32], beta: &[f32], eps: f32) -> Vec<f32> {
         let (isa, w, bias) = (selected_isa(), &self.weights, self.bias.as_deref());
         if self.scheme.default_activations() {
-            return gemm_i8::layer_norm_linear(isa, x, y, gamma, beta, eps, sum, w, bias, self.epilogue());
+            return gemm_i8::layer_norm_linear_concat(isa, x, y, gamma, beta, eps, w, bias, self.epilogue());
         }
         // Per-tensor parameters need every row normalised before the first is quantized.
-        let mut norm = vec![0f32; x.len()];
-        ops::add_layer_norm(isa == Isa::Portable, x, y, gamma, beta, eps, sum, &mut norm);
-        self.run(&norm, x.len() / w.k.max(1))
+        let (mut sum, mut norm) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+        ops::add_layer_norm(isa == Isa::Portable, x, y, gamma, beta, eps, &mut sum, &mut norm);
+        sum.extend_from_slice(&self.run(&norm, x.len() / w.k.max(1)));
+        sum
     }
 }
 

@@ -272,6 +272,39 @@ pub fn layer_norm_linear(
     run_on(isa, m, Source::Normed(norm), w, bias, epilogue)
 }
 
+/// [`layer_norm_linear`] into one new buffer: the sum `x + y` `[m, k]` followed by the layer's
+/// output `[m, n]`, both written in place (the candle op returns them as one tensor; building
+/// it from two vectors cost a copy of the output and a zero-fill per layer).
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_linear_concat(
+    isa: Isa,
+    x: &[f32],
+    y: Option<&[f32]>,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+) -> Vec<f32> {
+    let k = w.k;
+    assert!(gamma.len() == k && beta.len() == k && x.len().is_multiple_of(k.max(1)));
+    assert!(y.is_none_or(|y| y.len() == x.len()) && bias.is_none_or(|b| b.len() == w.n));
+    let m = x.len() / k.max(1);
+    let len = x.len() + m * w.n;
+    let mut buf: Vec<f32> = Vec::with_capacity(len);
+    let level = if isa == Isa::Portable { SimdLevel::None } else { ops::simd_level() };
+    let base = buf.as_mut_ptr();
+    let norm = NormInput { x, y, gamma, beta, eps, level, sum: SharedMut(base) };
+    // SAFETY: the capacity holds the m·k sums (every row is normalised once, writing its sum)
+    // and the m·n outputs after them (every path writes all of them) before `set_len`.
+    unsafe {
+        run_into(isa, m, Source::Normed(norm), w, bias, epilogue, SharedMut(base.add(x.len())));
+        buf.set_len(len);
+    }
+    buf
+}
+
 /// `out[m, n]` = dequant(a · wᵀ) + bias, then the epilogue, from already quantized rows.
 pub fn gemm(isa: Isa, a: &QuantizedRows, w: &PackedWeights, bias: Option<&[f32]>, epilogue: Epilogue, out: &mut [f32]) {
     assert_eq!(a.k, w.k, "inner dimensions differ");
@@ -292,13 +325,34 @@ pub fn gemm_to_vec(
 }
 
 fn run_on(isa: Isa, m: usize, src: Source, w: &PackedWeights, bias: Option<&[f32]>, epilogue: Epilogue) -> Vec<f32> {
+    let mut out = Vec::with_capacity(m * w.n);
+    // SAFETY: the capacity holds m·n elements, and every path writes all of them before
+    // `set_len`.
+    unsafe {
+        run_into(isa, m, src, w, bias, epilogue, SharedMut(out.as_mut_ptr()));
+        out.set_len(m * w.n);
+    }
+    out
+}
+
+/// The layer into `dst` on `isa`'s path (the portable one where this CPU lacks it).
+///
+/// # Safety
+/// `dst` points to `m · w.n` writable f32s that nothing else accesses during the call; every
+/// one of them is written.
+unsafe fn run_into(
+    isa: Isa,
+    m: usize,
+    src: Source,
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+    dst: SharedMut<f32>,
+) {
     if let Some(b) = bias {
         assert_eq!(b.len(), w.n);
     }
-    let mut out = Vec::with_capacity(m * w.n);
-    let dst = SharedMut(out.as_mut_ptr());
-    // SAFETY: the capacity holds m·n elements, and every path writes all of them before
-    // `set_len`; `run::<K>` is only reached where `K::available()`.
+    // SAFETY: the caller's contract; `run::<K>` is only reached where `K::available()`.
     unsafe {
         #[cfg(target_arch = "x86_64")]
         {
@@ -317,9 +371,7 @@ fn run_on(isa: Isa, m: usize, src: Source, w: &PackedWeights, bias: Option<&[f32
             let _ = isa;
             portable(m, src, w, bias, epilogue, dst);
         }
-        out.set_len(m * w.n);
     }
-    out
 }
 
 /// Whether this CPU can run `isa`'s int8 kernel.
