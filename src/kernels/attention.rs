@@ -66,8 +66,9 @@ pub fn attention(
     if t == 0 || batch == 0 {
         return;
     }
-    // Enough tasks for every thread to get several (load balance), each still a real GEMM.
-    let want = 4 * rayon::current_num_threads();
+    // Enough tasks for every thread to get several (load balance: DeiT-Ti's 3 heads in 9 tasks
+    // left one core a task behind), each still a real GEMM.
+    let want = 8 * rayon::current_num_threads();
     let chunks = want.div_ceil(batch * heads).clamp(1, t.div_ceil(16));
     let rows_per_chunk = t.div_ceil(chunks);
     let chunks = t.div_ceil(rows_per_chunk);
@@ -80,10 +81,12 @@ pub fn attention(
     let mut packed = PACKED_HEADS.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default();
     if !reference && gemm_f32::has_kernel(level) {
         packed.resize_with(batch * heads, Default::default);
+        // Keys and values as separate tasks, so 3 heads still split evenly over 2 cores.
         packed
             .par_iter_mut()
             .enumerate()
-            .for_each(|(bh, (keys, values))| pack_head(qkv, dims, bh / heads, bh % heads, scale, keys, values));
+            .flat_map(|(bh, (keys, values))| [(bh, Operand::Keys(keys)), (bh, Operand::Values(values))])
+            .for_each(|(bh, operand)| pack_head(qkv, dims, bh / heads, bh % heads, scale, operand));
     } else {
         packed.clear();
     }
@@ -134,22 +137,21 @@ thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Head `h` of image `b` packed for [`gemm_f32`]: `scale · Kᵀ` `[hd, T]` into `keys`, `V`
-/// `[T, hd]` into `values`.
-fn pack_head(
-    qkv: &[f32],
-    dims: AttentionDims,
-    b: usize,
-    h: usize,
-    scale: f32,
-    keys: &mut PackedB,
-    values: &mut PackedB,
-) {
+/// One of a head's two packed operands.
+enum Operand<'a> {
+    Keys(&'a mut PackedB),
+    Values(&'a mut PackedB),
+}
+
+/// Head `h` of image `b` packed for [`gemm_f32`]: `scale · Kᵀ` `[hd, T]`, or `V` `[T, hd]`.
+fn pack_head(qkv: &[f32], dims: AttentionDims, b: usize, h: usize, scale: f32, operand: Operand) {
     let AttentionDims { tokens: t, head_dim: hd, .. } = dims;
     let d = dims.width();
     let image = &qkv[b * t * 3 * d..(b + 1) * t * 3 * d];
-    keys.pack_transposed(&image[d + h * hd..], 3 * d, t, hd, scale);
-    values.pack_rows(&image[2 * d + h * hd..], 3 * d, hd, t);
+    match operand {
+        Operand::Keys(keys) => keys.pack_transposed(&image[d + h * hd..], 3 * d, t, hd, scale),
+        Operand::Values(values) => values.pack_rows(&image[2 * d + h * hd..], 3 * d, hd, t),
+    }
 }
 
 /// One task on our f32 kernel: scores = q·(scale·Kᵀ) with q read in place, softmax, then
