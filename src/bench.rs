@@ -261,9 +261,15 @@ impl Environment {
     }
 }
 
-/// `int8 kernel: portable; cpu: avx2 fma avx512f ...`.
+/// `int8 kernel: avx2; f32 kernel: avx2+fma f32; cpu: avx2 fma avx512f ...`.
 pub fn simd_summary() -> String {
-    format!("int8 kernel: {}; cpu: {}", crate::kernels::selected_isa().name(), crate::kernels::cpu_features().join(" "))
+    let path = crate::kernels::cpu_path();
+    format!(
+        "int8 kernel: {}; f32 kernel: {}; cpu: {}",
+        path.int8.name(),
+        crate::kernels::gemm_f32::path_name(path.simd),
+        crate::kernels::cpu_features().join(" ")
+    )
 }
 
 pub fn device_name(device: &Device) -> String {
