@@ -92,9 +92,9 @@ pub fn attention(
     }
     (0..batch * heads * chunks).into_par_iter().for_each(|task| {
         let (bh, c) = (task / chunks, task % chunks);
-        let (b, h) = (bh / heads, bh % heads);
         let i0 = c * rows_per_chunk;
         let rows = rows_per_chunk.min(t - i0);
+        let task_rows = QueryRows { b: bh / heads, h: bh % heads, i0, rows };
         let mut local = Vec::new();
         if let Some((keys, values)) = packed.get(bh) {
             // Scores rows padded to whole vectors, so the softmax has no scalar tail.
@@ -108,7 +108,7 @@ pub fn attention(
                     .map(|p| unsafe { std::slice::from_raw_parts_mut(p.ptr().add((bh * t + i0) * t), rows * t) });
                 let scores = &mut scores[..rows * padded];
                 // SAFETY: as below.
-                unsafe { head_rows_packed(level, qkv, dims, b, h, i0, rows, keys, values, scores, probs, out_ptr) };
+                unsafe { head_rows_packed(level, qkv, dims, task_rows, keys, values, scores, probs, out_ptr) };
             });
             return;
         }
@@ -121,11 +121,20 @@ pub fn attention(
             }
         };
         // SAFETY: this task writes rows i0..i0+rows, columns of head h, of `out` alone.
-        unsafe { head_rows(reference, qkv, dims, b, h, i0, rows, scale, scores, out_ptr) };
+        unsafe { head_rows(reference, qkv, dims, task_rows, scale, scores, out_ptr) };
     });
     if let Ok(mut pool) = PACKED_HEADS.lock() {
         *pool = packed;
     }
+}
+
+/// One task's share of attention: query rows `i0..i0 + rows` of head `h` of image `b`.
+#[derive(Clone, Copy)]
+struct QueryRows {
+    b: usize,
+    h: usize,
+    i0: usize,
+    rows: usize,
 }
 
 /// Packed heads kept between calls (taken by one call at a time; a concurrent call packs into
@@ -165,10 +174,7 @@ unsafe fn head_rows_packed(
     level: SimdLevel,
     qkv: &[f32],
     dims: AttentionDims,
-    b: usize,
-    h: usize,
-    i0: usize,
-    rows: usize,
+    task: QueryRows,
     keys: &PackedB,
     values: &PackedB,
     scores: &mut [f32],
@@ -176,6 +182,7 @@ unsafe fn head_rows_packed(
     out: SharedMut<f32>,
 ) {
     let AttentionDims { tokens: t, head_dim: hd, .. } = dims;
+    let QueryRows { b, h, i0, rows } = task;
     let d = dims.width();
     let padded = t.next_multiple_of(gemm_f32::BLOCK);
     let q = (b * t + i0) * 3 * d + h * hd;
@@ -201,7 +208,7 @@ unsafe fn head_rows_packed(
     }
 }
 
-/// One task: query rows `i0..i0 + rows` of head `h` of image `b`.
+/// One task's query rows ([`QueryRows`]) with the `gemm` crate, or plain loops when `reference`.
 ///
 /// # Safety
 /// `out` must point to the `[B, T, D]` output and no other task may write these rows of head `h`.
@@ -210,15 +217,13 @@ unsafe fn head_rows(
     reference: bool,
     qkv: &[f32],
     dims: AttentionDims,
-    b: usize,
-    h: usize,
-    i0: usize,
-    rows: usize,
+    task: QueryRows,
     scale: f32,
     scores: &mut [f32],
     out: SharedMut<f32>,
 ) {
     let AttentionDims { tokens: t, head_dim: hd, .. } = dims;
+    let QueryRows { b, h, i0, rows } = task;
     let d = dims.width();
     let stride = 3 * d; // between consecutive tokens in qkv
     let image = b * t * stride;

@@ -56,7 +56,7 @@ impl Int8Linear {
     pub fn run_normed(&self, x: &[f32], y: Option<&[f32]>, gamma: &[f32], beta: &[f32], eps: f32) -> Vec<f32> {
         let (isa, w, bias) = (selected_isa(), &self.weights, self.bias.as_deref());
         if self.scheme.default_activations() {
-            return gemm_i8::layer_norm_linear_concat(isa, x, y, gamma, beta, eps, w, bias, self.epilogue());
+            return gemm_i8::layer_norm_linear(isa, x, y, gamma, beta, eps, w, bias, self.epilogue());
         }
         // Per-tensor parameters need every row normalised before the first is quantized.
         let (mut sum, mut norm) = (vec![0f32; x.len()], vec![0f32; x.len()]);

@@ -247,36 +247,14 @@ pub fn linear(isa: Isa, x: &[f32], m: usize, w: &PackedWeights, bias: Option<&[f
 
 /// `LayerNorm(x + y)` (or of `x` alone, `y` absent) followed by this int8 linear layer, the norm
 /// computed row by row as rows are quantized instead of as a pass of its own: the result
-/// equals [`super::ops::add_layer_norm`] then [`linear`] to the bit. `sum` `[m, k]` receives
-/// `x + y` (the residual stream). Saves small models a parallel hand-off and a pass over
-/// memory per norm.
+/// equals [`super::ops::add_layer_norm`] then [`linear`] to the bit. Saves small models a
+/// parallel hand-off and a pass over memory per norm.
+///
+/// Returns one new buffer: the sum `x + y` `[m, k]` (the residual stream) followed by the
+/// layer's output `[m, n]`, both written in place (the candle op returns them as one tensor;
+/// building it from two vectors cost a copy of the output and a zero-fill per layer).
 #[allow(clippy::too_many_arguments)]
 pub fn layer_norm_linear(
-    isa: Isa,
-    x: &[f32],
-    y: Option<&[f32]>,
-    gamma: &[f32],
-    beta: &[f32],
-    eps: f32,
-    sum: &mut [f32],
-    w: &PackedWeights,
-    bias: Option<&[f32]>,
-    epilogue: Epilogue,
-) -> Vec<f32> {
-    let k = w.k;
-    assert!(gamma.len() == k && beta.len() == k && x.len().is_multiple_of(k.max(1)) && sum.len() == x.len());
-    assert!(y.is_none_or(|y| y.len() == x.len()));
-    let m = x.len() / k.max(1);
-    let level = if isa == Isa::Portable { SimdLevel::None } else { ops::simd_level() };
-    let norm = NormInput { x, y, gamma, beta, eps, level, sum: SharedMut(sum.as_mut_ptr()) };
-    run_on(isa, m, Source::Normed(norm), w, bias, epilogue)
-}
-
-/// [`layer_norm_linear`] into one new buffer: the sum `x + y` `[m, k]` followed by the layer's
-/// output `[m, n]`, both written in place (the candle op returns them as one tensor; building
-/// it from two vectors cost a copy of the output and a zero-fill per layer).
-#[allow(clippy::too_many_arguments)]
-pub fn layer_norm_linear_concat(
     isa: Isa,
     x: &[f32],
     y: Option<&[f32]>,
