@@ -231,3 +231,95 @@ fn global_flags_work_before_the_command_and_window_options_there_are_refused() {
     assert_ne!(code, 0);
     assert_one_line_error(&err, &["--model before the command", "put the command first"]);
 }
+
+#[test]
+fn a_sweeps_footer_gives_the_range_of_timed_runs() {
+    // Batch 1 and 4 under one time rule stop at different counts: the footer must give the
+    // range the CSV holds, not the first row's count.
+    let dir = tempfile::tempdir().unwrap();
+    let csv_path = dir.path().join("sweep.csv");
+    let model = fixture("timm_vit");
+    let (code, out, err) = run(&[
+        "bench",
+        "--warmup",
+        "0",
+        "--runs",
+        "1",
+        "--min-seconds",
+        "0.3",
+        "--variants",
+        "fp32",
+        "--batch",
+        "1,4",
+        "--models",
+        model.to_str().unwrap(),
+        "--csv",
+        csv_path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let mut rd = csv::Reader::from_path(&csv_path).unwrap();
+    let header: Vec<String> = rd.headers().unwrap().iter().map(str::to_string).collect();
+    let runs = header.iter().position(|h| h == "runs").unwrap();
+    let counts: Vec<usize> = rd.records().map(|r| r.unwrap()[runs].parse().unwrap()).collect();
+    let (lo, hi) = (*counts.iter().min().unwrap(), *counts.iter().max().unwrap());
+    assert!(lo < hi, "batch 4 should stop at fewer runs than batch 1: {counts:?}");
+    assert!(out.contains(&format!("over {lo}-{hi} timed runs")), "{out}");
+}
+
+#[test]
+fn a_forced_kernel_path_that_cannot_be_honoured_is_refused() {
+    // A typo in a tier run must not measure the best path under the wrong name.
+    let with_isa = |isa: &str, args: &[&str]| {
+        let out = Command::new(bin()).args(args).env("VITWB_ISA", isa).output().unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    for bad in ["AVX2", "bogus", ""] {
+        let (code, stderr) = with_isa(bad, &["kernels", "--list-paths"]);
+        assert_eq!(code, 1, "VITWB_ISA={bad:?}: {stderr}");
+        assert_one_line_error(&stderr, &["VITWB_ISA", "not a kernel path", "avx512-vnni"]);
+    }
+    // Every path the CPU lists is accepted, and the portable one always is.
+    let (code, out, err) = run(&["kernels", "--list-paths"]);
+    assert_eq!(code, 0, "{err}");
+    for path in out.lines() {
+        let (code, stderr) = with_isa(path, &["kernels", "--list-paths"]);
+        assert_eq!(code, 0, "{path}: {stderr}");
+    }
+    assert!(out.lines().any(|l| l == "portable"), "{out}");
+    // A known path this CPU lacks (if any) is refused with what the CPU runs.
+    let all = ["portable", "avx2", "avx-vnni", "avx-vnni-evex", "avx512-vnni"];
+    if let Some(missing) = all.iter().find(|p| !out.lines().any(|l| l == **p)) {
+        let (code, stderr) = with_isa(missing, &["kernels", "--list-paths"]);
+        assert_eq!(code, 1, "{stderr}");
+        assert_one_line_error(&stderr, &["VITWB_ISA", "cannot run", "portable"]);
+    }
+}
+
+#[test]
+fn kernels_labels_follow_the_forced_path_and_rate_every_simd_gemm_against_its_peak() {
+    let kernels = |isa: Option<&str>| {
+        let mut cmd = Command::new(bin());
+        cmd.args(["kernels", "--threads", "1", "--min-seconds", "0.01"]);
+        if let Some(isa) = isa {
+            cmd.env("VITWB_ISA", isa);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Under the portable path, attention and the elementwise kernels say what actually runs.
+    let portable = kernels(Some("portable"));
+    let row = |text: &str, kernel: &str| {
+        text.lines().filter(|l| l.starts_with(kernel)).map(str::to_string).collect::<Vec<_>>()
+    };
+    assert!(row(&portable, "attention").iter().all(|l| !l.contains("SIMD") && !l.contains("avx")), "{portable}");
+    assert!(row(&portable, "GELU").iter().all(|l| l.contains("portable")), "{portable}");
+    // Every int8 and f32 GEMM row of a SIMD path has a percentage of its measured peak; rates
+    // keep digits even when small.
+    let best = kernels(None);
+    for l in best.lines().filter(|l| l.starts_with("int8 linear") || l.starts_with("f32 linear")) {
+        let simd = !l.contains(" portable ") && !l.contains("gemm crate");
+        assert_eq!(simd, l.trim_end().ends_with('%'), "{l}");
+    }
+    assert!(row(&portable, "GELU").iter().all(|l| !l.contains(" 0.0 ")), "{portable}");
+}

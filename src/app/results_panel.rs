@@ -37,7 +37,7 @@ impl ResultsPanel {
             }
             ui.end_row();
             ui.label("top-5 overlap");
-            ui.label(format!("{}/5", a.top5_overlap));
+            ui.label(format!("{}/{}", a.top5_overlap, a.top5_size));
             ui.end_row();
             ui.label("KL divergence");
             ui.label(format!("{:.2e}", a.kl_div));

@@ -114,6 +114,8 @@ pub fn cpu_path() -> CpuPath {
     *PATH.get_or_init(|| {
         let available = available_isas();
         let best = *available.iter().max().unwrap();
+        // The command line refuses a name that cannot be honoured ([`forced_path_problem`])
+        // before any kernel runs; a library caller gets the best path and a warning.
         let int8 = match std::env::var("VITWB_ISA") {
             Ok(want) => match available.iter().find(|i| i.name() == want) {
                 Some(isa) => *isa,
@@ -141,6 +143,19 @@ impl SimdLevel {
     fn min_with(self, other: SimdLevel) -> SimdLevel {
         if self.rank() <= other.rank() { self } else { other }
     }
+}
+
+/// Why `VITWB_ISA` cannot be honoured, when it is set to a name that is not a path or to a path
+/// this CPU lacks: a measurement of "the avx2 path" must not silently run another one.
+pub fn forced_path_problem() -> Option<String> {
+    let want = std::env::var("VITWB_ISA").ok()?;
+    let names = |isas: &[Isa]| isas.iter().map(|i| i.name()).collect::<Vec<_>>().join(", ");
+    if !Isa::ALL.iter().any(|i| i.name() == want) {
+        return Some(format!("VITWB_ISA={want:?} is not a kernel path (paths: {})", names(&Isa::ALL)));
+    }
+    let available = available_isas();
+    (!available.iter().any(|i| i.name() == want))
+        .then(|| format!("VITWB_ISA={want}: this CPU cannot run that path (it runs: {})", names(&available)))
 }
 
 /// The CPU's SIMD features relevant to our kernels, detected at run time.

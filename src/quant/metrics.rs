@@ -13,6 +13,8 @@ pub struct LogitAgreement {
     pub top1_agree: bool,
     /// How many of fp32's top-5 classes are in the variant's top-5.
     pub top5_overlap: usize,
+    /// The size of a top-5: 5, or the class count of models with fewer classes.
+    pub top5_size: usize,
     /// KL(p_fp32 || p_variant) in nats.
     pub kl_div: f64,
     pub max_abs_dlogit: f32,
@@ -38,6 +40,7 @@ pub fn compare_logits(reference: &[f32], other: &[f32]) -> LogitAgreement {
     LogitAgreement {
         top1_agree: tr[0] == to[0],
         top5_overlap: tr.iter().filter(|i| to.contains(i)).count(),
+        top5_size: tr.len(),
         kl_div: kl,
         max_abs_dlogit: reference.iter().zip(other).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max),
         cosine: if denom > 0.0 { dot / denom } else { 1.0 },
@@ -65,7 +68,7 @@ pub struct AgreementSummary {
     pub images: usize,
     /// Fraction of images whose top-1 matches fp32.
     pub top1_agreement: f64,
-    /// Mean top-5 overlap as a fraction (overlap / 5).
+    /// Mean top-5 overlap as a fraction (overlap / 5, or of the class count when smaller).
     pub top5_overlap: f64,
     pub min_top5_overlap: usize,
     pub mean_kl_div: f64,
@@ -78,7 +81,7 @@ pub fn summarize(items: &[LogitAgreement]) -> AgreementSummary {
     AgreementSummary {
         images: items.len(),
         top1_agreement: items.iter().filter(|a| a.top1_agree).count() as f64 / n,
-        top5_overlap: items.iter().map(|a| a.top5_overlap as f64 / 5.0).sum::<f64>() / n,
+        top5_overlap: items.iter().map(|a| a.top5_overlap as f64 / a.top5_size.max(1) as f64).sum::<f64>() / n,
         min_top5_overlap: items.iter().map(|a| a.top5_overlap).min().unwrap_or(0),
         mean_kl_div: items.iter().map(|a| a.kl_div).sum::<f64>() / n,
         max_abs_dlogit: items.iter().map(|a| a.max_abs_dlogit).fold(0.0, f32::max),
@@ -96,6 +99,17 @@ mod tests {
         let a = compare_logits(&l, &l);
         assert!(a.top1_agree && a.top5_overlap == 5 && a.kl_div == 0.0 && a.max_abs_dlogit == 0.0);
         assert!((a.cosine - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn top5_overlap_of_a_model_with_fewer_than_5_classes_is_out_of_its_class_count() {
+        // 3 classes: identical logits overlap fully (3 of 3), not 3 of 5.
+        let l = [0.5f32, -1.0, 2.0];
+        let a = compare_logits(&l, &l);
+        assert_eq!((a.top5_overlap, a.top5_size), (3, 3));
+        assert_eq!(summarize(&[a]).top5_overlap, 1.0);
+        let other = compare_logits(&[1.0, 3.0, -2.0, 0.5, 2.0, 0.0, -1.0], &[3.0, 1.0, -2.0, 0.5, -9.0, 0.0, -1.0]);
+        assert_eq!(other.top5_size, 5);
     }
 
     #[test]
