@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
-use vit_workbench::app::state::{AppState, LiveSeries, Settings, Topic};
+use vit_workbench::app::state::{AppState, BottomView, LiveSeries, Settings, Topic};
 use vit_workbench::app::worker::{ModelSummary, Reply, Rgba};
 use vit_workbench::app::{GuiOptions, WorkbenchApp};
 use vit_workbench::bench::{BenchResult, Environment, stats};
@@ -946,4 +946,40 @@ fn choosing_the_torch_scheme_rebuilds_int8_as_torch_quantizes_it() {
     let got = h.state().state.result(Variant::Int8).unwrap().logits.clone();
     assert_eq!(got, logits_outside_the_window(QuantOptions::with_scheme(Scheme::TORCH)));
     assert_ne!(got, plain);
+}
+
+/// At the smallest window size the views' tabs are one row along the bottom panel's top edge,
+/// each view starts at the panel's left edge (no tab column beside it), and the benchmark's
+/// options fit on one line, leaving the rest of the panel to the charts.
+#[test]
+fn at_800x600_the_view_tabs_are_a_row_and_the_benchmark_options_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings { model: dir.path().join("no-model").display().to_string(), ..Settings::default() };
+    let app = WorkbenchApp::new(settings, &GuiOptions { offline: true, ..Default::default() });
+    let mut h = Harness::builder()
+        .with_size(egui::Vec2::new(800.0, 600.0))
+        .build_ui_state(|ui, app: &mut WorkbenchApp| app.show(ui), app);
+    let ctx = h.ctx.clone();
+    let two_models = ["google/vit-base-patch16-224", "models/vit_tiny_patch16_224.augreg_in21k_ft_in1k"];
+    for (m, ms) in two_models.iter().zip([98.0, 9.1]) {
+        let rows = Variant::ALL.iter().map(|v| result(m, *v, ms)).collect();
+        h.state_mut().state.apply(&ctx, Reply::BenchDone(rows));
+    }
+    for _ in 0..4 {
+        h.step();
+    }
+    let tabs: Vec<egui::Rect> = BottomView::ALL.iter().map(|v| h.get_by_label(v.title()).rect()).collect();
+    for (v, r) in BottomView::ALL.iter().zip(&tabs) {
+        assert!(r.left() >= 0.0 && r.right() <= 800.0, "{} tab at {r:?}", v.title());
+        assert!((r.center().y - tabs[0].center().y).abs() < 1.0, "{} tab not in the row: {tabs:?}", v.title());
+    }
+    let run = h.get_by_label("Run benchmark").rect();
+    assert!(run.top() >= tabs[0].bottom(), "options {run:?} overlap the tabs {tabs:?}");
+    assert!(run.left() <= tabs[0].left() + 1.0, "the view starts right of the tabs: {run:?} vs {tabs:?}");
+    let export = h.get_by_label("Export CSV").rect();
+    let gathered = h.get_by_label("6 results").rect();
+    for r in [export, gathered] {
+        assert!((r.center().y - run.center().y).abs() < 1.0, "the options wrapped: {run:?} vs {r:?}");
+        assert!(r.right() <= 800.0, "cut at the window's edge: {r:?}");
+    }
 }

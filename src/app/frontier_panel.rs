@@ -7,7 +7,7 @@ use egui::{Align2, Color32, FontId, Pos2, Rect, Ui, Vec2, vec2};
 use egui_plot::{HoverPosition, Line, LineStyle, MarkerShape, Plot, PlotPoint, PlotPoints, Points, Text};
 
 use super::Action;
-use super::chart_panel::{color, nice_spacer, trim};
+use super::chart_panel::{color, nice_spacer, trim, x_axis, x_spacer};
 use super::frontier::{FrontierPoint, pareto_front, points};
 use super::state::AppState;
 
@@ -122,7 +122,8 @@ fn scatter(ui: &mut Ui, id: &str, pts: &[FrontierPoint], h: f32, axis: Axis) {
         .allow_scroll(false)
         .allow_zoom(false)
         .allow_drag(false)
-        .x_grid_spacer(nice_spacer(3.0, 0.0))
+        .custom_x_axes(vec![x_axis()])
+        .x_grid_spacer(x_spacer(3.0, 0.0))
         .y_grid_spacer(nice_spacer(4.0, 0.0))
         .x_axis_formatter(move |m, _| if m.value >= 0.0 { format!("{} {unit}", trim(m.value)) } else { String::new() })
         .y_axis_formatter(|m, _| if m.value >= 0.0 { kl_tick(m.value, m.step_size) } else { String::new() })
