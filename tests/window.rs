@@ -983,3 +983,67 @@ fn at_800x600_the_view_tabs_are_a_row_and_the_benchmark_options_one_line() {
         assert!(r.right() <= 800.0, "cut at the window's edge: {r:?}");
     }
 }
+
+/// The frontier's top-1 axis: each point takes the accuracy the Accuracy view measured for that
+/// very variant (scheme and kept layers included), and the front then maximises it.
+#[test]
+fn the_frontier_can_show_top1_on_the_evaluated_folder() {
+    use vit_workbench::app::frontier::{FrontierY, eval_top1, front_for, points};
+    use vit_workbench::eval::{EvalReport, VariantAccuracy};
+    let top3 = ["patch", "blocks.0.fc2", "heads.0"];
+    let other3 = ["blocks.1.qkv", "blocks.1.fc1", "blocks.0.proj"];
+    let with = |variant, p50, kl: f64, kept: &[&str]| BenchResult {
+        accuracy: agreement(kl, 1.0),
+        kept_fp32: layers(kept),
+        ..result("m", variant, p50)
+    };
+    let results = [
+        with(Variant::Fp32, 30.0, 0.0, &[]),
+        with(Variant::Int8, 10.0, 1e-3, &[]),
+        with(Variant::Int8, 14.0, 3e-4, &top3),
+        with(Variant::Int8, 13.0, 5e-4, &other3),
+        with(Variant::Mobile, 9.0, 1.1e-3, &[]),
+    ];
+    let latest: Vec<&BenchResult> = results.iter().collect();
+    let pts = points(&latest, "m");
+    let labels: Vec<&str> = pts.iter().map(|p| p.label.as_str()).collect();
+    assert_eq!(labels, ["fp32", "int8", "int8+fp32[3]", "int8+fp32[3] (2)", "mobile"]);
+    let acc = |variant, label: &str, kept: &[&str], correct: usize| VariantAccuracy {
+        variant,
+        label: label.into(),
+        kept_fp32: layers(kept),
+        images: 10,
+        top1_correct: correct,
+        topk_correct: 10,
+        top1: correct as f64 / 10.0,
+        top1_low: 0.0,
+        top1_high: 1.0,
+        topk: 1.0,
+        topk_low: 0.0,
+        topk_high: 1.0,
+        top1_delta_vs_fp32: None,
+        flips: Vec::new(),
+    };
+    // The window evaluated fp32, int8 keeping the top 3, and mobile.
+    let report = EvalReport {
+        model: "m".into(),
+        source: "photos".into(),
+        k: 5,
+        classes: 3,
+        variants: vec![
+            acc(Variant::Fp32, "fp32", &[], 8),
+            acc(Variant::Int8, "int8+fp32[3]", &top3, 8),
+            acc(Variant::Mobile, "mobile", &[], 7),
+        ],
+        predictions: Vec::new(),
+    };
+    // Plain int8 and the other 3 layers kept were not evaluated: no top-1 for them.
+    assert_eq!(eval_top1(&pts, &report, "m"), [Some(0.8), None, Some(0.8), None, Some(0.7)]);
+    assert_eq!(eval_top1(&pts, &report, "another model"), [None; 5]);
+    // fp32 (30 ms, 80%), int8+fp32[3] (14 ms, 80%), mobile (9 ms, 70%): as accurate as fp32
+    // and faster, the mixed int8 beats it; mobile is the fastest. By KL the same x would make
+    // the smallest y the best.
+    let xy = [[30.0, 80.0], [14.0, 80.0], [9.0, 70.0]];
+    assert_eq!(front_for(&xy, FrontierY::Top1), [2, 1]);
+    assert_eq!(front_for(&xy, FrontierY::MeanKl), [2]);
+}

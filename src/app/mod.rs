@@ -101,6 +101,8 @@ pub enum Action {
     },
     /// The text of the sensitivity view's folder field changed.
     EditSensitivityFolder(String),
+    /// What the frontier's y axis shows.
+    SetFrontierY(frontier::FrontierY),
 }
 
 /// Command-line choices for the window.
@@ -617,6 +619,7 @@ impl WorkbenchApp {
                 }
             }
             Action::EditSensitivityFolder(text) => s.settings.sensitivity_folder = text,
+            Action::SetFrontierY(y) => s.settings.frontier_y = y,
             Action::Dismiss(id) => s.dismiss(id),
             Action::DismissLatest => {
                 if let Some(id) = s.notices.last().map(|n| n.id) {
