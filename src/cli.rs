@@ -1214,11 +1214,11 @@ fn bench(hub: &Hub, a: &BenchArgs, sweep: Option<Vec<usize>>) -> Result<()> {
                 None => Variant::ALL.to_vec(),
             },
         };
-        // Each quantized variant is measured once per scheme.
-        let runners: usize = variants
-            .iter()
-            .map(|v| if *v == Variant::Fp32 { 1 } else { crate::quant::scheme::distinct_or_default(&a.schemes).len() })
-            .sum();
+        // Each quantized variant is measured once per scheme, and with --keep-fp32 its mixed
+        // form beside it (unless that keeps no layer: the warm-up's total corrects the count).
+        let per_quantized =
+            crate::quant::scheme::distinct_or_default(&a.schemes).len() * if keep.is_none() { 1 } else { 2 };
+        let runners: usize = variants.iter().map(|v| if *v == Variant::Fp32 { 1 } else { per_quantized }).sum();
         let bar = ProgressBar::new((runners * (cfg.warmup + cfg.min_runs)) as u64);
         bar.set_style(
             ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
@@ -1230,20 +1230,29 @@ fn bench(hub: &Hub, a: &BenchArgs, sweep: Option<Vec<usize>>) -> Result<()> {
             None => spec.to_string(),
         });
         let mut samples_seen = 0u64;
+        let mut warmup_runs = (runners * cfg.warmup) as u64;
         let job =
             BenchJob { spec, variants: &variants, cfg, input: &input, cancel: None, keep: &keep, schemes: &a.schemes };
         let mut run = || {
             bench_model(&job, hub, &device, &mut download_bar(), &mut |ev| match ev {
                 BenchEvent::Phase { phase, .. } => bar.set_message(phase),
-                BenchEvent::Warmup { done, .. } => bar.set_position(done as u64),
-                BenchEvent::Sample { variant, ms, .. } => {
+                BenchEvent::Warmup { done, total, .. } => {
+                    if total as u64 != warmup_runs {
+                        warmup_runs = total as u64;
+                        let measured = total / cfg.warmup.max(1);
+                        bar.set_length((measured * (cfg.warmup + cfg.min_runs)) as u64);
+                    }
+                    bar.set_position(done as u64);
+                }
+                // Named as the result rows name it (`int8+fp32[3]`, `int8[torch]`), not by variant.
+                BenchEvent::Sample { label, ms, .. } => {
                     samples_seen += 1;
-                    let pos = (runners * cfg.warmup) as u64 + samples_seen;
+                    let pos = warmup_runs + samples_seen;
                     if pos > bar.length().unwrap_or(0) {
                         bar.set_length(pos);
                     }
                     bar.set_position(pos);
-                    bar.set_message(format!("{variant} {ms:.2} ms"));
+                    bar.set_message(format!("{label} {ms:.2} ms"));
                 }
             })
         };

@@ -283,6 +283,10 @@ pub struct Flip {
 #[derive(Clone, Debug, Serialize)]
 pub struct VariantAccuracy {
     pub variant: Variant,
+    /// The variant as shown (`int8+fp32[3]`, `int8[torch]`), from the model evaluated.
+    pub label: String,
+    /// Layers this variant keeps fp32, as benchmark rows list them (the window matches the two).
+    pub kept_fp32: Vec<crate::model::LayerName>,
     pub images: usize,
     pub top1_correct: usize,
     pub topk_correct: usize,
@@ -420,6 +424,8 @@ pub fn summarise(
             let frac = |c: usize| if n == 0 { 0.0 } else { c as f64 / n as f64 };
             VariantAccuracy {
                 variant,
+                label: models[vi].label(),
+                kept_fp32: models[vi].fp32_layers(),
                 images: n,
                 top1_correct,
                 topk_correct,

@@ -377,3 +377,88 @@ fn a_non_default_scheme_row_names_its_int8_numerics_apart() {
     let expected = [("default", "cpu-per-channel-rowwise"), ("torch", "cpu-scheme")];
     assert_eq!(rows, expected.map(|(a, b)| (a.to_string(), b.to_string())));
 }
+
+/// Runs the binary with stderr on a pseudo-terminal (indicatif draws its bars only on a
+/// terminal): its exit status and everything drawn there.
+fn stderr_on_a_terminal(args: &[&str]) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let (mut master, mut slave) = (0, 0);
+    // Wide enough that the bar's message is not cut at the terminal's edge.
+    let size = libc::winsize { ws_row: 40, ws_col: 300, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: openpty writes two descriptors into the ints given; no name, default termios.
+    let rc = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &size) };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just opened and are owned by nothing else.
+    let (mut master, slave) = unsafe { (std::fs::File::from_raw_fd(master), std::fs::File::from_raw_fd(slave)) };
+    let child = {
+        let mut cmd = Command::new(bin());
+        cmd.args(args).env("TERM", "xterm").stdout(std::process::Stdio::piped()).stderr(slave);
+        cmd.spawn().unwrap()
+        // `cmd`, and with it this process's copy of the terminal's slave end, is dropped here,
+        // so reading the master ends (EIO) when the child exits.
+    };
+    let reader = std::thread::spawn(move || {
+        let mut drawn = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match master.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drawn.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&drawn).into_owned()
+    });
+    let out = child.wait_with_output().unwrap();
+    (out.status, reader.join().unwrap())
+}
+
+/// `pos/len` of every frame of an indicatif bar drawn in `text`.
+fn bar_positions(text: &str) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for (i, _) in text.match_indices('/') {
+        let before = text[..i].rsplit(|c: char| !c.is_ascii_digit()).next().unwrap_or("");
+        let after = text[i + 1..].split(|c: char| !c.is_ascii_digit()).next().unwrap_or("");
+        if let (Ok(pos), Ok(len)) = (before.parse(), after.parse()) {
+            out.push((pos, len));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_bench_progress_bar_names_samples_as_the_result_rows_do() {
+    let Some(shared) = shared() else { return };
+    let model = timm_tiny(&shared);
+    let (status, drawn) = stderr_on_a_terminal(&[
+        "bench",
+        "--models",
+        model.to_str().unwrap(),
+        "--variants",
+        "int8",
+        "--scheme",
+        "torch",
+        "--keep-fp32",
+        "blocks.11.fc2",
+        "--warmup",
+        "2",
+        "--runs",
+        "5",
+        // Long enough for several frames while measuring (indicatif draws at most 20 a second).
+        "--min-seconds",
+        "0.5",
+    ]);
+    assert!(status.success(), "{drawn}");
+    // int8[torch] and the mixed int8[torch]+fp32[1] beside it, as the rows name them.
+    let named = |label: &str| {
+        drawn.match_indices(&format!("{label} ")).any(|(i, m)| {
+            let rest = &drawn[i + m.len()..];
+            let number = rest.split(' ').next().unwrap_or("");
+            number.parse::<f64>().is_ok() && rest[number.len()..].starts_with(" ms")
+        })
+    };
+    assert!(named("int8[torch]+fp32[1]"), "no sample of int8[torch]+fp32[1] in the progress bar: {drawn}");
+    // Both runners are counted from the start: 2 x (2 warm-up + 5 runs).
+    let frames = bar_positions(&drawn);
+    assert_eq!(frames.first().map(|f| f.1), Some(14), "frames (pos, len): {frames:?}");
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
-use vit_workbench::app::state::{AppState, LiveSeries, Settings, Topic};
+use vit_workbench::app::state::{AppState, BottomView, LiveSeries, Settings, Topic};
 use vit_workbench::app::worker::{ModelSummary, Reply, Rgba};
 use vit_workbench::app::{GuiOptions, WorkbenchApp};
 use vit_workbench::bench::{BenchResult, Environment, stats};
@@ -946,4 +946,104 @@ fn choosing_the_torch_scheme_rebuilds_int8_as_torch_quantizes_it() {
     let got = h.state().state.result(Variant::Int8).unwrap().logits.clone();
     assert_eq!(got, logits_outside_the_window(QuantOptions::with_scheme(Scheme::TORCH)));
     assert_ne!(got, plain);
+}
+
+/// At the smallest window size the views' tabs are one row along the bottom panel's top edge,
+/// each view starts at the panel's left edge (no tab column beside it), and the benchmark's
+/// options fit on one line, leaving the rest of the panel to the charts.
+#[test]
+fn at_800x600_the_view_tabs_are_a_row_and_the_benchmark_options_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings { model: dir.path().join("no-model").display().to_string(), ..Settings::default() };
+    let app = WorkbenchApp::new(settings, &GuiOptions { offline: true, ..Default::default() });
+    let mut h = Harness::builder()
+        .with_size(egui::Vec2::new(800.0, 600.0))
+        .build_ui_state(|ui, app: &mut WorkbenchApp| app.show(ui), app);
+    let ctx = h.ctx.clone();
+    let two_models = ["google/vit-base-patch16-224", "models/vit_tiny_patch16_224.augreg_in21k_ft_in1k"];
+    for (m, ms) in two_models.iter().zip([98.0, 9.1]) {
+        let rows = Variant::ALL.iter().map(|v| result(m, *v, ms)).collect();
+        h.state_mut().state.apply(&ctx, Reply::BenchDone(rows));
+    }
+    for _ in 0..4 {
+        h.step();
+    }
+    let tabs: Vec<egui::Rect> = BottomView::ALL.iter().map(|v| h.get_by_label(v.title()).rect()).collect();
+    for (v, r) in BottomView::ALL.iter().zip(&tabs) {
+        assert!(r.left() >= 0.0 && r.right() <= 800.0, "{} tab at {r:?}", v.title());
+        assert!((r.center().y - tabs[0].center().y).abs() < 1.0, "{} tab not in the row: {tabs:?}", v.title());
+    }
+    let run = h.get_by_label("Run benchmark").rect();
+    assert!(run.top() >= tabs[0].bottom(), "options {run:?} overlap the tabs {tabs:?}");
+    assert!(run.left() <= tabs[0].left() + 1.0, "the view starts right of the tabs: {run:?} vs {tabs:?}");
+    let export = h.get_by_label("Export CSV").rect();
+    let gathered = h.get_by_label("6 results").rect();
+    for r in [export, gathered] {
+        assert!((r.center().y - run.center().y).abs() < 1.0, "the options wrapped: {run:?} vs {r:?}");
+        assert!(r.right() <= 800.0, "cut at the window's edge: {r:?}");
+    }
+}
+
+/// The frontier's top-1 axis: each point takes the accuracy the Accuracy view measured for that
+/// very variant (scheme and kept layers included), and the front then maximises it.
+#[test]
+fn the_frontier_can_show_top1_on_the_evaluated_folder() {
+    use vit_workbench::app::frontier::{FrontierY, eval_top1, front_for, points};
+    use vit_workbench::eval::{EvalReport, VariantAccuracy};
+    let top3 = ["patch", "blocks.0.fc2", "heads.0"];
+    let other3 = ["blocks.1.qkv", "blocks.1.fc1", "blocks.0.proj"];
+    let with = |variant, p50, kl: f64, kept: &[&str]| BenchResult {
+        accuracy: agreement(kl, 1.0),
+        kept_fp32: layers(kept),
+        ..result("m", variant, p50)
+    };
+    let results = [
+        with(Variant::Fp32, 30.0, 0.0, &[]),
+        with(Variant::Int8, 10.0, 1e-3, &[]),
+        with(Variant::Int8, 14.0, 3e-4, &top3),
+        with(Variant::Int8, 13.0, 5e-4, &other3),
+        with(Variant::Mobile, 9.0, 1.1e-3, &[]),
+    ];
+    let latest: Vec<&BenchResult> = results.iter().collect();
+    let pts = points(&latest, "m");
+    let labels: Vec<&str> = pts.iter().map(|p| p.label.as_str()).collect();
+    assert_eq!(labels, ["fp32", "int8", "int8+fp32[3]", "int8+fp32[3] (2)", "mobile"]);
+    let acc = |variant, label: &str, kept: &[&str], correct: usize| VariantAccuracy {
+        variant,
+        label: label.into(),
+        kept_fp32: layers(kept),
+        images: 10,
+        top1_correct: correct,
+        topk_correct: 10,
+        top1: correct as f64 / 10.0,
+        top1_low: 0.0,
+        top1_high: 1.0,
+        topk: 1.0,
+        topk_low: 0.0,
+        topk_high: 1.0,
+        top1_delta_vs_fp32: None,
+        flips: Vec::new(),
+    };
+    // The window evaluated fp32, int8 keeping the top 3, and mobile.
+    let report = EvalReport {
+        model: "m".into(),
+        source: "photos".into(),
+        k: 5,
+        classes: 3,
+        variants: vec![
+            acc(Variant::Fp32, "fp32", &[], 8),
+            acc(Variant::Int8, "int8+fp32[3]", &top3, 8),
+            acc(Variant::Mobile, "mobile", &[], 7),
+        ],
+        predictions: Vec::new(),
+    };
+    // Plain int8 and the other 3 layers kept were not evaluated: no top-1 for them.
+    assert_eq!(eval_top1(&pts, &report, "m"), [Some(0.8), None, Some(0.8), None, Some(0.7)]);
+    assert_eq!(eval_top1(&pts, &report, "another model"), [None; 5]);
+    // fp32 (30 ms, 80%), int8+fp32[3] (14 ms, 80%), mobile (9 ms, 70%): as accurate as fp32
+    // and faster, the mixed int8 beats it; mobile is the fastest. By KL the same x would make
+    // the smallest y the best.
+    let xy = [[30.0, 80.0], [14.0, 80.0], [9.0, 70.0]];
+    assert_eq!(front_for(&xy, FrontierY::Top1), [2, 1]);
+    assert_eq!(front_for(&xy, FrontierY::MeanKl), [2]);
 }

@@ -3,7 +3,10 @@
 //! on the benchmark's images), and which points are Pareto-optimal. Pure functions of the
 //! benchmark results, so the window and the tests compute the same front.
 
+use serde::{Deserialize, Serialize};
+
 use crate::bench::BenchResult;
+use crate::eval::EvalReport;
 use crate::model::LayerName;
 use crate::quant::Variant;
 
@@ -62,4 +65,42 @@ pub fn pareto_front(xy: &[[f64; 2]]) -> Vec<usize> {
         (0..xy.len()).filter(|&i| finite(&xy[i]) && !xy.iter().any(|o| finite(o) && dominates(o, &xy[i]))).collect();
     front.sort_by(|&a, &b| xy[a][0].total_cmp(&xy[b][0]).then(xy[a][1].total_cmp(&xy[b][1])));
     front
+}
+
+/// What the frontier's y axis measures: the loss against fp32 on the benchmark's images, or the
+/// top-1 accuracy on a labelled folder the Accuracy view evaluated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FrontierY {
+    #[default]
+    MeanKl,
+    Top1,
+}
+
+/// Each point's top-1 accuracy (0..1) in `report`, an evaluation of `model`: `None` for a point
+/// whose very variant it did not measure (same variant, same scheme and the same layers kept
+/// fp32 — a mixed form is not its plain variant), and for all when it evaluated another model.
+pub fn eval_top1(pts: &[FrontierPoint], report: &EvalReport, model: &str) -> Vec<Option<f64>> {
+    pts.iter()
+        .map(|p| {
+            if report.model != model {
+                return None;
+            }
+            // The label names variant and scheme; a second set of as many kept layers gets ` (2)`.
+            let same_label = |label: &str| p.label == label || p.label.starts_with(&format!("{label} ("));
+            report
+                .variants
+                .iter()
+                .find(|v| v.variant == p.variant && v.kept_fp32 == p.kept_fp32 && same_label(&v.label))
+                .map(|v| v.top1)
+        })
+        .collect()
+}
+
+/// The Pareto front of (cost, y) points for `y`: mean KL is a cost (smaller is better), top-1
+/// accuracy a gain (larger is better). Indices as [`pareto_front`] gives them.
+pub fn front_for(xy: &[[f64; 2]], y: FrontierY) -> Vec<usize> {
+    match y {
+        FrontierY::MeanKl => pareto_front(xy),
+        FrontierY::Top1 => pareto_front(&xy.iter().map(|p| [p[0], -p[1]]).collect::<Vec<_>>()),
+    }
 }

@@ -7,8 +7,8 @@ use egui::{Align2, Color32, FontId, Pos2, Rect, Ui, Vec2, vec2};
 use egui_plot::{HoverPosition, Line, LineStyle, MarkerShape, Plot, PlotPoint, PlotPoints, Points, Text};
 
 use super::Action;
-use super::chart_panel::{color, nice_spacer, trim};
-use super::frontier::{FrontierPoint, pareto_front, points};
+use super::chart_panel::{color, nice_spacer, trim, x_axis, x_spacer};
+use super::frontier::{FrontierPoint, FrontierY, eval_top1, front_for, points};
 use super::state::AppState;
 
 pub struct FrontierPanel;
@@ -19,6 +19,19 @@ impl FrontierPanel {
     pub fn ui(&mut self, ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
         let model = frontier_model(state);
         let pts = model.as_deref().map(|m| points(&state.bench.latest(), m)).unwrap_or_default();
+        // Top-1 on the evaluated folder, for the points the Accuracy view measured.
+        let top1 = match (&state.eval.report, &model) {
+            (Some(r), Some(m)) => eval_top1(&pts, r, m),
+            _ => vec![None; pts.len()],
+        };
+        let evaluated = top1.iter().flatten().count();
+        // Top-1 is offered only when it has points; otherwise the KL is shown whatever was chosen.
+        let y = if evaluated > 0 { state.settings.frontier_y } else { FrontierY::MeanKl };
+        let shown: Vec<(FrontierPoint, f64)> = match y {
+            FrontierY::MeanKl => pts.iter().map(|p| (p.clone(), p.kl)).collect(),
+            FrontierY::Top1 => pts.iter().zip(&top1).filter_map(|(p, t)| t.map(|t| (p.clone(), 100.0 * t))).collect(),
+        };
+        let folder = state.eval.report.as_ref().map(|r| super::controls::short(&r.source)).unwrap_or_default();
         ui.horizontal_wrapped(|ui| {
             let running = state.bench.running;
             if ui
@@ -35,14 +48,40 @@ impl FrontierPanel {
                 }
             }
             if let Some(m) = &model {
-                ui.add(egui::Label::new(format!("{}: {} point(s)", super::controls::short(m), pts.len())).truncate())
-                    .on_hover_text(
-                        "y: mean KL vs fp32 on the benchmark image. Each benchmark adds its variants; tick layers \
-                         in Sensitivity and run it again to add mixed ones.",
-                    );
+                ui.separator();
+                ui.label("y:");
+                if ui
+                    .selectable_label(y == FrontierY::MeanKl, "mean KL")
+                    .on_hover_text("Mean KL vs fp32 on the benchmark's image")
+                    .clicked()
+                {
+                    actions.push(Action::SetFrontierY(FrontierY::MeanKl));
+                }
+                let why = if evaluated > 0 {
+                    format!("Top-1 accuracy on {folder} (Accuracy view): {evaluated} of {} points evaluated", pts.len())
+                } else {
+                    "Evaluate a labelled folder in the Accuracy view first (its variants become points here once \
+                     benchmarked)"
+                        .to_string()
+                };
+                let label = if evaluated > 0 { format!("top-1 on {folder}") } else { "top-1".to_string() };
+                if ui
+                    .add_enabled(evaluated > 0, egui::Button::selectable(y == FrontierY::Top1, label))
+                    .on_hover_text(&why)
+                    .on_disabled_hover_text(&why)
+                    .clicked()
+                {
+                    actions.push(Action::SetFrontierY(FrontierY::Top1));
+                }
+                ui.add(
+                    egui::Label::new(format!("{}: {} point(s)", super::controls::short(m), shown.len())).truncate(),
+                )
+                .on_hover_text(
+                    "Each benchmark adds its variants; tick layers in Sensitivity and run it again to add mixed ones.",
+                );
             }
         });
-        if pts.is_empty() {
+        if shown.is_empty() {
             ui.centered_and_justified(|ui| {
                 ui.weak(
                     "Run a benchmark: each variant measured becomes a point (p50 latency and file size against \
@@ -64,9 +103,9 @@ impl FrontierPanel {
                     add(ui)
                 });
             };
-            column(ui, latency_w, &mut |ui| scatter(ui, "frontier_latency", &pts, h, Axis::Latency));
+            column(ui, latency_w, &mut |ui| scatter(ui, "frontier_latency", &shown, h, Axis::Latency, y));
             ui.add_space(gap);
-            column(ui, size_w, &mut |ui| scatter(ui, "frontier_size", &pts, h, Axis::Size));
+            column(ui, size_w, &mut |ui| scatter(ui, "frontier_size", &shown, h, Axis::Size, y));
         });
     }
 }
@@ -87,13 +126,17 @@ enum Axis {
     Size,
 }
 
-/// Cost (x) against mean KL (y): a dot per point, named beside it, the Pareto front as a line.
-fn scatter(ui: &mut Ui, id: &str, pts: &[FrontierPoint], h: f32, axis: Axis) {
+/// Cost (x) against mean KL or top-1 % (y, given with each point): a dot per point, named
+/// beside it, the Pareto front as a line.
+fn scatter(ui: &mut Ui, id: &str, shown: &[(FrontierPoint, f64)], h: f32, axis: Axis, y: FrontierY) {
     let x = |p: &FrontierPoint| if axis == Axis::Latency { p.p50_ms } else { p.file_mb };
-    let (title, unit) = match axis {
-        Axis::Latency => ("p50 latency vs accuracy loss", "ms"),
-        Axis::Size => ("file size vs accuracy loss", "MB"),
+    let (title, unit) = match (axis, y) {
+        (Axis::Latency, FrontierY::MeanKl) => ("p50 latency vs accuracy loss", "ms"),
+        (Axis::Size, FrontierY::MeanKl) => ("file size vs accuracy loss", "MB"),
+        (Axis::Latency, FrontierY::Top1) => ("p50 latency vs top-1", "ms"),
+        (Axis::Size, FrontierY::Top1) => ("file size vs top-1", "MB"),
     };
+    let pts: Vec<&FrontierPoint> = shown.iter().map(|(p, _)| p).collect();
     ui.horizontal(|ui| {
         ui.label(egui::RichText::new(title).strong());
         if ui.available_width() > 110.0 {
@@ -102,10 +145,16 @@ fn scatter(ui: &mut Ui, id: &str, pts: &[FrontierPoint], h: f32, axis: Axis) {
             ui.label("Pareto front");
         }
     });
-    let xy: Vec<[f64; 2]> = pts.iter().map(|p| [x(p), p.kl]).collect();
-    let front = pareto_front(&xy);
+    let xy: Vec<[f64; 2]> = shown.iter().map(|(p, y)| [x(p), *y]).collect();
+    let front = front_for(&xy, y);
     let max_x = xy.iter().map(|p| p[0]).fold(0.0, f64::max);
     let max_y = xy.iter().map(|p| p[1]).fold(0.0, f64::max);
+    let min_y = xy.iter().map(|p| p[1]).fold(f64::INFINITY, f64::min);
+    // KL from 0 up; top-1 around its points (room above for names), within 0..100%.
+    let (y_lo, y_hi) = match y {
+        FrontierY::MeanKl => (0.0, if max_y > 0.0 { max_y * 1.2 } else { 1e-3 }),
+        FrontierY::Top1 => ((min_y - 5.0).max(0.0), (max_y + 5.0).min(100.0)),
+    };
     let text_color = ui.visuals().text_color();
     let label_sizes: Vec<Vec2> = pts
         .iter()
@@ -117,16 +166,21 @@ fn scatter(ui: &mut Ui, id: &str, pts: &[FrontierPoint], h: f32, axis: Axis) {
         .include_x(0.0)
         // Room on the right for the last point's name, and above the highest one.
         .include_x(max_x * 1.25)
-        .include_y(0.0)
-        .include_y(if max_y > 0.0 { max_y * 1.2 } else { 1e-3 })
+        .include_y(y_lo)
+        .include_y(y_hi)
         .allow_scroll(false)
         .allow_zoom(false)
         .allow_drag(false)
-        .x_grid_spacer(nice_spacer(3.0, 0.0))
+        .custom_x_axes(vec![x_axis()])
+        .x_grid_spacer(x_spacer(3.0, 0.0))
         .y_grid_spacer(nice_spacer(4.0, 0.0))
         .x_axis_formatter(move |m, _| if m.value >= 0.0 { format!("{} {unit}", trim(m.value)) } else { String::new() })
-        .y_axis_formatter(|m, _| if m.value >= 0.0 { kl_tick(m.value, m.step_size) } else { String::new() })
-        .y_axis_label("mean KL (nats)")
+        .y_axis_formatter(move |m, _| match y {
+            _ if m.value < 0.0 => String::new(),
+            FrontierY::MeanKl => kl_tick(m.value, m.step_size),
+            FrontierY::Top1 => format!("{}%", trim(m.value)),
+        })
+        .y_axis_label(if y == FrontierY::MeanKl { "mean KL (nats)" } else { "top-1 (%)" })
         .label_formatter(|pos| match pos {
             HoverPosition::NearDataPoint { plot_name, .. } if !plot_name.is_empty() => Some(plot_name.to_string()),
             _ => None,
@@ -140,7 +194,7 @@ fn scatter(ui: &mut Ui, id: &str, pts: &[FrontierPoint], h: f32, axis: Axis) {
             }
             for (i, p) in pts.iter().enumerate() {
                 let on_front = front.contains(&i);
-                let name = hover_text(p, on_front);
+                let name = hover_text(p, on_front, (y == FrontierY::Top1).then_some(xy[i][1]));
                 plot.points(
                     Points::new(name, PlotPoints::from(vec![xy[i]]))
                         .color(color(p.variant))
@@ -188,7 +242,7 @@ fn place_label(p: Pos2, size: Vec2, taken: &[Rect], frame: Rect) -> (Align2, Pos
         .unwrap_or_else(|| candidate(places[0]))
 }
 
-fn hover_text(p: &FrontierPoint, on_front: bool) -> String {
+fn hover_text(p: &FrontierPoint, on_front: bool, top1_on_folder: Option<f64>) -> String {
     let kept = if p.kept_fp32.is_empty() {
         String::new()
     } else {
@@ -203,7 +257,7 @@ fn hover_text(p: &FrontierPoint, on_front: bool) -> String {
         p.kl,
         100.0 * p.top1_agreement,
         p.images
-    )
+    ) + &top1_on_folder.map(|t| format!("\ntop-1 on the evaluated folder: {t:.1}%")).unwrap_or_default()
 }
 
 /// KL ticks in scientific form when small (`2e-4`), trimmed decimals otherwise.

@@ -101,6 +101,8 @@ pub enum Action {
     },
     /// The text of the sensitivity view's folder field changed.
     EditSensitivityFolder(String),
+    /// What the frontier's y axis shows.
+    SetFrontierY(frontier::FrontierY),
 }
 
 /// Command-line choices for the window.
@@ -274,18 +276,18 @@ impl WorkbenchApp {
         egui::Panel::bottom("status").show(ui, |ui| self.status.ui(ui, &self.state, &mut actions));
         // Side panels start in proportion to the window, so 800x600 still leaves room for the image.
         let screen = ctx.content_rect().size();
-        egui::Panel::bottom("chart").exact_size((screen.y * 0.3).clamp(170.0, 260.0)).show(ui, |ui| {
-            ui.horizontal_top(|ui| {
-                view_tabs(ui, &self.state, &mut actions);
-                ui.separator();
-                ui.vertical(|ui| match self.state.settings.view {
-                    BottomView::Benchmark => self.chart.ui(ui, &self.state, &mut actions),
-                    BottomView::Accuracy => self.eval.ui(ui, &self.state, &mut actions),
-                    BottomView::Profile => self.profile.ui(ui, &self.state, &mut actions),
-                    BottomView::Sensitivity => self.sensitivity.ui(ui, &self.state, &mut actions),
-                    BottomView::Frontier => self.frontier.ui(ui, &self.state, &mut actions),
-                });
-            });
+        // The views' tabs are a row above them, so every view has the panel's full width (a
+        // side column took 112 px of the 800 a small window has); the row's height is added.
+        let bottom_h = (screen.y * 0.3).clamp(170.0, 260.0) + VIEW_TABS_HEIGHT;
+        egui::Panel::bottom("chart").exact_size(bottom_h).show(ui, |ui| {
+            view_tabs(ui, &self.state, &mut actions);
+            match self.state.settings.view {
+                BottomView::Benchmark => self.chart.ui(ui, &self.state, &mut actions),
+                BottomView::Accuracy => self.eval.ui(ui, &self.state, &mut actions),
+                BottomView::Profile => self.profile.ui(ui, &self.state, &mut actions),
+                BottomView::Sensitivity => self.sensitivity.ui(ui, &self.state, &mut actions),
+                BottomView::Frontier => self.frontier.ui(ui, &self.state, &mut actions),
+            }
         });
         egui::Panel::right("results")
             .resizable(true)
@@ -617,6 +619,7 @@ impl WorkbenchApp {
                 }
             }
             Action::EditSensitivityFolder(text) => s.settings.sensitivity_folder = text,
+            Action::SetFrontierY(y) => s.settings.frontier_y = y,
             Action::Dismiss(id) => s.dismiss(id),
             Action::DismissLatest => {
                 if let Some(id) = s.notices.last().map(|n| n.id) {
@@ -691,21 +694,21 @@ fn last_variant_key(events: &[egui::Event]) -> Option<Variant> {
 
 const NO_EVAL_DIALOG: &str = "no file dialog is available here (no desktop portal): type or paste the labelled folder or CSV into the field and press Evaluate";
 
-/// The bottom panel's views, stacked on its left edge.
+/// The bottom panel's views, as a row of tabs along its top edge.
 fn view_tabs(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
-    ui.vertical(|ui| {
-        ui.set_width(VIEW_TABS_WIDTH);
+    ui.horizontal(|ui| {
+        ui.set_height(VIEW_TABS_HEIGHT - ui.spacing().item_spacing.y);
         for v in BottomView::ALL {
-            let button = egui::Button::selectable(state.settings.view == v, v.title())
-                .min_size(egui::vec2(VIEW_TABS_WIDTH, 0.0));
-            if ui.add(button).on_hover_text(v.hover()).clicked() {
+            let tab = egui::Button::selectable(state.settings.view == v, v.title());
+            if ui.add(tab).on_hover_text(v.hover()).clicked() {
                 actions.push(Action::ShowView(v));
             }
         }
     });
 }
 
-const VIEW_TABS_WIDTH: f32 = 112.0;
+/// The tab row's height, spacing below it included.
+const VIEW_TABS_HEIGHT: f32 = 24.0;
 
 const NO_DIALOG: &str = "no file dialog is available here (no desktop portal): drag an image onto the window, or paste its path into the field and press Open path";
 

@@ -179,7 +179,8 @@ fn stacked_bars(ui: &mut Ui, report: &[VariantProfile], stages: &[&'static str],
         .allow_zoom(false)
         .allow_drag(false)
         .show_grid([true, false])
-        .x_grid_spacer(super::chart_panel::nice_spacer(4.0, 0.0))
+        .custom_x_axes(vec![super::chart_panel::x_axis()])
+        .x_grid_spacer(super::chart_panel::x_spacer(4.0, 0.0))
         .y_grid_spacer(move |input: GridInput| {
             (0..n)
                 .map(|i| GridMark { value: -(i as f64), step_size: 1.0 })

@@ -143,6 +143,8 @@ pub struct Settings {
     pub eval_path: String,
     /// Rounds of the window's profile (each: one forward per variant with and one without the profiler).
     pub profile_runs: usize,
+    /// The frontier's y axis (top-1 needs an evaluation of the model's variants).
+    pub frontier_y: super::frontier::FrontierY,
 }
 
 impl Default for Settings {
@@ -162,6 +164,7 @@ impl Default for Settings {
             view: BottomView::Benchmark,
             eval_path: String::new(),
             profile_runs: 10,
+            frontier_y: Default::default(),
         }
     }
 }
