@@ -338,6 +338,9 @@ fn a_threads_sweep_measures_every_thread_and_batch_combination() {
     let (code, _, stderr) = run(&["bench", "--threads", "2,2"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("listed twice"), "{stderr}");
+    let (code, _, stderr) = run(&["bench", "--threads", "1,,2"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("empty item"), "{stderr}");
 }
 
 #[test]
