@@ -246,23 +246,9 @@ fn sensitivity_and_frontier() {
 /// layers fp32 (what the Accuracy view measures with those layers ticked), fixed numbers.
 fn fixed_evaluation(model: &str) -> vit_workbench::eval::EvalReport {
     let top3: Vec<LayerName> = fixed_ranking().layers.iter().take(3).map(|l| l.layer).collect();
-    let acc =
-        |variant: Variant, label: &str, kept: &[LayerName], correct: usize| vit_workbench::eval::VariantAccuracy {
-            variant,
-            label: label.into(),
-            kept_fp32: kept.to_vec(),
-            images: 15,
-            top1_correct: correct,
-            topk_correct: 15,
-            top1: correct as f64 / 15.0,
-            top1_low: 0.0,
-            top1_high: 1.0,
-            topk: 1.0,
-            topk_low: 0.0,
-            topk_high: 1.0,
-            top1_delta_vs_fp32: None,
-            flips: Vec::new(),
-        };
+    let acc = |variant: Variant, label: &str, kept: &[LayerName], correct: usize| {
+        fixed_accuracy(variant, label, kept, 15, correct)
+    };
     vit_workbench::eval::EvalReport {
         model: model.into(),
         source: "/home/me/photos".into(),

@@ -989,7 +989,7 @@ fn at_800x600_the_view_tabs_are_a_row_and_the_benchmark_options_one_line() {
 #[test]
 fn the_frontier_can_show_top1_on_the_evaluated_folder() {
     use vit_workbench::app::frontier::{FrontierY, eval_top1, front_for, points};
-    use vit_workbench::eval::{EvalReport, VariantAccuracy};
+    use vit_workbench::eval::EvalReport;
     let top3 = ["patch", "blocks.0.fc2", "heads.0"];
     let other3 = ["blocks.1.qkv", "blocks.1.fc1", "blocks.0.proj"];
     let with = |variant, p50, kl: f64, kept: &[&str]| BenchResult {
@@ -1008,21 +1008,8 @@ fn the_frontier_can_show_top1_on_the_evaluated_folder() {
     let pts = points(&latest, "m");
     let labels: Vec<&str> = pts.iter().map(|p| p.label.as_str()).collect();
     assert_eq!(labels, ["fp32", "int8", "int8+fp32[3]", "int8+fp32[3] (2)", "mobile"]);
-    let acc = |variant, label: &str, kept: &[&str], correct: usize| VariantAccuracy {
-        variant,
-        label: label.into(),
-        kept_fp32: layers(kept),
-        images: 10,
-        top1_correct: correct,
-        topk_correct: 10,
-        top1: correct as f64 / 10.0,
-        top1_low: 0.0,
-        top1_high: 1.0,
-        topk: 1.0,
-        topk_low: 0.0,
-        topk_high: 1.0,
-        top1_delta_vs_fp32: None,
-        flips: Vec::new(),
+    let acc = |variant, label: &str, kept: &[&str], correct: usize| {
+        fixed_accuracy(variant, label, &layers(kept), 10, correct)
     };
     // The window evaluated fp32, int8 keeping the top 3, and mobile.
     let report = EvalReport {

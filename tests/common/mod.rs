@@ -73,3 +73,30 @@ pub fn assert_one_line_error(stderr: &str, needles: &[&str]) {
     }
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// One variant's row of an evaluation with fixed numbers (tests that draw or match an
+/// `EvalReport` without running one): `correct` of `images` top-1, every top-5 right.
+pub fn fixed_accuracy(
+    variant: vit_workbench::model::Variant,
+    label: &str,
+    kept: &[vit_workbench::model::LayerName],
+    images: usize,
+    correct: usize,
+) -> vit_workbench::eval::VariantAccuracy {
+    vit_workbench::eval::VariantAccuracy {
+        variant,
+        label: label.into(),
+        kept_fp32: kept.to_vec(),
+        images,
+        top1_correct: correct,
+        topk_correct: images,
+        top1: correct as f64 / images as f64,
+        top1_low: 0.0,
+        top1_high: 1.0,
+        topk: 1.0,
+        topk_low: 0.0,
+        topk_high: 1.0,
+        top1_delta_vs_fp32: None,
+        flips: Vec::new(),
+    }
+}
