@@ -123,10 +123,18 @@ pub fn attention(
         // SAFETY: this task writes rows i0..i0+rows, columns of head h, of `out` alone.
         unsafe { head_rows(reference, qkv, dims, task_rows, scale, scores, out_ptr) };
     });
-    if let Ok(mut pool) = PACKED_HEADS.lock() {
+    // Kept for the next call unless a large batch made them big (a window open for hours should
+    // not hold a batch-256 run's 300 MB).
+    let bytes: usize = packed.iter().map(|(k, v)| k.bytes_in_memory() + v.bytes_in_memory()).sum();
+    if bytes <= KEEP_PACKED_BYTES
+        && let Ok(mut pool) = PACKED_HEADS.lock()
+    {
         *pool = packed;
     }
 }
+
+/// The most packed-head memory kept between calls (ViT-B at batch 8 uses ~10 MB).
+const KEEP_PACKED_BYTES: usize = 64 << 20;
 
 /// One task's share of attention: query rows `i0..i0 + rows` of head `h` of image `b`.
 #[derive(Clone, Copy)]
