@@ -16,15 +16,31 @@ Fairness rules learned the hard way on a 2-core machine:
 - one InferenceSession is alive at a time: an idle session's spinning threads steal the cores
   from whatever is measured next;
 - torch runs on 1 thread while ORT is timed, so torch's own pool does not compete.
+
+--hold-avx2: PyTorch held to AVX2 + FMA on a CPU with more, through each library's own switch
+(ATen's ATEN_CPU_CAPABILITY, oneDNN's ONEDNN_MAX_CPU_ISA, MKL's MKL_ENABLE_INSTRUCTIONS,
+fbgemm's FBGEMM_ENABLE_INSTRUCTIONS), to compare with `VITWB_ISA=avx2 vit-workbench bench`: the
+AVX2 tier emulated on this machine's cores. ONNX Runtime has no such switch (MLAS reads CPUID), so
+it is left out. The switches must be set before torch loads, hence before the imports below.
 """
+import os
+import sys
+
+AVX2_SWITCHES = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
+}
+if "--hold-avx2" in sys.argv:
+    os.environ.update(AVX2_SWITCHES)
+
 import argparse
 import copy
 import csv
 import gc
-import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -90,15 +106,23 @@ def main():
     ap.add_argument("--min-seconds", type=float, default=3.0)
     ap.add_argument("--skip", nargs="*", default=[], choices=["torch", "ort"], help="peers to leave out")
     ap.add_argument("--csv", help="also write the rows here")
+    ap.add_argument("--hold-avx2", action="store_true",
+                    help="PyTorch held to AVX2+FMA (see above); ONNX Runtime, which cannot be, is skipped")
     a = ap.parse_args()
+    if a.hold_avx2:
+        a.skip = sorted(set(a.skip) | {"ort"})
+        capability = torch.backends.cpu.get_cpu_capability()
+        if capability != "AVX2":
+            sys.exit(f"--hold-avx2: torch reports CPU capability {capability}, not AVX2")
 
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     torch.set_grad_enabled(False)
     rows = []
+    held = " | torch held to AVX2 (" + ", ".join(f"{k}={v}" for k, v in AVX2_SWITCHES.items()) + ")" if a.hold_avx2 else ""
     print(f"cpu: {cpu_name()} | torch {torch.__version__}, onnxruntime {ort.__version__} | "
-          f"{a.threads} threads | engines {torch.backends.quantized.supported_engines}")
+          f"{a.threads} threads | engines {torch.backends.quantized.supported_engines}{held}")
     print(f"{'model':<32} {'batch':>5} {'peer':<26} {'p50 ms':>8} {'p90 ms':>8} {'img/s':>7} {'runs':>5}")
 
     def report(model_name, batch, peer, p50, p90, n):

@@ -2,7 +2,8 @@
 # The README's performance tables in one run, on this machine's CPU: vit-workbench on every int8
 # path the CPU has (forced with VITWB_ISA), then PyTorch and ONNX Runtime on the same
 # random-weight checkpoints (tools/bench_peers.py), one after the other so all see the same
-# machine. Needs a release build and the models from tools/make_bench_models.py.
+# machine (PyTorch also held to AVX2 where the avx2 path exists, to compare with it). Needs a
+# release build and the models from tools/make_bench_models.py.
 #
 #   tools/bench_tiers.sh OUT_DIR [--quick]
 #
@@ -43,6 +44,11 @@ done
 echo "== bench, best path, batch 8"
 $bin bench --threads $threads --batch 8 "${runs[@]}" --models "$vitb,$deit" --csv "$out/ours-best-b8.csv" | tee "$out/ours-best-b8.txt"
 
+if echo "$paths" | grep -qx avx2; then
+  echo "== PyTorch held to AVX2 (to compare with the avx2 path above), batch 1"
+  python3 tools/bench_peers.py "$vitb" "$deit" --hold-avx2 --threads $threads --batch 1 "${peer_runs[@]}" \
+    --csv "$out/peers-avx2.csv" 2>&1 | grep -v -i -E "warn|Loading weights|pre-processing" | tee "$out/peers-avx2.txt"
+fi
 echo "== peers (PyTorch, ONNX Runtime), batch 1 and 8"
 python3 tools/bench_peers.py "$vitb" "$deit" --threads $threads --batch 1 8 "${peer_runs[@]}" --csv "$out/peers.csv" \
   2>&1 | grep -v -i -E "warn|Loading weights|pre-processing" | tee "$out/peers.txt"
