@@ -308,16 +308,11 @@ fn a_threads_sweep_measures_every_thread_and_batch_combination() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("threads: 1,2") && stdout.contains("(batch 2, 1 thr)"), "{stdout}");
-    let mut rd = csv::Reader::from_path(&csv_path).unwrap();
-    let header: Vec<String> = rd.headers().unwrap().iter().map(str::to_string).collect();
-    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
-    let (variant, threads, batch, runs) = (col("variant"), col("threads"), col("batch"), col("runs"));
-    let mut rows: Vec<(String, String, String)> = rd
-        .records()
+    let mut rows: Vec<(String, String, String)> = csv_columns(&csv_path, &["variant", "threads", "batch", "runs"])
+        .into_iter()
         .map(|r| {
-            let r = r.unwrap();
-            assert_eq!(&r[runs], "2");
-            (r[variant].to_string(), r[threads].to_string(), r[batch].to_string())
+            assert_eq!(r[3], "2");
+            (r[0].clone(), r[1].clone(), r[2].clone())
         })
         .collect();
     rows.sort();
@@ -370,13 +365,8 @@ fn a_non_default_scheme_row_names_its_int8_numerics_apart() {
         csv_path.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
-    let mut rd = csv::Reader::from_path(&csv_path).unwrap();
-    let col = |c: &str| COLUMNS.iter().position(|x| *x == c).unwrap();
-    let rows: Vec<(String, String)> = rd
-        .records()
-        .map(|r| r.unwrap())
-        .map(|r| (r[col("scheme")].to_string(), r[col("int8_kernel")].to_string()))
-        .collect();
+    let rows: Vec<(String, String)> =
+        csv_columns(&csv_path, &["scheme", "int8_kernel"]).into_iter().map(|r| (r[0].clone(), r[1].clone())).collect();
     let expected = [("default", "cpu-per-channel-rowwise"), ("torch", "cpu-scheme")];
     assert_eq!(rows, expected.map(|(a, b)| (a.to_string(), b.to_string())));
 }

@@ -257,10 +257,7 @@ fn a_sweeps_footer_gives_the_range_of_timed_runs() {
         csv_path.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
-    let mut rd = csv::Reader::from_path(&csv_path).unwrap();
-    let header: Vec<String> = rd.headers().unwrap().iter().map(str::to_string).collect();
-    let runs = header.iter().position(|h| h == "runs").unwrap();
-    let counts: Vec<usize> = rd.records().map(|r| r.unwrap()[runs].parse().unwrap()).collect();
+    let counts: Vec<usize> = csv_columns(&csv_path, &["runs"]).iter().map(|r| r[0].parse().unwrap()).collect();
     let (lo, hi) = (*counts.iter().min().unwrap(), *counts.iter().max().unwrap());
     assert!(lo < hi, "batch 4 should stop at fewer runs than batch 1: {counts:?}");
     assert!(out.contains(&format!("over {lo}-{hi} timed runs")), "{out}");

@@ -21,12 +21,7 @@ fn logits(m: &Model, x: &Tensor) -> Vec<Vec<f32>> {
 fn vit_tiny_and_photos() -> Option<(Model, Tensor)> {
     let shared = shared()?;
     let fp32 = Model::load("vit-tiny", &ModelFiles::from_dir(&hf_tiny(&shared)).unwrap(), None, &Device::Cpu).unwrap();
-    let mut photos: Vec<_> = std::fs::read_dir(shared.join("images"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("png" | "jpg")))
-        .collect();
-    photos.sort();
+    let photos = shared_photos(&shared);
     assert!(photos.len() >= 4, "{photos:?}");
     let imgs: Vec<_> = photos.iter().map(|p| load_image(p).unwrap()).collect();
     let x = fp32.preprocess_batch(&imgs).unwrap();

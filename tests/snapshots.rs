@@ -72,6 +72,17 @@ fn snap(h: &mut Harness<'static, WorkbenchApp>, name: &str, all: &mut SnapshotRe
     all.extend_harness(h);
 }
 
+/// The window at `size` comparing fp32 with int8 on the sample photo, both results and
+/// overlays shown and the worker idle.
+fn compared_with_int8(shared: &std::path::Path, size: (f32, f32)) -> Harness<'static, WorkbenchApp> {
+    let mut h = harness(tiny_settings(shared, Some(Variant::Int8)), size);
+    wait_for(&mut h, "both results and overlays", |a| {
+        [Variant::Fp32, Variant::Int8].iter().all(|v| a.state.result(*v).is_some() && a.state.overlays.contains_key(v))
+            && a.state.busy.is_none()
+    });
+    h
+}
+
 fn tiny_settings(shared: &std::path::Path, compare: Option<Variant>) -> Settings {
     Settings { model: timm_tiny(shared).display().to_string(), compare, ..Settings::default() }
 }
@@ -100,13 +111,7 @@ fn compare_with_overlay() {
     let Some(shared) = shared() else { return };
     let mut all = SnapshotResults::new();
     for size in SIZES {
-        let mut h = harness(tiny_settings(&shared, Some(Variant::Int8)), size);
-        wait_for(&mut h, "both results and overlays", |a| {
-            [Variant::Fp32, Variant::Int8]
-                .iter()
-                .all(|v| a.state.result(*v).is_some() && a.state.overlays.contains_key(v))
-                && a.state.busy.is_none()
-        });
+        let mut h = compared_with_int8(&shared, size);
         settle(&mut h, MODEL_FIELD);
         snap(&mut h, &format!("compare_overlay_{}x{}", size.0, size.1), &mut all);
     }
@@ -201,13 +206,7 @@ fn sensitivity_and_frontier() {
     let Some(shared) = shared() else { return };
     let mut all = SnapshotResults::new();
     for size in SIZES {
-        let mut h = harness(tiny_settings(&shared, Some(Variant::Int8)), size);
-        wait_for(&mut h, "both results and overlays", |a| {
-            [Variant::Fp32, Variant::Int8]
-                .iter()
-                .all(|v| a.state.result(*v).is_some() && a.state.overlays.contains_key(v))
-                && a.state.busy.is_none()
-        });
+        let mut h = compared_with_int8(&shared, size);
         let ctx = h.ctx.clone();
         let report =
             SensitivityReport { ranking: std::sync::Arc::new(fixed_ranking()), source: "chelsea.png (sample)".into() };

@@ -130,12 +130,7 @@ fn real_vit_tiny_int8_and_mobile_keep_top1_and_top5() {
         .iter()
         .map(|v| fp32.to_variant(*v, QuantOptions::default()).unwrap())
         .collect();
-    let mut photos: Vec<_> = std::fs::read_dir(shared.join("images"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("png" | "jpg")))
-        .collect();
-    photos.sort();
+    let photos = shared_photos(&shared);
     assert!(photos.len() >= 4);
     let imgs: Vec<_> = photos.iter().map(|p| load_image(p).unwrap()).collect();
     let report = metrics::compare_variants(&fp32, &variants.iter().collect::<Vec<_>>(), &imgs).unwrap();

@@ -51,20 +51,13 @@ impl ChartPanel {
         let live_w = ((w - spaces) * 0.44).max(LIVE_LEGEND_WIDTH.min(w - spaces - 200.0)).max(120.0);
         let bar_w = ((w - spaces - live_w) / 2.0).max(100.0);
         ui.horizontal_top(|ui| {
-            let column = |ui: &mut Ui, w: f32, add: &mut dyn FnMut(&mut Ui)| {
-                let layout = egui::Layout::top_down(egui::Align::LEFT);
-                ui.allocate_ui_with_layout(Vec2::new(w, h + TITLE_HEIGHT), layout, |ui| {
-                    ui.set_width(w);
-                    add(ui)
-                });
-            };
-            column(ui, live_w, &mut |ui| live_plot(ui, state, h));
+            column(ui, live_w, h, &mut |ui| live_plot(ui, state, h));
             ui.add_space(gap);
-            column(ui, bar_w, &mut |ui| {
+            column(ui, bar_w, h, &mut |ui| {
                 bar_plot(ui, "p50_latency", "p50 latency", &latest, &models, h, Measure::Latency)
             });
             ui.add_space(gap);
-            column(ui, bar_w, &mut |ui| bar_plot(ui, "file_size", "file size", &latest, &models, h, Measure::Size));
+            column(ui, bar_w, h, &mut |ui| bar_plot(ui, "file_size", "file size", &latest, &models, h, Measure::Size));
         });
     }
 
@@ -253,41 +246,9 @@ fn bar_plot(
     let unit = if measure == Measure::Latency { "ms" } else { "MB" };
     // Room to the right of the longest bar, so it never runs into the edge.
     let longest = bars.iter().map(|b| b.value).fold(0.0, f64::max);
-    let n = latest.len();
     let names_axis = names.clone();
-    Plot::new(id)
-        .width(ui.available_width())
-        .height(h)
-        .include_x(0.0)
-        .include_x(longest * 1.12)
-        .include_y(0.5)
-        .include_y(-(n.max(1) as f64) + 0.5)
-        .allow_scroll(false)
-        .allow_zoom(false)
-        .allow_drag(false)
-        .show_grid([true, false])
-        .custom_x_axes(vec![x_axis()])
-        .x_grid_spacer(x_spacer(3.0, 0.0))
-        .y_grid_spacer(move |input: GridInput| {
-            (0..n)
-                .map(|i| GridMark { value: -(i as f64), step_size: 1.0 })
-                .filter(|m| m.value >= input.bounds.0 && m.value <= input.bounds.1)
-                .collect()
-        })
-        .x_axis_formatter(move |m, _| if m.value >= 0.0 { format!("{} {unit}", trim(m.value)) } else { String::new() })
-        .custom_y_axes(vec![
-            // Bars sit 1 unit apart: name every one of them, however short the plot.
-            AxisHints::new_y().label_spacing(8.0..=10.0).tick_label_font(egui::FontId::proportional(11.0)).formatter(
-                move |m, _| {
-                    let i = (-m.value).round();
-                    if (m.value + i).abs() < 1e-6 && i >= 0.0 {
-                        names_axis.get(i as usize).cloned().unwrap_or_default()
-                    } else {
-                        String::new()
-                    }
-                },
-            ),
-        ])
+    let font = egui::FontId::proportional(11.0);
+    named_bars_plot(id, ui.available_width(), h, names_axis, longest * 1.12, unit, 3.0, Some(font))
         .label_formatter(|_| None)
         .show(ui, |plot| {
             if !bars.is_empty() {
@@ -296,6 +257,65 @@ fn bar_plot(
                 plot.bar_chart(chart);
             }
         });
+}
+
+/// A plot of one horizontal bar per name (bar i at y = -i, every one named on the y axis,
+/// however short the plot), x from 0 to `x_max` with about `x_ticks` ticks in `unit`, fixed in
+/// place: the bar charts of the Benchmark and Stage times views.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn named_bars_plot(
+    id: &str,
+    width: f32,
+    h: f32,
+    names: Vec<String>,
+    x_max: f64,
+    unit: &'static str,
+    x_ticks: f64,
+    name_font: Option<egui::FontId>,
+) -> Plot<'static> {
+    let n = names.len();
+    let mut name_axis = AxisHints::new_y().label_spacing(8.0..=10.0);
+    if let Some(font) = name_font {
+        name_axis = name_axis.tick_label_font(font);
+    }
+    Plot::new(id)
+        .width(width)
+        .height(h)
+        .include_x(0.0)
+        .include_x(x_max)
+        .include_y(0.5)
+        .include_y(-(n.max(1) as f64) + 0.5)
+        .allow_scroll(false)
+        .allow_zoom(false)
+        .allow_drag(false)
+        .show_grid([true, false])
+        .custom_x_axes(vec![x_axis()])
+        .x_grid_spacer(x_spacer(x_ticks, 0.0))
+        .y_grid_spacer(move |input: GridInput| {
+            (0..n)
+                .map(|i| GridMark { value: -(i as f64), step_size: 1.0 })
+                .filter(|m| m.value >= input.bounds.0 && m.value <= input.bounds.1)
+                .collect()
+        })
+        .x_axis_formatter(move |m, _| if m.value >= 0.0 { format!("{} {unit}", trim(m.value)) } else { String::new() })
+        .custom_y_axes(vec![name_axis.formatter(move |m, _| {
+            let i = (-m.value).round();
+            if (m.value + i).abs() < 1e-6 && i >= 0.0 {
+                names.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })])
+}
+
+/// A column `w` wide and `h` tall (plus a title's height), laid out top-down, for the views
+/// that set plots side by side.
+pub(super) fn column(ui: &mut Ui, w: f32, h: f32, add: &mut dyn FnMut(&mut Ui)) {
+    let layout = egui::Layout::top_down(egui::Align::LEFT);
+    ui.allocate_ui_with_layout(Vec2::new(w, h + TITLE_HEIGHT), layout, |ui| {
+        ui.set_width(w);
+        add(ui)
+    });
 }
 
 /// Each model measured gets a letter (A, B, …), in the order first measured.

@@ -130,3 +130,21 @@ pub fn short(s: &str) -> String {
     let joined: Vec<&str> = parts.into_iter().rev().collect();
     joined.join("/")
 }
+
+/// A long job's progress, `done` of `total` (an empty bar while `total` is unknown), `width`
+/// wide with `text` on it, and its Cancel button: the same row in every view that runs one.
+/// Returns the bar, for a hover text.
+pub fn progress_and_cancel(
+    ui: &mut Ui,
+    (done, total): (usize, usize),
+    width: f32,
+    text: String,
+    actions: &mut Vec<Action>,
+) -> egui::Response {
+    let frac = if total > 0 { done as f32 / total as f32 } else { 0.0 };
+    let bar = ui.add(egui::ProgressBar::new(frac).desired_width(width).text(text));
+    if ui.button("Cancel").clicked() {
+        actions.push(Action::Cancel);
+    }
+    bar
+}

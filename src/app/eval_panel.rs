@@ -79,14 +79,10 @@ impl EvalPanel {
             }
             if state.eval.running {
                 let (done, total) = state.eval.progress;
-                let frac = if total > 0 { done as f32 / total as f32 } else { 0.0 };
                 let text =
                     if total > 0 { format!("{done}/{total} images") } else { "reading the folder…".to_string() };
-                ui.add(egui::ProgressBar::new(frac).desired_width(150.0).text(text))
+                super::controls::progress_and_cancel(ui, (done, total), 150.0, text, actions)
                     .on_hover_text(format!("evaluating {}", state.eval.source));
-                if ui.button("Cancel").clicked() {
-                    actions.push(Action::Cancel);
-                }
             } else {
                 let names: Vec<&str> = state.eval_variants().iter().map(|v| v.name()).collect();
                 ui.add(egui::Label::new(RichText::new(format!("variants: {}", names.join(", "))).weak()).extend())

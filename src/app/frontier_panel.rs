@@ -96,16 +96,11 @@ impl FrontierPanel {
         let latency_w = ((w - gap - 2.0 * ui.spacing().item_spacing.x) * 0.62).max(160.0);
         let size_w = (w - gap - 2.0 * ui.spacing().item_spacing.x - latency_w).max(120.0);
         ui.horizontal_top(|ui| {
-            let column = |ui: &mut Ui, w: f32, add: &mut dyn FnMut(&mut Ui)| {
-                let layout = egui::Layout::top_down(egui::Align::LEFT);
-                ui.allocate_ui_with_layout(Vec2::new(w, h + TITLE_HEIGHT), layout, |ui| {
-                    ui.set_width(w);
-                    add(ui)
-                });
-            };
-            column(ui, latency_w, &mut |ui| scatter(ui, "frontier_latency", &shown, h, Axis::Latency, y));
+            super::chart_panel::column(ui, latency_w, h, &mut |ui| {
+                scatter(ui, "frontier_latency", &shown, h, Axis::Latency, y)
+            });
             ui.add_space(gap);
-            column(ui, size_w, &mut |ui| scatter(ui, "frontier_size", &shown, h, Axis::Size, y));
+            super::chart_panel::column(ui, size_w, h, &mut |ui| scatter(ui, "frontier_size", &shown, h, Axis::Size, y));
         });
     }
 }

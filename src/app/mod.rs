@@ -548,11 +548,7 @@ impl WorkbenchApp {
                 let path = path.trim().to_string();
                 if path.is_empty() {
                     s.notify(Level::Info, Topic::Evaluation, "name a labelled folder or a file,label CSV first");
-                } else if s.model.is_none() {
-                    s.notify(Level::Info, Topic::Evaluation, "load a model first");
-                } else if let Some(job) = s.long_job() {
-                    s.notify(Level::Info, Topic::Evaluation, format!("{job} is running: wait for it or cancel it"));
-                } else {
+                } else if s.may_start_long_job(Topic::Evaluation) {
                     s.settings.eval_path = path.clone();
                     s.settings.view = BottomView::Accuracy;
                     s.eval.running = true;
@@ -573,11 +569,7 @@ impl WorkbenchApp {
                 s.settings.normalize();
             }
             Action::Profile => {
-                if s.model.is_none() {
-                    s.notify(Level::Info, Topic::Profile, "load a model first");
-                } else if let Some(job) = s.long_job() {
-                    s.notify(Level::Info, Topic::Profile, format!("{job} is running: wait for it or cancel it"));
-                } else {
+                if s.may_start_long_job(Topic::Profile) {
                     s.settings.view = BottomView::Profile;
                     s.profile.running = true;
                     s.profile.progress = (0, s.settings.profile_runs);
@@ -606,11 +598,7 @@ impl WorkbenchApp {
                 }
             }
             Action::RankLayers { folder } => {
-                if s.model.is_none() {
-                    s.notify(Level::Info, Topic::Sensitivity, "load a model first");
-                } else if let Some(job) = s.long_job() {
-                    s.notify(Level::Info, Topic::Sensitivity, format!("{job} is running: wait for it or cancel it"));
-                } else {
+                if s.may_start_long_job(Topic::Sensitivity) {
                     s.settings.view = BottomView::Sensitivity;
                     s.sensitivity.running = true;
                     s.sensitivity.progress = (0, 0);

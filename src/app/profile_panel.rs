@@ -3,7 +3,7 @@
 //! it the check of the stage sum against the same forward without the profiler.
 
 use egui::{Color32, RichText, Ui, Vec2};
-use egui_plot::{AxisHints, Bar, BarChart, GridInput, GridMark, Plot};
+use egui_plot::{Bar, BarChart};
 
 use super::Action;
 use super::state::AppState;
@@ -111,11 +111,13 @@ impl ProfilePanel {
             }
             if running {
                 let (done, total) = state.profile.progress;
-                let frac = if total > 0 { done as f32 / total as f32 } else { 0.0 };
-                ui.add(egui::ProgressBar::new(frac).desired_width(150.0).text(format!("{done}/{total} rounds")));
-                if ui.button("Cancel").clicked() {
-                    actions.push(Action::Cancel);
-                }
+                super::controls::progress_and_cancel(
+                    ui,
+                    (done, total),
+                    150.0,
+                    format!("{done}/{total} rounds"),
+                    actions,
+                );
             } else if let Some(r) = state.profile.report.as_deref() {
                 let rounds = r.first().map_or(0, |v| v.runs.len());
                 ui.add(
@@ -168,42 +170,22 @@ fn stacked_bars(ui: &mut Ui, report: &[VariantProfile], stages: &[&'static str],
     }
     let longest = offsets.iter().copied().fold(0.0, f64::max);
     let names: Vec<String> = report.iter().map(|v| v.variant.to_string()).collect();
-    Plot::new("where_the_time_goes")
-        .width(ui.available_width())
-        .height(h)
-        .include_x(0.0)
-        .include_x(longest * 1.05)
-        .include_y(0.5)
-        .include_y(-(n.max(1) as f64) + 0.5)
-        .allow_scroll(false)
-        .allow_zoom(false)
-        .allow_drag(false)
-        .show_grid([true, false])
-        .custom_x_axes(vec![super::chart_panel::x_axis()])
-        .x_grid_spacer(super::chart_panel::x_spacer(4.0, 0.0))
-        .y_grid_spacer(move |input: GridInput| {
-            (0..n)
-                .map(|i| GridMark { value: -(i as f64), step_size: 1.0 })
-                .filter(|m| m.value >= input.bounds.0 && m.value <= input.bounds.1)
-                .collect()
-        })
-        .x_axis_formatter(|m, _| {
-            if m.value >= 0.0 { format!("{} ms", super::chart_panel::trim(m.value)) } else { String::new() }
-        })
-        .custom_y_axes(vec![AxisHints::new_y().label_spacing(8.0..=10.0).formatter(move |m, _| {
-            let i = (-m.value).round();
-            if (m.value + i).abs() < 1e-6 && i >= 0.0 {
-                names.get(i as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })])
-        .label_formatter(|_| None)
-        .show(ui, |plot| {
-            for c in charts {
-                plot.bar_chart(c);
-            }
-        });
+    super::chart_panel::named_bars_plot(
+        "where_the_time_goes",
+        ui.available_width(),
+        h,
+        names,
+        longest * 1.05,
+        "ms",
+        4.0,
+        None,
+    )
+    .label_formatter(|_| None)
+    .show(ui, |plot| {
+        for c in charts {
+            plot.bar_chart(c);
+        }
+    });
 }
 
 /// Per variant: the stage sum against the forward without the profiler, and whether they agree

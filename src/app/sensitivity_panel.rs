@@ -132,11 +132,13 @@ impl SensitivityPanel {
             }
             if running {
                 let (done, total) = state.sensitivity.progress;
-                let frac = if total > 0 { done as f32 / total as f32 } else { 0.0 };
-                ui.add(egui::ProgressBar::new(frac).desired_width(120.0).text(format!("{done}/{total} models")));
-                if ui.button("Cancel").clicked() {
-                    actions.push(Action::Cancel);
-                }
+                super::controls::progress_and_cancel(
+                    ui,
+                    (done, total),
+                    120.0,
+                    format!("{done}/{total} models"),
+                    actions,
+                );
             }
             ui.separator();
             scheme_choice(ui, state, fp32_model && !state.sensitivity.running, actions);

@@ -533,6 +533,19 @@ impl AppState {
         }
     }
 
+    /// Whether a long job that needs the model may start now; if not, says why under `topic`.
+    pub fn may_start_long_job(&mut self, topic: Topic) -> bool {
+        if self.model.is_none() {
+            self.notify(Level::Info, topic, "load a model first");
+            false
+        } else if let Some(job) = self.long_job() {
+            self.notify(Level::Info, topic, format!("{job} is running: wait for it or cancel it"));
+            false
+        } else {
+            true
+        }
+    }
+
     /// The long job running, if any (one at a time: they share the worker and the CPU).
     pub fn long_job(&self) -> Option<&'static str> {
         if self.bench.running {

@@ -100,3 +100,23 @@ pub fn fixed_accuracy(
         flips: Vec::new(),
     }
 }
+
+/// The shared photos (`images/*.png|jpg`), sorted by path.
+pub fn shared_photos(shared: &std::path::Path) -> Vec<PathBuf> {
+    let mut photos: Vec<PathBuf> = std::fs::read_dir(shared.join("images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("png" | "jpg")))
+        .collect();
+    photos.sort();
+    photos
+}
+
+/// The values of `columns` (found by header name) in every row of the CSV file at `path`.
+pub fn csv_columns(path: &std::path::Path, columns: &[&str]) -> Vec<Vec<String>> {
+    let mut rd = csv::Reader::from_path(path).unwrap();
+    let header: Vec<String> = rd.headers().unwrap().iter().map(str::to_string).collect();
+    let at: Vec<usize> =
+        columns.iter().map(|c| header.iter().position(|h| h == c).unwrap_or_else(|| panic!("no column {c}"))).collect();
+    rd.records().map(|r| r.unwrap()).map(|r| at.iter().map(|&i| r[i].to_string()).collect()).collect()
+}
