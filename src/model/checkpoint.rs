@@ -176,13 +176,24 @@ impl Store {
     fn take_opt(&mut self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
         if self.has(name) { self.take(name, shape).map(Some) } else { Ok(None) }
     }
-    fn linear(&mut self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+    /// A linear layer's weight `[out, inp]` and bias (required when `bias`, else if present).
+    fn weight_and_bias(
+        &mut self,
+        prefix: &str,
+        out: usize,
+        inp: usize,
+        bias: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let w = self.take(&format!("{prefix}.weight"), &[out, inp])?;
         let b = if bias {
             Some(self.take(&format!("{prefix}.bias"), &[out])?)
         } else {
             self.take_opt(&format!("{prefix}.bias"), &[out])?
         };
+        Ok((w, b))
+    }
+    fn linear(&mut self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+        let (w, b) = self.weight_and_bias(prefix, out, inp, bias)?;
         Linear::f32(w, b)
     }
     fn layer_norm(&mut self, prefix: &str, dim: usize, eps: f64) -> Result<LayerNorm> {
@@ -194,17 +205,11 @@ impl Store {
     }
     /// q, k, v projections fused into one `[3D, D]` projection, as timm stores them.
     fn fused_qkv(&mut self, q_prefix: &str, k_prefix: &str, v_prefix: &str, d: usize, bias: bool) -> Result<Linear> {
-        let q = self.linear(q_prefix, d, d, bias)?;
-        let k = self.linear(k_prefix, d, d, bias)?;
-        let v = self.linear(v_prefix, d, d, bias)?;
-        let (
-            Linear::F32 { weight: qw, bias: qb, .. },
-            Linear::F32 { weight: kw, bias: kb, .. },
-            Linear::F32 { weight: vw, bias: vb, .. },
-        ) = (q, k, v)
-        else {
-            unreachable!("checkpoint layers are fp32")
-        };
+        // The raw tensors, not three layers: a layer packs its weights for the kernel, and these
+        // three are only concatenated.
+        let (qw, qb) = self.weight_and_bias(q_prefix, d, d, bias)?;
+        let (kw, kb) = self.weight_and_bias(k_prefix, d, d, bias)?;
+        let (vw, vb) = self.weight_and_bias(v_prefix, d, d, bias)?;
         let w = Tensor::cat(&[&qw, &kw, &vw], 0)?;
         let b = match (qb, kb, vb) {
             (Some(a), Some(b), Some(c)) => Some(Tensor::cat(&[&a, &b, &c], 0)?),
